@@ -1,0 +1,93 @@
+"""Command line: a thin Typer layer over the pipeline and the registries."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="heredity: measure and steer what a student model inherits from its teachers.")
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _run(cfg, out: Path) -> None:
+    from heredity.errors import HeredityError
+    from heredity.pipeline import run
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        summary = run(cfg, out, console)
+    except HeredityError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted; finished work in {out} is kept, rerun the same command to resume")
+    _print_summary(summary, out)
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    arms = [a for a in ("base", "passive", "active") if a in summary["arms"]]
+    table = Table(title=f"held-out means (target: {summary['target']['direction']} {summary['target']['metric']})")
+    table.add_column("metric")
+    for arm in arms:
+        table.add_column(arm, justify="right")
+    for metric in summary["arms"][arms[0]]:
+        table.add_row(metric, *(f"{summary['arms'][a][metric]:.3g}" for a in arms))
+    Console().print(table)
+    console.print(f"report: {out / 'report.md'}  summary: {out / 'summary.json'}")
+
+
+@app.command()
+def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Run directory.")) -> None:
+    """Run the bundled quickstart: embedded SmolLM2 as teacher and student, steer towards longer answers."""
+    from heredity.config import bundled_config
+    from heredity.errors import HeredityError
+
+    try:
+        cfg = bundled_config("quickstart")
+    except HeredityError as exc:
+        _fail(str(exc))
+    _run(cfg, out)
+
+
+@app.command("run")
+def run_cmd(config: Path = typer.Argument(..., help="YAML config file."),
+            out: Path = typer.Option(..., "--out", help="Run directory.")) -> None:
+    """Run the whole loop from a YAML config."""
+    from heredity.config import load_config
+    from heredity.errors import HeredityError
+
+    try:
+        cfg = load_config(config)
+    except HeredityError as exc:
+        _fail(str(exc))
+    _run(cfg, out)
+
+
+@app.command("metrics")
+def metrics_cmd() -> None:
+    """List the registered metrics."""
+    from heredity.metrics import list_metrics
+
+    table = Table(title="metrics")
+    for col in ("name", "version", "better", "description"):
+        table.add_column(col)
+    for m in list_metrics():
+        table.add_row(m.name, m.version, m.better, m.description)
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

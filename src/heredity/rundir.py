@@ -1,0 +1,163 @@
+"""The run directory: atomic writes, content hashes and per-stage manifests.
+
+Each stage owns ``DIR/<stage>/`` and finishes by writing ``manifest.json`` last. A stage
+is reused when its manifest exists and records the same key; the key hashes the stage's
+config slice and the keys (or content hashes) of its inputs, so a change anywhere
+upstream reruns exactly the stages downstream of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    data = json.dumps(obj, sort_keys=True, default=str, ensure_ascii=False).encode()
+    return hashlib.sha256(data).hexdigest()[:length]
+
+
+def file_hash(path: Path, length: int = 16) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Like ``atomic_path`` for a folder (a saved model): build it aside, then swap it in."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_table(path: Path, rows: list[dict[str, Any]] | pa.Table) -> None:
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    return pq.read_table(path).to_pylist()
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("heredity", "torch", "transformers", "trl", "peft", "accelerate", "pyarrow"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+class Stage:
+    """One stage's folder and manifest.
+
+    ``key_material`` must contain everything the stage's output depends on: its config
+    slice and the keys of its inputs. Secrets must never be part of it.
+    """
+
+    def __init__(self, run_dir: Path, name: str, key_material: dict[str, Any]):
+        self.name = name
+        self.dir = Path(run_dir) / name
+        self.key_material = key_material
+        self.key = stable_hash({"stage": name, **key_material})
+        self._started = time.perf_counter()
+        self.reused = False
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / MANIFEST
+
+    def manifest(self) -> dict[str, Any] | None:
+        try:
+            return read_json(self.manifest_path)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def is_done(self) -> bool:
+        manifest = self.manifest()
+        return bool(manifest and manifest.get("key") == self.key and manifest.get("status") == "complete")
+
+    def reuse(self) -> bool:
+        """True (and remembered) when a finished result with this key is already on disk."""
+        self.reused = self.is_done()
+        return self.reused
+
+    def start(self) -> None:
+        """Invalidate an older result before overwriting its files."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        manifest = self.manifest()
+        if manifest and manifest.get("key") != self.key:
+            self.manifest_path.unlink()
+        self._started = time.perf_counter()
+
+    def finish(self, outputs: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        manifest = {
+            "stage": self.name,
+            "key": self.key,
+            "status": "complete",
+            "config": self.key_material,
+            "outputs": outputs,
+            "versions": versions(),
+            "seconds": round(time.perf_counter() - self._started, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **extra,
+        }
+        write_json(self.manifest_path, manifest)
+        return manifest

@@ -1,0 +1,45 @@
+"""Shared fixtures: where the real data lives, and small run configs for the real model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    env = os.environ.get("HEREDITY_SHARED_DATA")
+    return Path(env) if env else (REPO / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = shared_data()
+    if not path.is_dir():
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+def tiny_config(**overrides) -> dict:
+    """A run small enough for CI on 2 cores, still with the real model and real training."""
+    cfg = {
+        "name": "tiny",
+        "prompts": {"source": "bundled:quickstart", "limit_train": 6, "limit_eval": 4},
+        "teachers": [{"model": "embedded:smollm2-135m-instruct",
+                      "sampling": {"temperature": 1.0, "max_new_tokens": 24, "seed": 0}}],
+        "k": 2,
+        "score": {"metrics": ["length", "mtld"]},
+        "select": {"metric": "length", "direction": "max"},
+        "train": {"epochs": 1, "batch_size": 6, "learning_rate": 1e-4, "max_length": 128},
+        "eval": {"max_new_tokens": 24, "bootstrap_samples": 200},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        if field:
+            cfg[section][field] = value
+        else:
+            cfg[section] = value
+    return cfg

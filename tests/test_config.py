@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import pytest
+
+from heredity.config import bundled_config, config_from_dict, load_config
+from heredity.errors import HeredityError
+
+
+def test_bundled_quickstart_is_valid_and_targets_length():
+    cfg = bundled_config("quickstart")
+    assert cfg.select.metric == "length" and cfg.select.direction == "max"
+    assert cfg.k == 4
+    assert {"length", "mtld"} <= set(cfg.score.metrics)
+
+
+def test_unknown_key_is_named_in_one_line(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epocs: 3\n")
+    with pytest.raises(HeredityError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(path) in message and "unknown key 'train.epocs'" in message
+
+
+def test_wrong_type_names_the_field(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("k: many\n")
+    with pytest.raises(HeredityError, match=r"field 'k'"):
+        load_config(path)
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ntrain: [1, 2\n")
+    with pytest.raises(HeredityError, match=r"c.yaml, line \d+: not valid YAML"):
+        load_config(path)
+
+
+def test_target_metric_is_always_scored():
+    cfg = config_from_dict({"score": {"metrics": ["length"]}, "select": {"metric": "words"}})
+    assert cfg.score.metrics == ["length", "words"]
+
+
+def test_duplicate_teacher_names_rejected():
+    with pytest.raises(HeredityError, match="teacher names must be unique"):
+        config_from_dict({"teachers": [{"model": "a/m"}, {"model": "b/m"}]})

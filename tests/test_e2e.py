@@ -1,0 +1,92 @@
+"""The whole loop through the CLI on the embedded model, with real training: small but real."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def heredity(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "heredity.cli", *args], capture_output=True, text=True, timeout=900)
+
+
+def manifests(run: Path) -> dict[str, dict]:
+    return {str(p.parent.relative_to(run)): json.loads(p.read_text()) for p in run.rglob("manifest.json")}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config()))
+    out = root / "run"
+    result = heredity("run", str(config), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return config, out
+
+
+def test_summary_has_three_arms_and_all_parts(finished_run):
+    _, out = finished_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["target"] == {"metric": "length", "direction": "max"}
+    assert set(summary["arms"]) == {"base", "passive", "active"}
+    for arm in summary["arms"].values():
+        assert set(arm) == {"length", "mtld"} and arm["length"] > 0
+    for key in ("selection", "timings_s", "versions", "differences", "ci95"):
+        assert summary[key]
+    # the active training set is at least as long as the passive one, by construction
+    card = summary["selection"]["metrics"]["length"]
+    assert card["active"]["mean"] >= card["passive"]["mean"]
+    per_prompt = pq.read_table(out / "per_prompt.parquet").to_pylist()
+    assert len(per_prompt) == 3 * summary["eval_prompts"] == 12
+    means = {a: sum(r["length"] for r in per_prompt if r["arm"] == a) / 4 for a in summary["arms"]}
+    assert means == pytest.approx({a: summary["arms"][a]["length"] for a in summary["arms"]})
+    train = summary["training"]
+    assert train["passive"]["steps"] == train["active"]["steps"] > 0
+    assert (out / "train" / "active" / "model" / "model.safetensors").is_file()
+    assert "| length |" in (out / "report.md").read_text()
+
+
+def test_rerun_reuses_every_stage(finished_run):
+    config, out = finished_run
+    before = manifests(out)
+    result = heredity("run", str(config), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "done in" not in result.stderr  # every stage says "reused"
+    assert manifests(out) == before
+
+
+def test_new_target_reruns_only_what_depends_on_it(finished_run, tmp_path):
+    _, out = finished_run
+    before = manifests(out)
+    config = tmp_path / "min.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(**{"select.direction": "min"})))
+    result = heredity("run", str(config), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = manifests(out)
+    for unchanged in ("generate", "score", "train/passive", "evaluate/base", "evaluate/passive"):
+        assert after[unchanged] == before[unchanged], unchanged
+    for rerun in ("select", "train/active", "evaluate/active"):
+        assert after[rerun]["key"] != before[rerun]["key"], rerun
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["target"]["direction"] == "min"
+    card = summary["selection"]["metrics"]["length"]
+    assert card["active"]["mean"] <= card["passive"]["mean"]
+
+
+def test_bad_config_is_one_line_without_traceback(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("k: 4\nselect: {metric: length, direction: up}\n")
+    result = heredity("run", str(config), "--out", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "field 'select.direction'" in lines[0] and "bad.yaml" in lines[0]
