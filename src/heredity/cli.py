@@ -19,18 +19,39 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _run(cfg, out: Path) -> None:
+def _run(cfg, out: Path, until: str = "report") -> None:
     from heredity.errors import HeredityError
     from heredity.pipeline import run
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        summary = run(cfg, out, console)
+        summary = run(cfg, out, console, until=until)
     except HeredityError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail(f"interrupted; finished work in {out} is kept, rerun the same command to resume")
-    _print_summary(summary, out)
+    if until == "report":
+        _print_summary(summary, out)
+    elif until == "select":
+        _print_card(out)
+
+
+def _print_card(out: Path) -> None:
+    from heredity.rundir import read_json
+
+    card = read_json(out / "select" / "card.json")
+    table = Table(title=f"selection data card: {card['target']['direction']} {card['target']['metric']}, "
+                        f"{card['prompts']} prompts, {card['pool_size']} candidates")
+    for col in ("metric", "pool mean", "passive mean", "active mean", "active shift"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for metric, e in card["metrics"].items():
+        shift = e["active"]["shift_pct"]
+        table.add_row(metric, f"{e['pool']['mean']:.4g}", f"{e['passive']['mean']:.4g}",
+                      f"{e['active']['mean']:.4g}", "–" if shift is None else f"{shift:+.1f}%")
+    Console().print(table)
+    shares = ", ".join(f"{t} {s:.0%}" for t, s in sorted(card["teacher_share"]["active"].items(), key=lambda x: -x[1]) if s)
+    console.print(f"active winners by teacher: {shares}")
+    console.print(f"selected sets: {out / 'select'}")
 
 
 def _print_summary(summary: dict, out: Path) -> None:
@@ -70,6 +91,20 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config file."),
     except HeredityError as exc:
         _fail(str(exc))
     _run(cfg, out)
+
+
+@app.command("select")
+def select_cmd(config: Path = typer.Argument(..., help="YAML config file."),
+               out: Path = typer.Option(..., "--out", help="Run directory.")) -> None:
+    """Build, score and select the pool only (no training): works on replayed pools without any model."""
+    from heredity.config import load_config
+    from heredity.errors import HeredityError
+
+    try:
+        cfg = load_config(config)
+    except HeredityError as exc:
+        _fail(str(exc))
+    _run(cfg, out, until="select")
 
 
 @app.command("metrics")

@@ -35,8 +35,9 @@ class PromptsConfig(_Strict):
         "id", description="Column holding a stable prompt id; row numbers are used if absent."
     )
     hf_split: str = Field("train", description="Split to read for 'hf:' sources.")
-    eval_every: int = Field(
-        3, ge=2, description="Every n-th prompt (by position) is held out for evaluation."
+    eval_every: int | None = Field(
+        3, ge=2, description="Every n-th prompt (by position) is held out for evaluation; "
+        "null keeps every prompt for training (enough for `heredity select`)."
     )
     eval_source: str | None = Field(
         None, description="Separate eval prompts (same formats); disables the eval_every split."
@@ -54,18 +55,59 @@ class SamplingConfig(_Strict):
     seed: int = 0
 
 
+class OpenAIOptions(_Strict):
+    """An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp, TGI, Ollama, hosted APIs)."""
+
+    base_url: str = Field(..., description="Up to and including '/v1', e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key (never the key itself)."
+    )
+    served_model: str | None = Field(None, description="Model name sent to the server; default: teacher.model.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    max_retries: int = Field(8, ge=0, description="Retries on 429, 5xx, timeouts and dropped connections.")
+    timeout_s: float = Field(120.0, gt=0)
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+
+
+class ReplayOptions(_Strict):
+    """Candidates that already exist: one file per teacher, or one teacher per value of a column."""
+
+    path: str = Field(..., description="A .json/.jsonl/.csv/.parquet file or 'hf:DATASET_ID'.")
+    prompt_field: str = Field("instruction", description="Column matched against the prompt text.")
+    text_field: str = Field("output", description="Column holding the candidate text.")
+    teacher_field: str | None = Field(
+        None, description="Split the file into one teacher per value of this column."
+    )
+    hf_split: str = "train"
+
+
 class TeacherConfig(_Strict):
     """One teacher: a model plus the backend that runs it."""
 
     model: str = Field(EMBEDDED_MODEL, description="Hub id, local folder, .gguf file or 'embedded:NAME'.")
     name: str | None = Field(None, description="Label in the pool; defaults to the model name.")
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "openai", "replay"] = "transformers"
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
+    batch_size: int = Field(64, ge=1, description="Sequences sent to the backend together.")
+    openai: OpenAIOptions | None = None
+    replay: ReplayOptions | None = None
+
+    @model_validator(mode="after")
+    def _backend_options_present(self) -> "TeacherConfig":
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("backend 'openai' needs an 'openai:' section with at least base_url")
+        if self.backend == "replay" and self.replay is None:
+            raise ValueError("backend 'replay' needs a 'replay:' section with at least path")
+        return self
 
     @property
     def label(self) -> str:
-        return self.name or self.model.split("/")[-1].removeprefix("embedded:")
+        if self.name:
+            return self.name
+        if self.backend == "replay" and self.replay is not None:
+            return Path(self.replay.path).stem
+        return self.model.split("/")[-1].removeprefix("embedded:")
 
 
 class ScoreConfig(_Strict):

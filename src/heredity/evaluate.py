@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from heredity.config import RunConfig, SamplingConfig
-from heredity.generate import Request, batched, generate_batch
+from heredity.backends import Request
+from heredity.backends.transformers_backend import generate_batch
+from heredity.generate import batched
 from heredity.metrics import MetricContext
 from heredity.models import chat_messages, load_model, load_tokenizer, model_identity, pick_device
 from heredity.prompts import Prompt

@@ -1,119 +1,25 @@
-"""Generate stage: k sampled candidates per train prompt from each teacher.
+"""Generate stage: k candidates per train prompt from each teacher, as one pool.
 
-The transformers backend samples with the Gumbel-max trick and one random generator per
-sequence, seeded from the candidate's own key. A candidate's text therefore does not depend
-on which other sequences share its batch, so a resumed or extended run (more prompts,
-larger k, another teacher) reproduces exactly the candidates an uninterrupted run makes.
-Finished batches are written as Parquet shards straight away: a killed run loses at most
-the batch in flight.
+Every candidate is keyed by its content (teacher identity and sampling settings, system
+prompt, prompt text, sample index); its sampling seed derives from that key. Finished
+batches are written as Parquet shards straight away, and shards of earlier runs are reused
+candidate by candidate: a killed run loses at most the batch in flight, and adding prompts,
+raising k or adding a teacher generates only what is new.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from heredity.config import RunConfig, SamplingConfig, TeacherConfig
-from heredity.models import chat_messages, load_model, load_tokenizer, model_identity
+from heredity.backends import Request, open_backend
+from heredity.config import RunConfig, TeacherConfig
+from heredity.errors import HeredityError, input_error
+from heredity.models import chat_messages, model_identity
 from heredity.prompts import Prompt
-from heredity.rundir import Stage, read_table, stable_hash, write_table
-
-
-@dataclass(frozen=True)
-class Request:
-    """One sequence to decode."""
-
-    messages: list[dict[str, str]]
-    seed: int
-
-
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str  # "stop" (end-of-turn token) or "length" (hit max_new_tokens)
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class _GumbelSampler:
-    """Logits processor: temperature, nucleus filter, then Gumbel noise from per-row generators.
-
-    Greedy decoding over the noised scores draws exactly from the filtered softmax.
-    """
-
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
-        import torch
-
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.temperature = temperature
-        self.top_p = top_p
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        scores = scores.float() / self.temperature
-        if self.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-            cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-            drop_sorted = cum - sorted_scores.softmax(dim=-1) >= self.top_p  # always keeps the top token
-            drop = drop_sorted.scatter(1, order, drop_sorted)
-            scores = scores.masked_fill(drop, float("-inf"))
-        vocab = scores.shape[-1]
-        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators])
-        gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7)))
-        return scores + gumbel.to(scores.device)
-
-
-def eos_ids(model, tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    return sorted(i for i in ids if i is not None)
-
-
-def generate_batch(model, tokenizer, requests: Sequence[Request], sampling: SamplingConfig) -> list[Completion]:
-    """Decode one batch (left-padded) and return one completion per request."""
-    import torch
-    from transformers import GenerationConfig, LogitsProcessorList
-
-    texts = [
-        tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in requests
-    ]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    stop_ids = eos_ids(model, tokenizer)
-    gen_config = GenerationConfig(
-        do_sample=False,
-        max_new_tokens=sampling.max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=stop_ids,
-    )
-    processors = LogitsProcessorList()
-    if sampling.temperature > 0:
-        processors.append(_GumbelSampler([r.seed for r in requests], sampling.temperature, sampling.top_p))
-    with torch.inference_mode():
-        out = model.generate(**enc, generation_config=gen_config, logits_processor=processors)
-    new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
-    prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()
-    completions = []
-    stop = set(stop_ids)
-    for ids, n_prompt in zip(new_tokens, prompt_lengths):
-        end = next((i for i, t in enumerate(ids) if t in stop), None)
-        body = ids if end is None else ids[:end]
-        completions.append(
-            Completion(
-                text=tokenizer.decode(body, skip_special_tokens=True).strip(),
-                finish_reason="length" if end is None else "stop",
-                prompt_tokens=int(n_prompt),
-                completion_tokens=len(body),
-            )
-        )
-    return completions
+from heredity.rundir import Stage, file_hash, read_table, stable_hash, write_table
 
 
 def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -133,6 +39,8 @@ def teacher_fingerprint(teacher: TeacherConfig, system_prompt: str | None) -> di
     return {
         "model": model_identity(teacher.model),
         "backend": teacher.backend,
+        # where an endpoint serves the model matters; the key's environment variable does not
+        "endpoint": None if teacher.openai is None else [teacher.openai.base_url, teacher.openai.served_model],
         "sampling": teacher.sampling.model_dump(),
         "system_prompt": system_prompt,
     }
@@ -146,9 +54,57 @@ def candidate_seed(key: str) -> int:
     return int(key[:15], 16)
 
 
+def replay_candidates(teacher: TeacherConfig, prompts: list[Prompt], k: int) -> list[dict[str, Any]]:
+    """Existing outputs as candidates: matched to prompts by text, the first k per prompt and teacher."""
+    from heredity.prompts import read_rows
+
+    opts = teacher.replay
+    rows, label = read_rows(opts.path, opts.hf_split)
+    source_id = stable_hash([opts.path, len(rows)]) if opts.path.startswith("hf:") else _file_id(Path(opts.path))
+    by_text = {p.text: p for p in prompts}
+    found: dict[tuple[str, str], int] = {}
+    out = []
+    for i, row in enumerate(rows, start=1):
+        for field in (opts.prompt_field, opts.text_field) + ((opts.teacher_field,) if opts.teacher_field else ()):
+            if field not in row:
+                raise input_error(label, i, field, f"missing (columns: {', '.join(map(str, row))})")
+        prompt = by_text.get(str(row[opts.prompt_field]).strip())
+        if prompt is None:
+            continue
+        name = str(row[opts.teacher_field]) if opts.teacher_field else teacher.label
+        sample_index = found.get((name, prompt.id), 0)
+        if sample_index >= k:
+            continue
+        found[(name, prompt.id)] = sample_index + 1
+        text = row[opts.text_field]
+        if not isinstance(text, str):
+            raise input_error(label, i, opts.text_field, "must be a string")
+        key = stable_hash({"replay": source_id, "teacher": name, "prompt": prompt.text, "sample": sample_index}, 24)
+        out.append({
+            "candidate_key": key, "prompt_id": prompt.id, "prompt": prompt.text, "teacher": name,
+            "sample_index": sample_index, "text": text.strip(), "finish_reason": "stop", "prompt_tokens": None,
+            "completion_tokens": None, "latency_s": None, "seed": None, "backend": "replay", "model": name,
+        })
+    if not out:
+        raise HeredityError(f"{label}: no row's '{opts.prompt_field}' matches any train prompt")
+    return out
+
+
+def _file_id(path: Path) -> str:
+    if not path.is_file():
+        raise HeredityError(f"{path}: replay file not found")
+    return file_hash(path)
+
+
 def run_generate(cfg: RunConfig, run_dir: Path, train_prompts: list[Prompt], progress=None) -> Stage:
     wanted: list[dict[str, Any]] = []
+    replayed: dict[str, dict[str, Any]] = {}
     for teacher in cfg.teachers:
+        if teacher.backend == "replay":
+            for row in replay_candidates(teacher, train_prompts, cfg.k):
+                replayed[row["candidate_key"]] = row
+                wanted.append({key: row[key] for key in ("candidate_key", "prompt_id", "prompt", "teacher", "sample_index")})
+            continue
         fingerprint = teacher_fingerprint(teacher, cfg.system_prompt)
         for prompt in train_prompts:
             for sample_index in range(cfg.k):
@@ -162,13 +118,15 @@ def run_generate(cfg: RunConfig, run_dir: Path, train_prompts: list[Prompt], pro
         return stage
     stage.start()
     shard_dir = stage.dir / "shards"
-    done: dict[str, dict[str, Any]] = {}
+    done: dict[str, dict[str, Any]] = dict(replayed)
     for shard in sorted(shard_dir.glob("*.parquet")):
         for row in read_table(shard):
             done.setdefault(row["candidate_key"], row)
     todo = [w for w in wanted if w["candidate_key"] not in done]
     generated = 0
     for teacher in cfg.teachers:
+        if teacher.backend == "replay":
+            continue
         mine = [w for w in todo if w["teacher"] == teacher.label]
         if not mine:
             continue
@@ -181,15 +139,14 @@ def run_generate(cfg: RunConfig, run_dir: Path, train_prompts: list[Prompt], pro
     write_table(stage.dir / "candidates.parquet", rows)
     stage.finish(
         {"candidates": "candidates.parquet"},
-        counts={"candidates": len(rows), "generated_now": generated, "reused": len(rows) - generated},
+        counts={"candidates": len(rows), "generated_now": generated, "replayed": len(replayed),
+                "reused": len(rows) - generated - len(replayed)},
     )
     return stage
 
 
 def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, progress) -> int:
-    device = _device(cfg)
-    tokenizer = load_tokenizer(teacher.model)
-    model = load_model(teacher.model, device)
+    backend = open_backend(teacher, _device(cfg))
     requests = [
         (w, Request(chat_messages(w["prompt"], cfg.system_prompt), candidate_seed(w["candidate_key"])))
         for w in todo
@@ -200,14 +157,15 @@ def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, progress) -> int:
     started = time.perf_counter()
     for batch in batched(requests, teacher.batch_size):
         t0 = time.perf_counter()
-        completions = generate_batch(model, tokenizer, [r for _, r in batch], teacher.sampling)
-        latency = time.perf_counter() - t0
+        completions = backend.generate([r for _, r in batch], teacher.sampling)
+        batch_latency = time.perf_counter() - t0
         rows = []
         for (w, req), c in zip(batch, completions):
             rows.append({
                 **w, "text": c.text, "finish_reason": c.finish_reason,
                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                "latency_s": latency, "seed": req.seed, "backend": teacher.backend, "model": teacher.model,
+                "latency_s": c.latency_s if c.latency_s is not None else batch_latency,
+                "seed": req.seed, "backend": teacher.backend, "model": teacher.model,
             })
             tokens += c.completion_tokens
         write_table(shard_dir / f"{teacher.label}-{uuid.uuid4().hex[:12]}.parquet", rows)
@@ -216,6 +174,7 @@ def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, progress) -> int:
         if progress is not None:
             rate = tokens / max(time.perf_counter() - started, 1e-9)
             progress.update(task, advance=len(batch), description=f"generate [{teacher.label}] {rate:.0f} tok/s")
+    backend.close()
     return len(requests)
 
 

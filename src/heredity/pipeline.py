@@ -7,6 +7,7 @@ batch) where it stopped.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from heredity.config import RunConfig
+from heredity.errors import HeredityError
 from heredity.evaluate import run_evaluate
 from heredity.generate import run_generate
 from heredity.prompts import load_prompts
@@ -55,17 +57,24 @@ def quiet_libraries() -> None:
     """Keep the terminal for heredity's own progress: silence per-library bars and info logs."""
     import warnings
 
-    import datasets
-    import transformers
-
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)\b")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # GGUF conversion and others use tqdm directly
+    try:  # none of this is needed (or installed) for a replay-only `heredity select`
+        import datasets
+        import transformers
+    except ImportError:
+        return
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.utils.logging.disable_progress_bar()
     datasets.utils.logging.set_verbosity_error()
 
 
-def run(cfg: RunConfig, out: Path, console: Console | None = None) -> dict[str, Any]:
+STOPS = ("generate", "score", "select", "report")
+
+
+def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = "report") -> dict[str, Any]:
+    """Run the loop up to and including the stage ``until`` (see ``STOPS``)."""
     console = console or Console(stderr=True)
     quiet_libraries()
     out = Path(out)
@@ -95,8 +104,17 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None) -> dict[str, 
             return stage
 
         generate = step("generate", lambda: run_generate(cfg, out, train_prompts, progress))
+        if until == "generate":
+            return {"stopped_after": "generate", "timings_s": dict(timer.timings)}
         score = step("score", lambda: run_score(cfg, out, generate))
+        if until == "score":
+            return {"stopped_after": "score", "timings_s": dict(timer.timings)}
         select = step("select", lambda: run_select(cfg, out, score))
+        if until == "select":
+            return {"stopped_after": "select", "timings_s": dict(timer.timings)}
+        if not eval_prompts:
+            raise HeredityError("no held-out eval prompts (prompts.eval_every is null): "
+                                "set eval_every or eval_source to train and evaluate students")
         trained = {arm: step(f"train/{arm}", lambda arm=arm: run_train(cfg, out, select, arm)) for arm in ARMS}
         evaluated = {"base": step("evaluate/base", lambda: run_evaluate(cfg, out, "base", eval_prompts, None, progress))}
         for arm in ARMS:

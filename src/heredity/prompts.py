@@ -123,6 +123,8 @@ def load_prompts(cfg: PromptsConfig) -> tuple[list[Prompt], list[Prompt]]:
     if cfg.eval_source:
         eval_rows, eval_label = read_rows(cfg.eval_source, cfg.hf_split)
         train, held_out = prompts, to_prompts(eval_rows, eval_label, cfg.field, cfg.id_field)
+    elif cfg.eval_every is None:
+        train, held_out = prompts, []
     else:
         # Position-based split: deterministic and stable when prompts are appended.
         held_out = [p for i, p in enumerate(prompts) if i % cfg.eval_every == cfg.eval_every - 1]
@@ -131,6 +133,8 @@ def load_prompts(cfg: PromptsConfig) -> tuple[list[Prompt], list[Prompt]]:
         train = train[: cfg.limit_train]
     if cfg.limit_eval:
         held_out = held_out[: cfg.limit_eval]
-    if not train or not held_out:
-        raise HeredityError(f"{label}: need at least one train and one eval prompt")
+    if not train:
+        raise HeredityError(f"{label}: no train prompts left after the eval split")
+    if not held_out and (cfg.eval_every is not None or cfg.eval_source):
+        raise HeredityError(f"{label}: no eval prompts left after the split")
     return train, held_out

@@ -19,18 +19,26 @@ def metric_versions(metric_names: list[str]) -> dict[str, str]:
     return {name: get_metric(name).version for name in metric_names}
 
 
+def needs_tokenizer(metric_names: list[str]) -> bool:
+    return any(get_metric(name).needs_tokenizer for name in metric_names)
+
+
 def run_score(cfg: RunConfig, run_dir: Path, generate: Stage) -> Stage:
     metrics = cfg.score.metrics
+    # Only token-counting metrics need the student's tokenizer; without them a replayed pool
+    # can be scored and selected with no model installed at all.
+    with_tokenizer = needs_tokenizer(metrics)
     stage = Stage(run_dir, "score", {
         "candidates": generate.key,
         "metrics": metric_versions(metrics),
-        "tokenizer": model_identity(cfg.student),
+        "tokenizer": model_identity(cfg.student) if with_tokenizer else None,
     })
     if stage.reuse():
         return stage
     stage.start()
     rows = read_table(generate.dir / "candidates.parquet")
-    context = MetricContext(tokenizer=load_tokenizer(cfg.student), prompts=[r["prompt"] for r in rows])
+    tokenizer = load_tokenizer(cfg.student) if with_tokenizer else None
+    context = MetricContext(tokenizer=tokenizer, prompts=[r["prompt"] for r in rows])
     scores = score_texts([r["text"] for r in rows], metrics, context)
     out: list[dict[str, Any]] = []
     for i, row in enumerate(rows):

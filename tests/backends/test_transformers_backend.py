@@ -3,7 +3,8 @@
 import pytest
 
 from heredity.config import SamplingConfig
-from heredity.generate import Request, generate_batch
+from heredity.backends import Request
+from heredity.backends.transformers_backend import generate_batch
 from heredity.models import chat_messages, load_model, load_tokenizer
 
 MODEL = "embedded:smollm2-135m-instruct"

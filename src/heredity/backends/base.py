@@ -1,0 +1,63 @@
+"""The generation backend interface: a batch of chat requests in, one completion each out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+from heredity.errors import HeredityError
+
+if TYPE_CHECKING:
+    from heredity.config import SamplingConfig, TeacherConfig
+
+
+@dataclass(frozen=True)
+class Request:
+    """One sequence to decode: a chat conversation and the seed of its own sampler."""
+
+    messages: list[dict[str, str]]
+    seed: int
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (end of turn) or "length" (hit max_new_tokens)
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """What a generation backend provides. ``batch_size`` requests arrive per call."""
+
+    def generate(self, requests: Sequence[Request], sampling: "SamplingConfig") -> list[Completion]: ...
+
+    def close(self) -> None: ...
+
+
+BackendFactory = Callable[["TeacherConfig", str], Backend]
+_BACKENDS: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    def decorate(factory: BackendFactory) -> BackendFactory:
+        _BACKENDS[name] = factory
+        return factory
+
+    return decorate
+
+
+def open_backend(teacher: "TeacherConfig", device: str) -> Backend:
+    """Start the backend a teacher names (imports optional dependencies only now)."""
+    import importlib
+
+    if teacher.backend not in _BACKENDS:
+        try:
+            importlib.import_module(f"heredity.backends.{teacher.backend}_backend")
+        except ImportError as exc:
+            raise HeredityError(f"teacher '{teacher.label}': backend '{teacher.backend}' unavailable: {exc}") from None
+    if teacher.backend not in _BACKENDS:
+        raise HeredityError(f"teacher '{teacher.label}': unknown backend '{teacher.backend}'")
+    return _BACKENDS[teacher.backend](teacher, device)
