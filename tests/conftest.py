@@ -43,3 +43,14 @@ def tiny_config(**overrides) -> dict:
         else:
             cfg[section] = value
     return cfg
+
+
+@pytest.fixture(scope="session")
+def alpaca_texts(data_dir: Path) -> list[str]:
+    """All 9,660 AlpacaEval outputs (12 models × 805 instructions)."""
+    import json
+
+    files = sorted((data_dir / "alpaca_eval").glob("*.json"))
+    if not files:
+        pytest.skip(f"no alpaca_eval data under {data_dir}")
+    return [row["output"] for path in files for row in json.loads(path.read_text(encoding="utf-8"))]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -21,25 +18,6 @@ from heredity.metrics.lexical import (
     tokenize,
     ttr,
 )
-
-
-def shared_data_dir() -> Path:
-    """shared/data beside the repository root, or $HEREDITY_SHARED_DATA."""
-    env = os.environ.get("HEREDITY_SHARED_DATA")
-    if env:
-        return Path(env)
-    return (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
-
-
-@pytest.fixture(scope="module")
-def alpaca_texts() -> list[str]:
-    files = sorted((shared_data_dir() / "alpaca_eval").glob("*.json"))
-    if not files:
-        pytest.skip(f"no alpaca_eval data under {shared_data_dir()}")
-    texts = []
-    for path in files:
-        texts.extend(row["output"] for row in json.loads(path.read_text(encoding="utf-8")))
-    return texts
 
 
 # --- tokenisation ---------------------------------------------------------------------------

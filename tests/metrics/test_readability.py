@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -16,25 +13,6 @@ from heredity.metrics.readability import (
     readability_counts,
     syllable_count,
 )
-
-
-def shared_data_dir() -> Path:
-    """shared/data beside the repository root, or $HEREDITY_SHARED_DATA."""
-    env = os.environ.get("HEREDITY_SHARED_DATA")
-    if env:
-        return Path(env)
-    return (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
-
-
-@pytest.fixture(scope="module")
-def alpaca_texts() -> list[str]:
-    files = sorted((shared_data_dir() / "alpaca_eval").glob("*.json"))
-    if not files:
-        pytest.skip(f"no alpaca_eval data under {shared_data_dir()}")
-    texts = []
-    for path in files:
-        texts.extend(row["output"] for row in json.loads(path.read_text(encoding="utf-8")))
-    return texts
 
 
 @pytest.fixture(scope="module")
