@@ -45,3 +45,12 @@ def test_target_metric_is_always_scored():
 def test_duplicate_teacher_names_rejected():
     with pytest.raises(HeredityError, match="teacher names must be unique"):
         config_from_dict({"teachers": [{"model": "a/m"}, {"model": "b/m"}]})
+
+
+def test_active_strategy_spec_is_checked_and_its_metrics_scored():
+    cfg = config_from_dict({"score": {"metrics": ["length"]}, "select": {"active": {
+        "strategy": "constrained", "metric": "words", "direction": "max",
+        "subject_to": {"metric": "mtld", "op": ">=", "value": 40}}}})
+    assert set(cfg.score.metrics) == {"length", "words", "mtld"}
+    with pytest.raises(HeredityError, match=r"field 'select.active'.*unknown parameter 'metrc'"):
+        config_from_dict({"select": {"active": {"strategy": "best", "metrc": "words"}}})

@@ -66,45 +66,35 @@ def _print_summary(summary: dict, out: Path) -> None:
     console.print(f"report: {out / 'report.md'}  summary: {out / 'summary.json'}")
 
 
-@app.command()
-def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Run directory.")) -> None:
-    """Run the bundled quickstart: embedded SmolLM2 as teacher and student, steer towards longer answers."""
-    from heredity.config import bundled_config
+def _config(path: Path | None):
+    """The config at ``path``, or the bundled quickstart; a bad config ends the command in one line."""
+    from heredity.config import bundled_config, load_config
     from heredity.errors import HeredityError
 
     try:
-        cfg = bundled_config("quickstart")
+        return bundled_config("quickstart") if path is None else load_config(path)
     except HeredityError as exc:
         _fail(str(exc))
-    _run(cfg, out)
+
+
+@app.command()
+def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Run directory.")) -> None:
+    """Run the bundled quickstart: embedded SmolLM2 as teacher and student, steer towards longer answers."""
+    _run(_config(None), out)
 
 
 @app.command("run")
 def run_cmd(config: Path = typer.Argument(..., help="YAML config file."),
             out: Path = typer.Option(..., "--out", help="Run directory.")) -> None:
     """Run the whole loop from a YAML config."""
-    from heredity.config import load_config
-    from heredity.errors import HeredityError
-
-    try:
-        cfg = load_config(config)
-    except HeredityError as exc:
-        _fail(str(exc))
-    _run(cfg, out)
+    _run(_config(config), out)
 
 
 @app.command("select")
 def select_cmd(config: Path = typer.Argument(..., help="YAML config file."),
                out: Path = typer.Option(..., "--out", help="Run directory.")) -> None:
     """Build, score and select the pool only (no training): works on replayed pools without any model."""
-    from heredity.config import load_config
-    from heredity.errors import HeredityError
-
-    try:
-        cfg = load_config(config)
-    except HeredityError as exc:
-        _fail(str(exc))
-    _run(cfg, out, until="select")
+    _run(_config(config), out, until="select")
 
 
 @app.command("metrics")

@@ -117,12 +117,63 @@ class ScoreConfig(_Strict):
     )
 
 
-class SelectConfig(_Strict):
-    """Active selection: keep the candidate that best meets the target, per prompt."""
+class StrategySpec(BaseModel):
+    """A selection rule: a registered strategy plus its parameters (see heredity.strategies).
 
-    metric: str = "length"
+    Written as a bare name (``first``) or a mapping (``{strategy: best, metric: words}``).
+    Parameters are checked by the strategy's own parameter model, so a misspelt one is
+    still an error even though this model accepts extra keys.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    strategy: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data: Any) -> Any:
+        return {"strategy": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _valid_for_its_strategy(self) -> "StrategySpec":
+        from heredity.strategies import parse_spec
+
+        parse_spec(self.as_dict())  # SpecError is a ValueError: reported under this field
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, **(self.model_extra or {})}
+
+
+class SelectConfig(_Strict):
+    """Which candidate each arm keeps per prompt: a passive baseline and an active rule."""
+
+    metric: str = Field("length", description="The target: reported first, and what the default "
+                        "active rule maximises or minimises.")
     direction: Literal["max", "min"] = "max"
-    seed: int = Field(0, description="Seed of the passive (uniformly random) selection.")
+    seed: int = Field(0, description="Seed of the default passive (uniformly random) selection.")
+    active: StrategySpec | None = Field(
+        None, description="Active rule, e.g. {strategy: constrained, metric: words, subject_to: "
+        "{metric: toxicity, op: '<=', value: 0.1}}; default: best on metric/direction.")
+    passive: StrategySpec | None = Field(
+        None, description="Passive baseline: random (default, with seed), first, or {strategy: teacher, name: ...}.")
+    sweep: Literal["off", "sample", "candidate"] = Field(
+        "off", description="Also run the active rule on the first k' samples (or candidates) per prompt, "
+        "k' = 1..k, and put the dose-response in the data card.")
+
+    def active_spec(self) -> dict[str, Any]:
+        if self.active is not None:
+            return self.active.as_dict()
+        return {"strategy": "best", "metric": self.metric, "direction": self.direction}
+
+    def passive_spec(self) -> dict[str, Any]:
+        return self.passive.as_dict() if self.passive is not None else {"strategy": "random", "seed": self.seed}
+
+    def metrics(self) -> list[str]:
+        """Every metric the selection reads (the target included), for score.metrics."""
+        from heredity.strategies import spec_metrics
+
+        return sorted({self.metric, *spec_metrics(self.active_spec()), *spec_metrics(self.passive_spec())})
 
 
 class TrainConfig(_Strict):
@@ -182,9 +233,10 @@ class RunConfig(_Strict):
         return teachers
 
     @model_validator(mode="after")
-    def _target_is_scored(self) -> "RunConfig":
-        if self.select.metric not in self.score.metrics:
-            self.score.metrics = [*self.score.metrics, self.select.metric]
+    def _selection_metrics_are_scored(self) -> "RunConfig":
+        missing = [m for m in self.select.metrics() if m not in self.score.metrics]
+        if missing:
+            self.score.metrics = [*self.score.metrics, *missing]
         return self
 
     @property

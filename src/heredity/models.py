@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,9 @@ def resolve(ref: str) -> dict[str, Any]:
             raise HeredityError(f"unknown embedded model '{ref}'; known: {known}")
         target = cache_dir() / "models" / name
         if not (target / "config.json").is_file():
-            _convert_gguf(_embedded_gguf(name), target)
+            gguf = _embedded_gguf(name)
+            print(f"converting {ref} from GGUF to safetensors once, into {target} (~20 s)", file=sys.stderr)
+            _convert_gguf(gguf, target)
         return {"pretrained_model_name_or_path": str(target)}
     path = Path(ref).expanduser()
     if path.suffix == ".gguf":

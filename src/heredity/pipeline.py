@@ -96,11 +96,13 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
                                  counts={"train": len(train_prompts), "eval": len(eval_prompts)})
     timer.note("prompts", prompts_stage, reused)
 
+    stages: dict[str, Stage] = {"prompts": prompts_stage}
     with _progress(console) as progress:
         def step(name: str, make):
             with timer.stage(name):
                 stage = make()
             timer.note(name, stage, reused=stage.reused)
+            stages[name] = stage
             return stage
 
         generate = step("generate", lambda: run_generate(cfg, out, train_prompts, progress))
@@ -121,8 +123,10 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
             evaluated[arm] = step(f"evaluate/{arm}", lambda arm=arm: run_evaluate(
                 cfg, out, arm, eval_prompts, trained[arm], progress))
 
+    # What each stage cost when it was computed (a reused stage costs ~0 s in this run).
+    compute = {name: (stage.manifest() or {}).get("seconds") for name, stage in stages.items()}
     with timer.stage("report"):
-        summary = write_report(cfg, out, evaluated, select, trained, dict(timer.timings))
+        summary = write_report(cfg, out, evaluated, select, trained, dict(timer.timings), compute)
     summary["timings_s"] = dict(timer.timings)
     write_json(out / "summary.json", summary)
     return summary

@@ -39,7 +39,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray, samples: int, seed: int) -> 
 
 
 def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: dict[str, Any],
-              timings: dict[str, float], train_results: dict[str, Any]) -> dict[str, Any]:
+              timings: dict[str, float], train_results: dict[str, Any],
+              compute: dict[str, float | None] | None = None) -> dict[str, Any]:
     metrics = cfg.eval_metrics
     n_boot = cfg.eval.bootstrap_samples
     arms: dict[str, dict[str, float]] = {}
@@ -70,6 +71,7 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
         "selection": card,
         "training": train_results,
         "timings_s": timings,
+        "stage_compute_s": compute or {},
         "versions": versions(),
         "config": cfg.model_dump(mode="json"),
     }
@@ -119,23 +121,34 @@ def render_markdown(summary: dict[str, Any]) -> str:
         shift = e["active"]["shift_pct"]
         lines.append(f"| {m} | {_fmt(e['pool']['mean'])} | {_fmt(e['passive']['mean'])} | "
                      f"{_fmt(e['active']['mean'])} | {'–' if shift is None else f'{shift:+.1f}%'} |")
+    dropped = card.get("dropped_prompts", {})
+    if any(dropped.values()):
+        lines += ["", "Prompts dropped by filters: " + ", ".join(f"{a} {n}" for a, n in dropped.items())]
+    if "sweep" in card:
+        metrics = list(card["metrics"])
+        lines += ["", f"Steering strength (active rule on the first k' {card['sweep']['unit']}s per prompt):", "",
+                  "| k' | prompts | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
+        for k, step in card["sweep"]["steps"].items():
+            lines.append(f"| {k} | {step['prompts']} | " + " | ".join(_fmt(step[m]) for m in metrics) + " |")
     lines += ["", "## Training", "", "| arm | examples | steps | first loss | last loss | too long |",
               "|---|---|---|---|---|---|"]
     for arm, r in summary["training"].items():
         lines.append(f"| {arm} | {r['examples']} | {r['steps']} | {_fmt(r['first_loss'])} | "
                      f"{_fmt(r['last_loss'])} | {r['too_long']} |")
-    lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in summary["timings_s"].items()]
+    lines += ["", "## Wall time per stage (s)", "", "| stage | this run | when computed |", "|---|---|---|"]
+    compute = summary.get("stage_compute_s", {})
+    lines += [f"| {k} | {v:.1f} | {_fmt(compute.get(k))} |" for k, v in summary["timings_s"].items()]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()), ""]
     return "\n".join(lines)
 
 
 def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], select_stage: Any,
-                 train_stages: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+                 train_stages: dict[str, Any], timings: dict[str, float],
+                 compute: dict[str, float | None] | None = None) -> dict[str, Any]:
     answers = {arm: read_table(stage.dir / "answers.parquet") for arm, stage in eval_stages.items()}
     card = read_json(select_stage.dir / "card.json")
     train_results = {arm: (stage.manifest() or {}).get("result", {}) for arm, stage in train_stages.items()}
-    summary = summarise(cfg, answers, card, timings, train_results)
+    summary = summarise(cfg, answers, card, timings, train_results, compute)
     write_table(run_dir / "per_prompt.parquet", [r for arm in ARM_ORDER if arm in answers for r in answers[arm]])
     write_json(run_dir / "summary.json", summary)
     write_text(run_dir / "report.md", render_markdown(summary))

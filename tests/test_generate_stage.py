@@ -1,0 +1,98 @@
+"""The generate stage: content-keyed candidates, incremental growth, and resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from heredity.config import config_from_dict
+from heredity.pipeline import run
+
+pytestmark = pytest.mark.slow
+
+
+def gen_config(k: int = 2, train: int = 3, batch_size: int = 64, teachers=None) -> dict:
+    return {
+        "prompts": {"source": "bundled:quickstart", "limit_train": train},
+        "teachers": teachers or [{"model": "embedded:smollm2-135m-instruct", "batch_size": batch_size,
+                                  "sampling": {"temperature": 1.0, "max_new_tokens": 12}}],
+        "k": k,
+        "score": {"metrics": ["words"]},
+        "select": {"metric": "words"},
+    }
+
+
+def pool(out: Path) -> list[dict]:
+    return pq.read_table(out / "generate" / "candidates.parquet").to_pylist()
+
+
+def test_raising_k_generates_only_the_new_samples(tmp_path: Path):
+    out = tmp_path / "run"
+    run(config_from_dict(gen_config(k=2)), out, until="generate")
+    first = {r["candidate_key"]: r["text"] for r in pool(out)}
+    run(config_from_dict(gen_config(k=4)), out, until="generate")
+    manifest = json.loads((out / "generate" / "manifest.json").read_text())
+    assert manifest["counts"] == {"candidates": 12, "generated_now": 6, "replayed": 0, "reused": 6}
+    grown = pool(out)
+    assert {r["candidate_key"]: r["text"] for r in grown if r["sample_index"] < 2} == first
+    assert sorted(r["sample_index"] for r in grown) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_sigkill_mid_run_resumes_to_the_same_pool(tmp_path: Path):
+    cfg = gen_config(k=2, train=6, batch_size=2)  # 12 candidates in 6 shards
+    script = ("import sys, json; from heredity.config import config_from_dict; from heredity.pipeline import run; "
+              "run(config_from_dict(json.loads(sys.argv[1])), sys.argv[2], until='generate')")
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(cfg), str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = killed / "generate" / "shards"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(shards.glob("*.parquet"))) < 2:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(shards.glob("*.parquet")))
+    assert 2 <= done_before < 6, "the kill should land mid-run"
+    assert not (killed / "generate" / "candidates.parquet").exists()
+
+    run(config_from_dict(cfg), killed, until="generate")
+    manifest = json.loads((killed / "generate" / "manifest.json").read_text())
+    assert manifest["counts"]["reused"] >= 2 * done_before
+    assert manifest["counts"]["generated_now"] == 12 - manifest["counts"]["reused"]
+
+    clean = tmp_path / "clean"
+    run(config_from_dict(dict(cfg, teachers=[dict(cfg["teachers"][0], batch_size=12)])), clean, until="generate")
+    resumed = pool(killed)
+    assert len({r["candidate_key"] for r in resumed}) == 12  # no duplicates
+    assert [(r["candidate_key"], r["text"]) for r in resumed] == [(r["candidate_key"], r["text"]) for r in pool(clean)]
+
+
+def test_multi_source_pool_two_local_teachers_and_a_replay(tmp_path: Path, data_dir: Path):
+    from heredity.config import PromptsConfig
+    from heredity.prompts import load_prompts
+
+    train, _ = load_prompts(PromptsConfig(limit_train=3))
+    answers = json.loads((data_dir / "alpaca_eval" / "gpt-3.5-turbo-0613.json").read_text())
+    replay = tmp_path / "earlier.jsonl"
+    replay.write_text("".join(json.dumps({"instruction": p.text, "output": a["output"]}) + "\n"
+                              for p, a in zip(train, answers)))
+    teachers = [
+        {"model": "embedded:smollm2-135m-instruct", "name": "hot", "sampling": {"temperature": 1.2, "max_new_tokens": 12}},
+        {"model": "embedded:smollm2-135m-instruct", "name": "cool", "sampling": {"temperature": 0.5, "max_new_tokens": 12}},
+        {"backend": "replay", "name": "earlier", "replay": {"path": str(replay)}},
+    ]
+    out = tmp_path / "run"
+    run(config_from_dict(gen_config(k=2, teachers=teachers)), out, until="select")
+    rows = pool(out)
+    counts = {t: sum(r["teacher"] == t for r in rows) for t in ("hot", "cool", "earlier")}
+    assert counts == {"hot": 6, "cool": 6, "earlier": 3}  # the file holds one answer per prompt
+    assert {r["backend"] for r in rows} == {"transformers", "replay"}
+    card = json.loads((out / "select" / "card.json").read_text())
+    # gpt-3.5's full answers are far longer than 12 tokens: it wins every max-words contest
+    assert card["teacher_share"]["active"]["earlier"] == 1.0
