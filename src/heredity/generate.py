@@ -59,8 +59,10 @@ def replay_candidates(teacher: TeacherConfig, prompts: list[Prompt], k: int) -> 
     from heredity.prompts import read_rows
 
     opts = teacher.replay
+    # A file's content hash keys its candidates, so an edited file is replayed afresh.
+    source_id = None if opts.path.startswith("hf:") else _file_id(Path(opts.path).expanduser())
     rows, label = read_rows(opts.path, opts.hf_split)
-    source_id = stable_hash([opts.path, len(rows)]) if opts.path.startswith("hf:") else _file_id(Path(opts.path))
+    source_id = source_id or stable_hash([opts.path, opts.hf_split, len(rows)])
     by_text = {p.text: p for p in prompts}
     found: dict[tuple[str, str], int] = {}
     out = []
@@ -92,7 +94,7 @@ def replay_candidates(teacher: TeacherConfig, prompts: list[Prompt], k: int) -> 
 
 def _file_id(path: Path) -> str:
     if not path.is_file():
-        raise HeredityError(f"{path}: replay file not found")
+        raise HeredityError(f"{path}: replay file not found (teacher backend 'replay')")
     return file_hash(path)
 
 

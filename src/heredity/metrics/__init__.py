@@ -6,5 +6,6 @@ from heredity.metrics.registry import Metric, MetricContext, get_metric, list_me
 from heredity.metrics import length as _length  # noqa: F401,E402
 from heredity.metrics import lexical as _lexical  # noqa: F401,E402
 from heredity.metrics import readability as _readability  # noqa: F401,E402
+from heredity.metrics import toxicity as _toxicity  # noqa: F401,E402
 
 __all__ = ["Metric", "MetricContext", "get_metric", "list_metrics", "register"]

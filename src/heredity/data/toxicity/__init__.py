@@ -1,0 +1,1 @@
+"""Trained weights the toxicity metrics load with importlib.resources."""
