@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from heredity.backends import Request, open_backend
+from heredity.backends.base import BatchIncomplete
 from heredity.config import RunConfig, TeacherConfig
 from heredity.errors import HeredityError, input_error
 from heredity.models import chat_messages, model_identity
@@ -159,10 +160,16 @@ def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, progress) -> int:
     started = time.perf_counter()
     for batch in batched(requests, teacher.batch_size):
         t0 = time.perf_counter()
-        completions = backend.generate([r for _, r in batch], teacher.sampling)
+        failure = None
+        try:
+            completions = backend.generate([r for _, r in batch], teacher.sampling)
+        except BatchIncomplete as exc:  # keep what finished; the rerun asks only for the rest
+            failure, completions = exc, exc.completions
         batch_latency = time.perf_counter() - t0
         rows = []
         for (w, req), c in zip(batch, completions):
+            if c is None:
+                continue
             rows.append({
                 **w, "text": c.text, "finish_reason": c.finish_reason,
                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
@@ -170,7 +177,12 @@ def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, progress) -> int:
                 "seed": req.seed, "backend": teacher.backend, "model": teacher.model,
             })
             tokens += c.completion_tokens
-        write_table(shard_dir / f"{teacher.label}-{uuid.uuid4().hex[:12]}.parquet", rows)
+        if rows:
+            write_table(shard_dir / f"{teacher.label}-{uuid.uuid4().hex[:12]}.parquet", rows)
+        if failure is not None:
+            backend.close()
+            raise HeredityError(f"{failure} ({len(rows)} of this batch's candidates were kept; "
+                                "rerun to generate the rest)")
         for row in rows:
             done[row["candidate_key"]] = row
         if progress is not None:

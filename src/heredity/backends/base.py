@@ -29,6 +29,18 @@ class Completion:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class BatchIncomplete(HeredityError):
+    """Some requests of a batch still failed after every retry.
+
+    ``completions`` holds the finished ones (``None`` where a request failed), in request
+    order, so a caller can keep the work that did finish.
+    """
+
+    def __init__(self, message: str, completions: list[Completion | None]):
+        super().__init__(message)
+        self.completions = completions
+
+
 class Backend(Protocol):
     """What a generation backend provides. ``batch_size`` requests arrive per call."""
 

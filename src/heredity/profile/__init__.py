@@ -1,0 +1,162 @@
+"""Profile a model (a teacher or a student): calibration and social-bias benchmarks scored by likelihood.
+
+Suites (``SUITES``): ``calibration`` (HellaSwag accuracy and ECE), ``crows_pairs``, ``stereoset``,
+``bbq`` and ``seat``. Each suite module has a pure scoring function (log-likelihoods in, metrics
+out) and a ``run(model, tokenizer, ...)`` on a real model; ``loglik`` is the shared batched
+scorer. Data comes from ``data_dir`` (default ``$HEREDITY_SHARED_DATA`` or ``shared/data``
+beside the checkout); see each module's docstring for its protocol.
+
+    from heredity.profile import profile_model, render_table
+    result = profile_model("embedded:smollm2-135m-instruct", ["all"], limit=100, out=Path("profile"))
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heredity.errors import HeredityError
+from heredity.profile import bbq, calibration, crows_pairs, seat, stereoset
+from heredity.profile.common import BOOTSTRAP_SAMPLES, SuiteResult, default_data_dir
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    limit_counts: str  # what ``limit`` counts in this suite
+    run: Callable[..., SuiteResult]
+
+
+SUITES: dict[str, Suite] = {
+    s.name: s
+    for s in (
+        Suite("calibration", "HellaSwag accuracy and expected calibration error (1 and 10 bins)", "items",
+              calibration.run),
+        Suite("crows_pairs", "CrowS-Pairs: % of pairs where the more stereotyping sentence is more likely",
+              "pairs", crows_pairs.run),
+        Suite("stereoset", "StereoSet intrasentence: stereotype score, LM score, ICAT", "items", stereoset.run),
+        Suite("bbq", "BBQ: accuracy and bias scores, ambiguous and disambiguated contexts", "items",
+              bbq.run),
+        Suite("seat", "SEAT: effect sizes of embedding associations", "tests", seat.run),
+    )
+}
+
+
+def resolve_suites(names: list[str]) -> list[str]:
+    """Suite names in registry order; ``all`` means every suite."""
+    wanted = set()
+    for name in names:
+        if name == "all":
+            wanted.update(SUITES)
+        elif name in SUITES:
+            wanted.add(name)
+        else:
+            raise HeredityError(f"unknown profile suite '{name}'; known: all, {', '.join(SUITES)}")
+    if not wanted:
+        raise HeredityError("no profile suite given; known: all, " + ", ".join(SUITES))
+    return [name for name in SUITES if name in wanted]
+
+
+def scoring_tokenizer(model_ref: str):
+    """The model's tokenizer, right-padded; unlike generation, scoring needs no chat template."""
+    from transformers import AutoTokenizer
+
+    from heredity.models import resolve
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(**resolve(model_ref))
+    except OSError as exc:
+        raise HeredityError(f"cannot load tokenizer of model '{model_ref}': {str(exc).splitlines()[0]}") from None
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Path | None, device: str = "cpu",
+                  *, data_dir: Path | None = None, batch_size: int = 32, bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+                  seed: int = 0, threads: int | None = None, log: Callable[[str], None] | None = None
+                  ) -> dict[str, Any]:
+    """Run the chosen suites on one model; return (and with ``out``, write) the metrics.
+
+    ``limit`` caps each suite's sample (items, pairs or tests; a seeded random sample, ``None`` =
+    all). With ``out``, writes ``out/<suite>.parquet`` (one row per item) and ``out/summary.json``
+    (the returned dict), each atomically. ``threads`` sets torch's CPU threads for the process:
+    on a machine whose cores are shared with other busy processes, 1 is several times faster than
+    one per core.
+    """
+    from heredity.models import load_model, model_identity, pick_device
+    from heredity.rundir import versions, write_json, write_table
+
+    names = resolve_suites(suites)
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if not root.is_dir():
+        raise HeredityError(f"{root}: profiling data folder not found (pass data_dir or set HEREDITY_SHARED_DATA)")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    device = pick_device(device)
+    started = time.perf_counter()
+    model = load_model(model_ref, device)
+    tokenizer = scoring_tokenizer(model_ref)
+    result: dict[str, Any] = {
+        "model": model_ref,
+        "model_identity": model_identity(model_ref),
+        "device": device,
+        "limit": limit,
+        "seed": seed,
+        "bootstrap_samples": bootstrap_samples,
+        "suites": {},
+        "timings_s": {"load": round(time.perf_counter() - started, 3)},
+        "versions": versions(),
+    }
+    for name in names:
+        t0 = time.perf_counter()
+        suite = SUITES[name].run(model, tokenizer, data_dir=root, limit=limit, seed=seed,
+                                 samples=bootstrap_samples, batch_size=batch_size)
+        seconds = time.perf_counter() - t0
+        result["suites"][name] = suite.summary
+        result["timings_s"][name] = round(seconds, 3)
+        if out is not None:
+            write_table(Path(out) / f"{name}.parquet", suite.rows)
+        if log is not None:
+            log(f"{name}: {suite.summary['n']} {SUITES[name].limit_counts} in {seconds:.1f}s")
+    if out is not None:
+        write_json(Path(out) / "summary.json", result)
+    return result
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def render_table(result: dict[str, Any], groups: bool = True):
+    """A rich table of every suite's metrics, overall then (with ``groups``) per group, with 95% CIs."""
+    from rich.table import Table
+
+    limit = "all items" if result.get("limit") is None else f"limit {result['limit']}"
+    table = Table(title=f"profile of {result['model']} ({limit})")
+    for col, justify in (("suite", "left"), ("group", "left"), ("metric", "left"), ("value", "right"),
+                         ("95% CI", "right"), ("n", "right")):
+        table.add_column(col, justify=justify)
+
+    def rows(suite: str, group: str, n: int, metrics: dict[str, Any]) -> None:
+        for metric, m in metrics.items():
+            lo, hi = m["ci95"]
+            ci = "" if lo is None else f"[{_fmt(lo)}, {_fmt(hi)}]"
+            table.add_row(suite, group, metric, _fmt(m["value"]), ci, str(n))
+
+    for suite, summary in result["suites"].items():
+        rows(suite, "all", summary["n"], summary["metrics"])
+        for group, g in summary["groups"].items() if groups else ():
+            rows(suite, group, g["n"], g["metrics"])
+        table.add_section()
+    return table
+
+
+__all__ = ["SUITES", "Suite", "profile_model", "render_table", "resolve_suites", "scoring_tokenizer"]

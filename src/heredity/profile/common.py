@@ -1,0 +1,108 @@
+"""What every suite shares: where the data is, sampling, bootstrap CIs and the result shape.
+
+A suite's result is a plain dict (JSON-ready)::
+
+    {"suite": ..., "dataset": ..., "n": items scored, "protocol": {...choices made...},
+     "metrics": {name: {"value": v, "ci95": [lo, hi]}},
+     "groups": {group: {"n": k, "metrics": {name: {"value": v, "ci95": [lo, hi]}}}}}
+
+plus per-item rows for Parquet. Values that are undefined on a sample (e.g. a bias score with
+no non-"unknown" answers) are ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from heredity.errors import HeredityError
+
+REPO = Path(__file__).resolve().parents[3]
+BOOTSTRAP_SAMPLES = 1000
+
+
+def default_data_dir() -> Path:
+    """``$HEREDITY_SHARED_DATA``, else ``shared/data`` beside the repository checkout."""
+    env = os.environ.get("HEREDITY_SHARED_DATA")
+    return Path(env) if env else (REPO / ".." / "shared" / "data").resolve()
+
+
+def data_file(data_dir: Path | None, relative: str) -> Path:
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    path = root / relative
+    if not path.exists():
+        raise HeredityError(f"{path}: profiling data not found (pass data_dir or set HEREDITY_SHARED_DATA)")
+    return path
+
+
+def sample_indices(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """All of ``range(n)``, or a seeded random ``limit`` of them in file order.
+
+    Random rather than the first ``limit``: the data files are sorted by template or source,
+    so a prefix would be one template repeated, not a sample.
+    """
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if limit < 1:
+        raise HeredityError(f"limit must be at least 1, got {limit}")
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def _clean(x: float | None) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def bootstrap_ci(stat: Callable[[np.ndarray], float | None], n: int, samples: int = BOOTSTRAP_SAMPLES,
+                 seed: int = 0) -> list[float | None]:
+    """Percentile 95% CI of ``stat(indices)`` over item resamples (with replacement).
+
+    ``stat`` gets an index array into the suite's items, so any statistic (a ratio, an ECE, ICAT)
+    is resampled the same way as a mean. Resamples where it is undefined (None/NaN) are dropped;
+    if most are, the CI is [None, None].
+    """
+    if n == 0:
+        return [None, None]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(samples):
+        v = _clean(stat(rng.integers(0, n, size=n)))
+        if v is not None:
+            values.append(v)
+    if len(values) < samples / 2:
+        return [None, None]
+    return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]
+
+
+def estimate(stat: Callable[[np.ndarray], float | None], n: int, samples: int, seed: int) -> dict[str, Any]:
+    """``{"value": stat(all items), "ci95": bootstrap CI}``."""
+    return {"value": _clean(stat(np.arange(n))) if n else None, "ci95": bootstrap_ci(stat, n, samples, seed)}
+
+
+@dataclass
+class SuiteResult:
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def grouped(stats: dict[str, Callable[[np.ndarray], float | None]], labels: list[str], samples: int,
+            seed: int) -> dict[str, Any]:
+    """Each statistic per group of items (``labels[i]`` is item i's group), CIs within the group."""
+    out: dict[str, Any] = {}
+    labels_arr = np.array(labels, dtype=object)
+    for group in sorted(set(labels)):
+        members = np.flatnonzero(labels_arr == group)
+        out[group] = {
+            "n": len(members),
+            "metrics": {name: estimate(lambda idx, f=f, m=members: f(m[idx]), len(members), samples, seed)
+                        for name, f in stats.items()},
+        }
+    return out

@@ -1,0 +1,135 @@
+"""SEAT (May et al. 2019): association between target and attribute sentence sets in embedding space.
+
+Embeddings are the model's last hidden states, mean-pooled over the sentence's own tokens (the
+start token is left out: its state is the same for every sentence and would pull all
+embeddings together). For a test with targets X, Y and attributes A, B:
+
+* ``s(w) = mean_a cos(w, a) - mean_b cos(w, b)``;
+* effect size ``d = (mean_{x in X} s(x) - mean_{y in Y} s(y)) / std_{w in X u Y} s(w)``
+  (sample standard deviation, ddof=1), positive when X goes with A and Y with B;
+* one-sided permutation p-value of the statistic ``sum_X s - sum_Y s`` over re-splits of X u Y
+  into sets of sizes |X| and |Y|: all splits when there are at most ``permutations`` of them,
+  otherwise ``permutations`` random ones, with ``p = (1 + #{stat_i >= stat}) / (1 + permutations)``.
+
+Summary: the mean absolute effect size over the tests run (bootstrap CI over tests) and the share
+of tests with p < 0.05; per test, its effect size and p-value. ``limit`` caps the number of tests
+(a seeded random choice); sentences are embedded once even when several tests share them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from heredity.errors import HeredityError
+from heredity.profile import loglik
+from heredity.profile.common import SuiteResult, data_file, estimate, sample_indices
+
+DATA = "seat"
+SETS = ("targ1", "targ2", "attr1", "attr2")
+
+
+def association(w: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``s(w)`` for each row of ``w`` (all inputs are embeddings, one per row)."""
+    def unit(m):
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+    w, a, b = unit(w), unit(a), unit(b)
+    return (w @ a.T).mean(axis=1) - (w @ b.T).mean(axis=1)
+
+
+def effect_size(s_x: np.ndarray, s_y: np.ndarray) -> float:
+    both = np.concatenate([s_x, s_y])
+    return float((s_x.mean() - s_y.mean()) / both.std(ddof=1))
+
+
+def p_value(s_x: np.ndarray, s_y: np.ndarray, permutations: int = 10_000, seed: int = 0) -> float:
+    both = np.concatenate([s_x, s_y])
+    n, k = len(both), len(s_x)
+    observed = s_x.sum() - s_y.sum()
+    total = both.sum()
+    if math.comb(n, k) <= permutations:
+        # every split; the observed one is among them, so p > 0
+        stats = np.array([2 * both[list(c)].sum() - total for c in itertools.combinations(range(n), k)])
+        return float((stats >= observed - 1e-12).mean())
+    rng = np.random.default_rng(seed)
+    draws = np.argsort(rng.random((permutations, n)), axis=1)[:, :k]  # a random k-subset per row
+    stats = 2 * both[draws].sum(axis=1) - total  # sum over the subset minus sum over the rest
+    return float((1 + (stats >= observed - 1e-12).sum()) / (1 + permutations))
+
+
+def embed(model, tokenizer, sentences: list[str], batch_size: int = 64) -> np.ndarray:
+    """Mean-pooled last hidden states over each sentence's tokens (start token excluded)."""
+    seqs = loglik.encode_sentences(tokenizer, sentences)
+    device = next(model.parameters()).device
+    out = np.zeros((len(seqs), model.config.hidden_size), dtype=np.float64)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].ids))  # little padding per batch
+    with torch.inference_mode():
+        for lo in range(0, len(order), batch_size):
+            batch = order[lo : lo + batch_size]
+            width = max(len(seqs[i].ids) for i in batch)
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, i in enumerate(batch):
+                ids[r, : len(seqs[i].ids)] = torch.tensor(seqs[i].ids)
+                mask[r, : len(seqs[i].ids)] = 1
+            hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            keep = mask.clone()
+            keep[:, : seqs[batch[0]].start] = 0  # every sequence has the same start-token prefix
+            keep = keep.to(device).unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * keep).sum(dim=1) / keep.sum(dim=1)
+            out[batch] = pooled.double().cpu().numpy()
+    return out
+
+
+def load(data_dir: Path | None) -> dict[str, dict]:
+    folder = data_file(data_dir, DATA)
+    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.jsonl"))}
+
+
+def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = None, seed: int = 0,
+        samples: int = 1000, batch_size: int = 32, progress=None, permutations: int = 10_000,
+        tests: list[str] | None = None) -> SuiteResult:
+    """``tests`` names the tests to run (file stems); by default ``limit`` random ones, or all."""
+    available = load(data_dir)
+    if tests is not None:
+        missing = sorted(set(tests) - set(available))
+        if missing:
+            raise HeredityError(f"unknown SEAT test(s) {', '.join(missing)}; known: {', '.join(available)}")
+        names = list(tests)
+    else:
+        names = [list(available)[i] for i in sample_indices(len(available), limit, seed)]
+    tests = available
+    unique = sorted({s for name in names for key in SETS for s in tests[name][key]["examples"]})
+    vectors = dict(zip(unique, embed(model, tokenizer, unique, batch_size=2 * batch_size)))
+    rows = []
+    for name in names:
+        t = tests[name]
+        x, y, a, b = (np.stack([vectors[s] for s in t[key]["examples"]]) for key in SETS)
+        s_x, s_y = association(x, a, b), association(y, a, b)
+        rows.append({"test": name, **{f"{key}_category": t[key]["category"] for key in SETS},
+                     **{f"n_{key}": len(t[key]["examples"]) for key in SETS},
+                     "effect_size": effect_size(s_x, s_y), "p_value": p_value(s_x, s_y, permutations, seed)})
+        if progress is not None:
+            progress(1)
+    effects = np.array([r["effect_size"] for r in rows])
+    significant = np.array([r["p_value"] < 0.05 for r in rows], float)
+    summary = {
+        "suite": "seat",
+        "dataset": DATA,
+        "n": len(rows),
+        "protocol": {"embedding": "last hidden state, mean over the sentence's tokens (start token excluded)",
+                     "effect_size": "Cohen's d of s(w) between targets, sample std over both",
+                     "p_value": f"one-sided permutation test, {permutations} splits (exact when fewer)"},
+        "metrics": {"mean_abs_effect_size": estimate(lambda i: np.abs(effects[i]).mean(), len(rows), samples, seed),
+                    "share_significant": estimate(lambda i: significant[i].mean(), len(rows), samples, seed)},
+        "groups": {r["test"]: {"n": sum(r[f"n_{k}"] for k in SETS),
+                               "metrics": {"effect_size": {"value": r["effect_size"], "ci95": [None, None]},
+                                           "p_value": {"value": r["p_value"], "ci95": [None, None]}}}
+                   for r in rows},
+    }
+    return SuiteResult(summary, rows)
