@@ -193,6 +193,16 @@ class TrainConfig(_Strict):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_target_modules: list[str] | str = "all-linear"
+    save_steps: int = Field(
+        200, ge=1,
+        description="Write a checkpoint every this many optimiser steps; a killed run resumes from the "
+        "newest complete one. Not part of the stage key.",
+    )
+    save_total_limit: int = Field(
+        1, ge=1,
+        description="Checkpoints kept while training (the oldest is deleted only after a newer one is "
+        "complete); all are deleted once the stage finishes. Not part of the stage key.",
+    )
 
 
 class EvalConfig(_Strict):

@@ -130,11 +130,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
                   "| k' | prompts | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
         for k, step in card["sweep"]["steps"].items():
             lines.append(f"| {k} | {step['prompts']} | " + " | ".join(_fmt(step[m]) for m in metrics) + " |")
-    lines += ["", "## Training", "", "| arm | examples | steps | first loss | last loss | too long |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "## Training", "",
+              "| arm | examples | steps | first loss | last loss | too long | tokens/s | peak RSS (MB) |",
+              "|---|---|---|---|---|---|---|---|"]
     for arm, r in summary["training"].items():
-        lines.append(f"| {arm} | {r['examples']} | {r['steps']} | {_fmt(r['first_loss'])} | "
-                     f"{_fmt(r['last_loss'])} | {r['too_long']} |")
+        lines.append(f"| {arm} | {r.get('examples')} | {r.get('steps')} | {_fmt(r.get('first_loss'))} | "
+                     f"{_fmt(r.get('last_loss'))} | {r.get('too_long')} | {_fmt(r.get('tokens_per_s'))} | "
+                     f"{_fmt(r.get('peak_rss_mb'))} |")
+    warnings = [f"- {arm}: {w}" for arm, r in summary["training"].items() for w in r.get("warnings") or []]
+    if warnings:
+        lines += ["", "Training warnings:", *warnings]
     lines += ["", "## Wall time per stage (s)", "", "| stage | this run | when computed |", "|---|---|---|"]
     compute = summary.get("stage_compute_s", {})
     lines += [f"| {k} | {v:.1f} | {_fmt(compute.get(k))} |" for k, v in summary["timings_s"].items()]

@@ -2,59 +2,327 @@
 
 Built on TRL's SFTTrainer with a conversational prompt/completion dataset, so the loss
 covers the assistant tokens only. Every arm gets the same hyper-parameters, seed and
-number of optimiser steps; only the data differs.
+number of optimiser steps; only the data differs. The manifest's result records the
+hyper-parameters the trainer actually used, so that claim can be checked after the fact.
+
+Training checkpoints every ``save_steps`` optimiser steps into ``train/<arm>/checkpoints/``.
+A rerun of the same stage (same key) after a crash or kill resumes from the newest complete
+checkpoint and ends at the same global step as an uninterrupted run; the checkpoints are
+deleted once the stage's manifest is written, because a full checkpoint (weights plus
+optimiser state) is about three times the model's size.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
+import re
+import resource
+import shutil
+import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from heredity.config import RunConfig, TrainConfig
 from heredity.errors import HeredityError
-from heredity.models import chat_messages, load_model, load_tokenizer, model_identity, pick_device
-from heredity.rundir import Stage, atomic_dir, read_table, write_table
+from heredity.models import (
+    load_model,
+    load_tokenizer,
+    model_identity,
+    pick_device,
+)
+from heredity.rundir import (
+    Stage,
+    atomic_dir,
+    atomic_path,
+    read_table,
+    write_table,
+    write_text,
+)
+
+# Defaults for TrainConfig fields that may not exist yet (read with getattr so this module
+# works with and without them).
+DEFAULT_SAVE_STEPS = 200
+DEFAULT_SAVE_TOTAL_LIMIT = 1
+
+# How often checkpoints are written changes nothing in the trained model, so these fields
+# stay out of the stage key: changing them must not retrain a finished arm.
+NOT_IN_KEY = {"save_steps", "save_total_limit"}
+
+# Written into the checkpoint folder: checkpoints are only resumed by the stage that made them.
+KEY_FILE = "stage_key.txt"
+
+# SFTConfig fields that decide what training does; recorded per arm as the effective settings.
+_HYPERPARAMETERS = (
+    "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "truncation_mode",
+    "packing", "completion_only_loss", "seed", "data_seed", "optim", "adam_beta1", "adam_beta2",
+    "adam_epsilon", "max_grad_norm", "bf16", "fp16",
+)
 
 
 def to_sft_rows(rows: list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
-    return [
-        {"prompt": chat_messages(r["prompt"], system_prompt),
-         "completion": [{"role": "assistant", "content": r["text"]}]}
-        for r in rows
-    ]
+    """Conversational prompt/completion rows: TRL then computes the loss on the answer only."""
+    from heredity.strategies import to_chat_rows
+
+    return to_chat_rows(rows, system_prompt, fmt="prompt-completion")
 
 
-def count_too_long(tokenizer, sft_rows: list[dict[str, Any]], max_length: int) -> int:
+def token_lengths(tokenizer, sft_rows: list[dict[str, Any]]) -> list[int]:
+    """Tokens of each whole conversation (system, prompt and answer), as the trainer sees it."""
     texts = [
         tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in sft_rows
     ]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    return sum(n > max_length for n in lengths)
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def steps_per_epoch(n_examples: int, tc: TrainConfig) -> int:
-    return math.ceil(math.ceil(n_examples / tc.batch_size) / tc.gradient_accumulation_steps)
+# --- checkpoints -------------------------------------------------------------------------
 
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def _checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in work_dir.glob("checkpoint-*"):
+        match = _CHECKPOINT.fullmatch(path.name)
+        if match and path.is_dir():
+            found.append((int(match[1]), path))
+    return sorted(found)
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    # The trainer writes trainer_state.json last (after weights, optimiser, scheduler and RNG
+    # states), so a checkpoint cut short by a kill lacks it or holds a truncated one.
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def prepare_checkpoints(work_dir: Path, key: str | None) -> Path | None:
+    """Return the checkpoint to resume from, after discarding what cannot be trusted.
+
+    Checkpoints are reused only when ``work_dir`` was written for the same stage key (same
+    data, student and settings); anything else there is stale and is deleted. Without a key
+    nothing is resumed. An incomplete checkpoint newer than the last complete one is the
+    save a kill interrupted; it is deleted so the trainer rewrites it cleanly.
+    """
+    work_dir = Path(work_dir)
+    marker = work_dir / KEY_FILE
+    try:
+        same_stage = key is not None and marker.read_text(encoding="utf-8").strip() == key
+    except OSError:
+        same_stage = False
+    if not same_stage and work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if key is not None:
+        write_text(marker, key)
+    resume = None
+    for _, path in reversed(_checkpoints(work_dir)):
+        if resume is not None:
+            break
+        if _is_complete(path):
+            resume = path
+        else:
+            shutil.rmtree(path)
+    return resume
+
+
+# --- measurements ------------------------------------------------------------------------
+
+def _make_meter():
+    from transformers import TrainerCallback
+
+    class ThroughputMeter(TrainerCallback):
+        """Adds ``tokens_per_s`` to each log entry: TRL's running ``num_tokens`` (non-padding
+        tokens this session) over the wall time since the previous entry."""
+
+        def __init__(self) -> None:
+            self.tokens = 0.0
+            self._last_time = time.perf_counter()
+            self._last_tokens = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # After a resume TRL's counter starts again at zero, so both clocks restart here.
+            self._last_time = time.perf_counter()
+            self._last_tokens = 0.0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "num_tokens" not in logs or not state.log_history:
+                return
+            now = time.perf_counter()
+            tokens = float(logs["num_tokens"])
+            elapsed = now - self._last_time
+            if elapsed > 0:
+                # The trainer appended a copy of ``logs`` to log_history just before calling
+                # us; annotating that copy puts the figure in the saved log and checkpoints.
+                state.log_history[-1]["tokens_per_s"] = (tokens - self._last_tokens) / elapsed
+            self.tokens = tokens
+            self._last_time, self._last_tokens = now, tokens
+
+    return ThroughputMeter()
+
+
+def _use_cpu_threads() -> None:
+    """One compute thread per CPU this process may run on, unless OMP_NUM_THREADS says otherwise.
+
+    torch reads OMP_NUM_THREADS at start-up; overriding it would undo a deliberate choice
+    (on a CPU shared with other jobs, fewer threads than cores can be several times faster,
+    because torch's threads wait for each other whenever one of them is descheduled).
+    """
+    import torch
+
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    try:
+        usable = len(os.sched_getaffinity(0))  # honours CPU sets of containers and taskset
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    torch.set_num_threads(usable)
+
+
+def _reset_peak_memory(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    # Linux only: resets the process's peak RSS (VmHWM), so the peak measured afterwards is
+    # training's own and not that of an earlier stage run in the same process.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
+
+
+def peak_memory_mb(device: str) -> dict[str, float | None]:
+    import torch
+
+    gpu = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None
+    return {"peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": gpu}
+
+
+@contextmanager
+def explain_out_of_memory(tc: TrainConfig, device: str) -> Iterator[None]:
+    """Turn an out-of-memory crash into one line that names the settings to lower."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise HeredityError(_oom_message(tc, "GPU")) from None
+    except RuntimeError as exc:  # the CPU allocator raises a plain RuntimeError
+        if "can't allocate memory" not in str(exc):
+            raise
+        raise HeredityError(_oom_message(tc, "CPU")) from None
+
+
+def _oom_message(tc: TrainConfig, where: str) -> str:
+    lora = "" if tc.method == "lora" else ", or set train.method: lora"
+    return (
+        f"training ran out of {where} memory (batch_size={tc.batch_size}, max_length={tc.max_length}, "
+        f"gradient_accumulation_steps={tc.gradient_accumulation_steps}, method={tc.method}): lower "
+        f"train.batch_size and raise train.gradient_accumulation_steps to keep the effective batch, "
+        f"lower train.max_length{lora}"
+    )
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+def effective_hyperparameters(trainer) -> dict[str, Any]:
+    """What the trainer actually used (after SFTConfig's own defaults and conversions)."""
+    args = trainer.args
+    found = {name: _plain(getattr(args, name, None)) for name in _HYPERPARAMETERS}
+    found["world_size"] = args.world_size
+    found["total_batch_size"] = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    peft_config = getattr(trainer.model, "peft_config", None)
+    if peft_config:
+        lora = next(iter(peft_config.values()))
+        modules = lora.target_modules
+        found["lora"] = {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
+                         "target_modules": sorted(modules) if isinstance(modules, (set, list)) else modules}
+    return found
+
+
+def plot_loss(log: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Training loss per optimiser step as a PNG (the Agg canvas: no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = [(e["step"], e["loss"]) for e in log if "loss" in e and "step" in e]
+    figure = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    if points:
+        steps, losses = zip(*points)
+        axes.plot(steps, losses, marker="o" if len(points) <= 50 else None, markersize=3)
+    axes.set_xlabel("optimiser step")
+    axes.set_ylabel("training loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+# --- training ----------------------------------------------------------------------------
 
 def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, system_prompt: str | None,
-                  device: str, output: Path, work_dir: Path) -> dict[str, Any]:
-    """Fine-tune ``student`` on ``rows`` (prompt/text pairs) and save it to ``output``."""
+                  device: str, output: Path, work_dir: Path, resume_key: str | None = None,
+                  cleanup_checkpoints: bool = True) -> dict[str, Any]:
+    """Fine-tune ``student`` on ``rows`` (prompt/text pairs) and save it to ``output``.
+
+    Checkpoints go to ``work_dir``. With ``resume_key`` (the stage key), a complete checkpoint
+    left there by an interrupted call with the same key is resumed; with ``cleanup_checkpoints``
+    the folder is deleted once the model is saved (``run_train`` deletes it itself, after the
+    manifest, so a kill between the two still resumes).
+    """
     import torch
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     if not rows:
         raise HeredityError("cannot train on an empty selection (every prompt was filtered out)")
+    notes: list[str] = []
+    per_step = tc.batch_size * tc.gradient_accumulation_steps
+    if len(rows) < per_step:
+        # Training goes ahead: the batch size is part of the settings every arm shares, so it
+        # is not shrunk here; each epoch is then one optimiser step over a partial batch.
+        notes.append(f"only {len(rows)} training examples, fewer than one optimiser step takes "
+                     f"(batch_size × gradient_accumulation_steps = {per_step}): each epoch is one smaller step")
     if device == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        _use_cpu_threads()
     tokenizer = load_tokenizer(student, padding_side="right")
+    sft_rows = to_sft_rows(rows, system_prompt)
+    lengths = token_lengths(tokenizer, sft_rows)
+    too_long = sum(n > tc.max_length for n in lengths)
+    if too_long:
+        notes.append(f"{too_long} of {len(rows)} examples are longer than max_length={tc.max_length} tokens "
+                     f"(longest {max(lengths)}); training sees only their first {tc.max_length} tokens")
+
+    resume_from = prepare_checkpoints(work_dir, resume_key)
     model = load_model(student, device)
     model.train()
-    sft_rows = to_sft_rows(rows, system_prompt)
-    too_long = count_too_long(tokenizer, sft_rows, tc.max_length)
     peft_config = None
     if tc.method == "lora":
         from peft import LoraConfig
@@ -77,41 +345,72 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
         data_seed=tc.seed,
         completion_only_loss=True,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=getattr(tc, "save_steps", DEFAULT_SAVE_STEPS),
+        save_total_limit=getattr(tc, "save_total_limit", DEFAULT_SAVE_TOTAL_LIMIT),
         report_to="none",
         use_cpu=device == "cpu",
         bf16=device == "cuda" and torch.cuda.is_bf16_supported(),
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    meter = _make_meter()
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(sft_rows),
-        processing_class=tokenizer, peft_config=peft_config,
+        processing_class=tokenizer, peft_config=peft_config, callbacks=[meter],
     )
-    from transformers import PrinterCallback
-
     trainer.remove_callback(PrinterCallback)  # the log goes to train_log.parquet instead
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise HeredityError(f"no example has answer tokens within max_length={tc.max_length} "
+                            f"(the prompts alone fill it); raise train.max_length")
+    if kept < len(rows):
+        # TRL drops examples whose prompt alone fills max_length (no answer token is left to
+        # learn from). The prompts are the same in every arm, so every arm loses the same ones.
+        notes.append(f"{len(rows) - kept} examples dropped: their prompt alone fills max_length={tc.max_length}")
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+
+    _reset_peak_memory(device)
     started = time.perf_counter()
-    result = trainer.train()
+    with explain_out_of_memory(tc, device):
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
+    memory = peak_memory_mb(device)
+
     trained = trainer.model
     if tc.method == "lora":
-        trained = trained.merge_and_unload()
+        trained = trained.merge_and_unload()  # evaluation then loads a plain model
     trained.eval()
     with atomic_dir(output) as tmp:
         trained.save_pretrained(tmp)
         tokenizer.padding_side = "left"
         tokenizer.save_pretrained(tmp)
+    if cleanup_checkpoints:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
     log = [dict(entry) for entry in trainer.state.log_history]
     losses = [e["loss"] for e in log if "loss" in e]
+    resumed_step = int(_CHECKPOINT.fullmatch(resume_from.name)[1]) if resume_from else None
     return {
         "steps": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "steps_this_run": trainer.state.global_step - (resumed_step or 0),
+        "resumed_from_step": resumed_step,
+        "seed": tc.seed,
         "examples": len(rows),
+        "examples_trained": kept,
         "too_long": too_long,
+        "longest_tokens": max(lengths),
         "train_seconds": round(seconds, 2),
+        "tokens": int(meter.tokens),
+        "tokens_per_s": round(meter.tokens / seconds, 1) if seconds > 0 else None,
+        **memory,
         "train_loss": result.training_loss,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
+        "hyperparameters": effective_hyperparameters(trainer),
+        "warnings": notes,
         "log": log,
     }
 
@@ -122,17 +421,20 @@ def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str) -> Stage:
         "data": data_hash,
         "student": model_identity(cfg.student),
         "system_prompt": cfg.system_prompt,
-        "train": cfg.train.model_dump(),
+        "train": cfg.train.model_dump(exclude=NOT_IN_KEY),
         "device": cfg.device,
     })
     if stage.reuse():
         return stage
     stage.start()
     rows = read_table(select.dir / f"{arm}.parquet")
+    checkpoints = stage.dir / "checkpoints"
     info = train_student(cfg.student, rows, cfg.train, cfg.system_prompt, pick_device(cfg.device),
-                         stage.dir / "model", stage.dir / "checkpoints")
+                         stage.dir / "model", checkpoints, resume_key=stage.key, cleanup_checkpoints=False)
     log = info.pop("log")
     keys = sorted({k for e in log for k in e})
     write_table(stage.dir / "train_log.parquet", [{k: e.get(k) for k in keys} for e in log])
-    stage.finish({"model": "model", "log": "train_log.parquet"}, result=info)
+    plot_loss(log, stage.dir / "loss.png", f"train/{arm}: loss per step")
+    stage.finish({"model": "model", "log": "train_log.parquet", "loss_plot": "loss.png"}, result=info)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return stage

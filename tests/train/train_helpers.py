@@ -1,0 +1,87 @@
+"""Shared pieces of the train-stage tests: real data, configs and a ready select stage.
+
+Not a conftest: a second conftest.py without a package would shadow tests/conftest.py,
+which other test modules import by name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+from heredity.config import RunConfig, TrainConfig
+from heredity.rundir import Stage, stable_hash, write_table
+
+STUDENT = "embedded:smollm2-135m-instruct"
+ALPACA = "alpaca_eval"
+
+
+def train_config(**settings: Any) -> TrainConfig:
+    """A TrainConfig, also with fields that TrainConfig may not declare yet (save_steps, ...).
+
+    train.py reads such fields with getattr, so a subclass that declares them exercises the
+    same code path as the final TrainConfig will.
+    """
+    missing = {k: (type(v), v) for k, v in settings.items() if k not in TrainConfig.model_fields}
+    if not missing:
+        return TrainConfig(**settings)
+    cls = pydantic.create_model("TrainConfigWithNewFields", __base__=TrainConfig, **missing)
+    return cls(**settings)
+
+
+def run_config(train: TrainConfig) -> RunConfig:
+    cfg = RunConfig(student=STUDENT, device="cpu")
+    cfg.train = train  # validate_assignment keeps the subclass instance as it is
+    return cfg
+
+
+def alpaca(data_dir: Path, name: str) -> list[dict[str, Any]]:
+    path = data_dir / ALPACA / f"{name}.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def short_pairs(data_dir: Path, tokenizer, n: int, max_tokens: int = 60, skip: int = 0) -> list[dict[str, str]]:
+    """Real prompt/answer pairs (gpt-3.5-turbo's AlpacaEval answers) that fit in ``max_tokens``."""
+    rows = []
+    for item in alpaca(data_dir, "gpt-3.5-turbo-0613"):
+        size = len(tokenizer(item["instruction"])["input_ids"]) + len(tokenizer(item["output"])["input_ids"])
+        if size <= max_tokens and len(item["output"]) > 20:
+            rows.append({"prompt": item["instruction"], "text": item["output"]})
+    return rows[skip:skip + n]
+
+
+def make_select(run_dir: Path, arms: dict[str, list[dict[str, str]]]) -> Stage:
+    """A finished select stage holding the given rows per arm, as select.py leaves it."""
+    stage = Stage(run_dir, "select", {"test": stable_hash(arms)})
+    stage.start()
+    for arm, rows in arms.items():
+        write_table(stage.dir / f"{arm}.parquet", [{"prompt_id": str(i), **r} for i, r in enumerate(rows)])
+    stage.finish({arm: f"{arm}.parquet" for arm in arms},
+                 data_hashes={arm: stable_hash([(r["prompt"], r["text"]) for r in rows]) for arm, rows in arms.items()})
+    return stage
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """Train with one torch thread (import this fixture into each test module).
+
+    These tests run on small shared CPU machines, where a second torch thread waiting for a
+    descheduled first one made training steps about three times slower, not faster. train.py
+    leaves the thread count alone when OMP_NUM_THREADS is set; the env var also reaches the
+    resume test's subprocess. Module scope, so it is in place before the module's training
+    fixtures run.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(before)
