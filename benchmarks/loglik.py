@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -44,10 +43,9 @@ MODEL = "embedded:smollm2-135m-instruct"
 
 
 def data_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    env = os.environ.get("HEREDITY_SHARED_DATA")
-    return Path(env) if env else (REPO / ".." / "shared" / "data").resolve()
+    from heredity.profile.common import default_data_dir
+
+    return Path(arg) if arg else default_data_dir()
 
 
 def main() -> int:

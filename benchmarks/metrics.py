@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -45,12 +44,9 @@ TOLERANCE = 1e-9
 
 
 def data_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    env = os.environ.get("HEREDITY_SHARED_DATA")
-    if env:
-        return Path(env)
-    return (REPO / ".." / "shared" / "data").resolve()
+    from heredity.profile.common import default_data_dir
+
+    return Path(arg) if arg else default_data_dir()
 
 
 def load_texts(root: Path) -> list[str]:

@@ -54,10 +54,9 @@ FOLDS = 5
 
 
 def data_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    env = os.environ.get("HEREDITY_SHARED_DATA")
-    return Path(env) if env else (REPO / ".." / "shared" / "data").resolve()
+    from heredity.profile.common import default_data_dir
+
+    return Path(arg) if arg else default_data_dir()
 
 
 def load_rtp(root: Path) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -44,12 +44,9 @@ STUDENT = "embedded:smollm2-135m-instruct"
 
 
 def data_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    env = os.environ.get("HEREDITY_SHARED_DATA")
-    if env:
-        return Path(env)
-    return (REPO / ".." / "shared" / "data").resolve()
+    from heredity.profile.common import default_data_dir
+
+    return Path(arg) if arg else default_data_dir()
 
 
 def load_pairs(root: Path, n: int) -> list[dict[str, str]]:
