@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data() -> Path:
-    env = os.environ.get("HEREDITY_SHARED_DATA")
-    return Path(env) if env else (REPO / ".." / "shared" / "data").resolve()
+from heredity.profile.common import default_data_dir
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    path = shared_data()
+    path = default_data_dir()
     if not path.is_dir():
         pytest.skip(f"shared data not found at {path}")
     return path

@@ -12,24 +12,19 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from heredity.backends import Request, open_backend
 from heredity.backends.base import BatchIncomplete
 from heredity.config import RunConfig, TeacherConfig
 from heredity.errors import HeredityError, input_error
-from heredity.models import chat_messages, model_identity
+from heredity.models import chat_messages, model_identity, pick_device
 from heredity.prompts import Prompt
 from heredity.rundir import Stage, file_hash, read_table, stable_hash, write_table
 
 
 def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def length_sorted(requests: Sequence[Any], key: Callable[[Any], int]) -> list[Any]:
-    """Group similar prompt lengths together so batches carry little padding."""
-    return sorted(requests, key=key)
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -149,12 +144,13 @@ def run_generate(cfg: RunConfig, run_dir: Path, train_prompts: list[Prompt], pro
 
 
 def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, progress) -> int:
-    backend = open_backend(teacher, _device(cfg))
+    backend = open_backend(teacher, pick_device(cfg.device))
     requests = [
         (w, Request(chat_messages(w["prompt"], cfg.system_prompt), candidate_seed(w["candidate_key"])))
         for w in todo
     ]
-    requests = length_sorted(requests, key=lambda pair: len(pair[0]["prompt"]))
+    # Similar prompt lengths share a batch, so batches carry little padding.
+    requests = sorted(requests, key=lambda pair: len(pair[0]["prompt"]))
     task = progress.add_task(f"generate [{teacher.label}]", total=len(requests)) if progress else None
     tokens = 0
     started = time.perf_counter()
@@ -190,9 +186,3 @@ def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, progress) -> int:
             progress.update(task, advance=len(batch), description=f"generate [{teacher.label}] {rate:.0f} tok/s")
     backend.close()
     return len(requests)
-
-
-def _device(cfg: RunConfig) -> str:
-    from heredity.models import pick_device
-
-    return pick_device(cfg.device)
