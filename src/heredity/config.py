@@ -176,6 +176,20 @@ class SelectConfig(_Strict):
         return sorted({self.metric, *spec_metrics(self.active_spec()), *spec_metrics(self.passive_spec())})
 
 
+class DistributedConfig(_Strict):
+    """Multi-process training through ``accelerate launch`` (torchrun with gloo on CPU)."""
+
+    num_processes: int = Field(2, ge=1, description="Processes per machine (one per GPU).")
+    strategy: Literal["ddp", "zero2", "zero3", "fsdp"] = Field(
+        "ddp", description="ddp: plain data parallel; zero2/zero3: DeepSpeed ZeRO (needs deepspeed); "
+        "fsdp: PyTorch FSDP2 (full shard).",
+    )
+    num_machines: int = Field(1, ge=1)
+    machine_rank: int = Field(0, ge=0, description="This machine's rank (0 on the main one).")
+    main_process_ip: str | None = Field(None, description="Address of machine 0, for num_machines > 1.")
+    main_process_port: int = Field(29500, ge=1, le=65535)
+
+
 class TrainConfig(_Strict):
     """Supervised fine-tuning settings, shared by every arm so only the data differs."""
 
@@ -203,6 +217,38 @@ class TrainConfig(_Strict):
         description="Checkpoints kept while training (the oldest is deleted only after a newer one is "
         "complete); all are deleted once the stage finishes. Not part of the stage key.",
     )
+    max_steps: int | None = Field(
+        None, ge=1,
+        description="Optimiser steps; overrides epochs. Set it with packing so every arm takes the same "
+        "number of steps (packed, an arm of longer answers makes more sequences).",
+    )
+    packing: bool = Field(
+        False,
+        description="Pack several examples into each max_length sequence (best-fit decreasing). Sequence "
+        "boundaries are kept: attention never crosses examples.",
+    )
+    eval_fraction: float = Field(
+        0.0, ge=0, lt=0.5,
+        description="Share of prompts held out of training to measure validation loss. Chosen by a hash "
+        "of the prompt id and seed, so every arm holds out the same prompts.",
+    )
+    eval_steps: int = Field(20, ge=1, description="Validation loss every this many optimiser steps.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1,
+        description="Stop after this many validations without improvement and keep the best checkpoint "
+        "(needs eval_fraction > 0). Arms may then stop at different steps; the manifest records each.",
+    )
+    distributed: DistributedConfig | None = Field(
+        None, description="Train across several processes/GPUs, launched by heredity itself.",
+    )
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_eval(self) -> "TrainConfig":
+        if self.early_stopping_patience is not None and self.eval_fraction == 0:
+            raise ValueError("early_stopping_patience needs eval_fraction > 0 (a validation split)")
+        return self
+
+
 
 
 class EvalConfig(_Strict):

@@ -140,7 +140,8 @@ def load_model(ref: str, device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
     kwargs = resolve(ref)
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    on_gpu = device.startswith("cuda")
+    dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(**kwargs, dtype=dtype)
     except OSError as exc:

@@ -54,6 +54,41 @@ DEFAULT_SAVE_TOTAL_LIMIT = 1
 # stay out of the stage key: changing them must not retrain a finished arm.
 NOT_IN_KEY = {"save_steps", "save_total_limit"}
 
+# Fields added after runs already existed: left out of the key while at their default, so
+# upgrading heredity does not retrain arms that were trained without them.
+KEY_WHEN_SET = {"max_steps": None, "packing": False, "eval_fraction": 0.0, "eval_steps": 20,
+                "early_stopping_patience": None, "distributed": None}
+
+
+def train_key(tc: TrainConfig) -> dict[str, Any]:
+    """The training settings that decide the trained model (the train stage's key)."""
+    key = tc.model_dump(exclude=NOT_IN_KEY)
+    for name, default in KEY_WHEN_SET.items():
+        if key.get(name) == default:
+            key.pop(name, None)
+    if tc.eval_fraction == 0:
+        key.pop("eval_steps", None)
+    if tc.distributed is not None:
+        # Where the processes run does not change the model; how many and how sharded does.
+        d = tc.distributed
+        key["distributed"] = {"world_size": d.num_processes * d.num_machines, "strategy": d.strategy}
+    return key
+
+
+def split_validation(rows: list[dict[str, Any]], fraction: float, seed: int
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, validation): a prompt is held out when a hash of its id and the seed falls below
+    ``fraction``, so every arm of a run holds out the same prompts whatever it selected."""
+    import hashlib
+
+    if fraction <= 0:
+        return rows, []
+    train, validation = [], []
+    for row in rows:
+        digest = hashlib.sha256(f"{seed}:{row['prompt_id']}".encode()).digest()
+        (validation if int.from_bytes(digest[:8], "big") / 2**64 < fraction else train).append(row)
+    return train, validation
+
 # Written into the checkpoint folder: checkpoints are only resumed by the stage that made them.
 KEY_FILE = "stage_key.txt"
 
@@ -135,6 +170,11 @@ def prepare_checkpoints(work_dir: Path, key: str | None) -> Path | None:
     return resume
 
 
+def newest_checkpoint(work_dir: Path) -> Path | None:
+    complete = [path for _, path in _checkpoints(Path(work_dir)) if _is_complete(path)]
+    return complete[-1] if complete else None
+
+
 # --- measurements ------------------------------------------------------------------------
 
 def _make_meter():
@@ -191,7 +231,7 @@ def _use_cpu_threads() -> None:
 def _reset_peak_memory(device: str) -> None:
     import torch
 
-    if device == "cuda":
+    if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     # Linux only: resets the process's peak RSS (VmHWM), so the peak measured afterwards is
     # training's own and not that of an earlier stage run in the same process.
@@ -215,7 +255,7 @@ def _peak_rss_mb() -> float:
 def peak_memory_mb(device: str) -> dict[str, float | None]:
     import torch
 
-    gpu = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None
+    gpu = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None
     return {"peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": gpu}
 
 
@@ -263,6 +303,12 @@ def effective_hyperparameters(trainer) -> dict[str, Any]:
     return found
 
 
+def _best_step(trainer) -> int | None:
+    best = trainer.state.best_model_checkpoint
+    match = _CHECKPOINT.fullmatch(Path(best).name) if best else None
+    return int(match[1]) if match else None
+
+
 def plot_loss(log: list[dict[str, Any]], path: Path, title: str) -> None:
     """Training loss per optimiser step as a PNG (the Agg canvas: no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -274,9 +320,14 @@ def plot_loss(log: list[dict[str, Any]], path: Path, title: str) -> None:
     axes = figure.add_subplot()
     if points:
         steps, losses = zip(*points)
-        axes.plot(steps, losses, marker="o" if len(points) <= 50 else None, markersize=3)
+        axes.plot(steps, losses, marker="o" if len(points) <= 50 else None, markersize=3, label="training")
+    validation = [(e["step"], e["eval_loss"]) for e in log if "eval_loss" in e and "step" in e]
+    if validation:
+        steps, losses = zip(*validation)
+        axes.plot(steps, losses, marker="s", markersize=4, label="validation")
+        axes.legend()
     axes.set_xlabel("optimiser step")
-    axes.set_ylabel("training loss")
+    axes.set_ylabel("loss")
     axes.set_title(title)
     axes.grid(alpha=0.3)
     figure.tight_layout()
@@ -313,14 +364,22 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
     if device == "cpu":
         _use_cpu_threads()
     tokenizer = load_tokenizer(student, padding_side="right")
+    rows, validation = split_validation(rows, tc.eval_fraction, tc.seed)
+    if tc.eval_fraction and (not validation or not rows):
+        raise HeredityError(f"train.eval_fraction={tc.eval_fraction} leaves {len(rows)} training and "
+                            f"{len(validation)} validation examples; both need at least one")
     sft_rows = to_sft_rows(rows, system_prompt)
+    sft_validation = to_sft_rows(validation, system_prompt) if validation else []
     lengths = token_lengths(tokenizer, sft_rows)
     too_long = sum(n > tc.max_length for n in lengths)
     if too_long:
         notes.append(f"{too_long} of {len(rows)} examples are longer than max_length={tc.max_length} tokens "
                      f"(longest {max(lengths)}); training sees only their first {tc.max_length} tokens")
 
-    resume_from = prepare_checkpoints(work_dir, resume_key)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # In a distributed run the launching process has already pruned the checkpoints; its
+    # workers only look, so that they do not delete files under each other.
+    resume_from = newest_checkpoint(work_dir) if distributed else prepare_checkpoints(work_dir, resume_key)
     model = load_model(student, device)
     model.train()
     peft_config = None
@@ -331,9 +390,20 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
             r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
             target_modules=tc.lora_target_modules, task_type="CAUSAL_LM",
         )
+    save_steps = getattr(tc, "save_steps", DEFAULT_SAVE_STEPS)
+    validate: dict[str, Any] = {}
+    if sft_validation:
+        validate = {"eval_strategy": "steps", "eval_steps": tc.eval_steps, "per_device_eval_batch_size": tc.batch_size}
+        if tc.early_stopping_patience is not None:
+            # Keeping the best model needs a checkpoint at every validation that might be it.
+            save_steps = tc.eval_steps * max(1, save_steps // tc.eval_steps)
+            validate.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
     args = SFTConfig(
         output_dir=str(work_dir),
         num_train_epochs=tc.epochs,
+        max_steps=tc.max_steps if tc.max_steps is not None else -1,
+        packing=tc.packing,
+        **validate,
         learning_rate=tc.learning_rate,
         lr_scheduler_type=tc.lr_scheduler,
         warmup_steps=tc.warmup_ratio,  # a float below 1 is a ratio of total steps
@@ -346,21 +416,28 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
         completion_only_loss=True,
         logging_steps=1,
         save_strategy="steps",
-        save_steps=getattr(tc, "save_steps", DEFAULT_SAVE_STEPS),
+        save_steps=save_steps,
         save_total_limit=getattr(tc, "save_total_limit", DEFAULT_SAVE_TOTAL_LIMIT),
         report_to="none",
         use_cpu=device == "cpu",
-        bf16=device == "cuda" and torch.cuda.is_bf16_supported(),
+        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
     meter = _make_meter()
+    callbacks = [meter]
+    if tc.early_stopping_patience is not None:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(sft_rows),
-        processing_class=tokenizer, peft_config=peft_config, callbacks=[meter],
+        eval_dataset=Dataset.from_list(sft_validation) if sft_validation else None,
+        processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # the log goes to train_log.parquet instead
-    kept = len(trainer.train_dataset)
+    # Packed, the dataset holds sequences, not examples; TRL drops none of them.
+    kept = len(rows) if tc.packing else len(trainer.train_dataset)
     if kept == 0:
         raise HeredityError(f"no example has answer tokens within max_length={tc.max_length} "
                             f"(the prompts alone fill it); raise train.max_length")
@@ -378,14 +455,17 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
     seconds = time.perf_counter() - started
     memory = peak_memory_mb(device)
 
-    trained = trainer.model
-    if tc.method == "lora":
-        trained = trained.merge_and_unload()  # evaluation then loads a plain model
-    trained.eval()
-    with atomic_dir(output) as tmp:
-        trained.save_pretrained(tmp)
-        tokenizer.padding_side = "left"
-        tokenizer.save_pretrained(tmp)
+    tokenizer.padding_side = "left"
+    if distributed:
+        save_distributed(trainer, tokenizer, student, tc, output, work_dir)
+    else:
+        trained = trainer.model
+        if tc.method == "lora":
+            trained = trained.merge_and_unload()  # evaluation then loads a plain model
+        trained.eval()
+        with atomic_dir(output) as tmp:
+            trained.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     if cleanup_checkpoints:
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -406,6 +486,11 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
         "tokens": int(meter.tokens),
         "tokens_per_s": round(meter.tokens / seconds, 1) if seconds > 0 else None,
         **memory,
+        "validation_examples": len(validation),
+        "packed_sequences": len(trainer.train_dataset) if tc.packing else None,
+        "best_step": _best_step(trainer),
+        "best_eval_loss": trainer.state.best_metric,
+        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
         "train_loss": result.training_loss,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
@@ -415,22 +500,132 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
     }
 
 
+# --- distributed ---------------------------------------------------------------------------
+
+def save_distributed(trainer, tokenizer, student: str, tc: TrainConfig, output: Path, work_dir: Path) -> None:
+    """Save from a multi-process run: every rank helps gather the weights (ZeRO-3 and FSDP
+    shard them), then rank 0 writes the model. A LoRA adapter is merged into a fresh copy of
+    the base model, which works whatever the sharding was."""
+    accelerator = trainer.accelerator
+    state = accelerator.get_state_dict(trainer.model)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(trainer.model)
+        with atomic_dir(output) as tmp:
+            if tc.method == "lora":
+                from peft import PeftModel
+
+                adapter = work_dir / "adapter"
+                unwrapped.save_pretrained(adapter, state_dict=state)
+                merged = PeftModel.from_pretrained(load_model(student, "cpu"), adapter).merge_and_unload()
+                merged.save_pretrained(tmp)
+                shutil.rmtree(adapter, ignore_errors=True)
+            else:
+                unwrapped.save_pretrained(tmp, state_dict=state)
+            tokenizer.save_pretrained(tmp)
+    accelerator.wait_for_everyone()
+
+
+def launch_command(d, device: str, job: Path) -> list[str]:
+    """The command that starts ``d.num_processes`` training workers on this machine.
+
+    GPUs go through ``accelerate launch`` (DDP, DeepSpeed ZeRO or FSDP2). CPUs go through
+    torchrun with the gloo backend: accelerate's multi-CPU launcher needs MPI.
+    """
+    worker = ["-m", "heredity.train", str(job)]
+    if not device.startswith("cuda"):
+        if d.strategy != "ddp":
+            raise HeredityError(f"train.distributed.strategy={d.strategy} needs GPUs; on CPU use ddp")
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={d.num_processes}",
+                f"--nnodes={d.num_machines}", f"--node_rank={d.machine_rank}",
+                f"--master_addr={d.main_process_ip or '127.0.0.1'}", f"--master_port={d.main_process_port}",
+                *worker]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--num_processes", str(d.num_processes * d.num_machines), "--num_machines", str(d.num_machines),
+           "--machine_rank", str(d.machine_rank), "--main_process_port", str(d.main_process_port),
+           "--mixed_precision", "bf16", "--dynamo_backend", "no"]
+    if d.main_process_ip:
+        cmd += ["--main_process_ip", d.main_process_ip]
+    if d.strategy == "ddp":
+        cmd += ["--multi_gpu"]
+    elif d.strategy in ("zero2", "zero3"):
+        cmd += ["--use_deepspeed", "--zero_stage", d.strategy[-1]]
+        if d.strategy == "zero3":
+            cmd += ["--zero3_init_flag", "false", "--zero3_save_16bit_model", "true"]
+    else:  # fsdp
+        cmd += ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+                "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_reshard_after_forward", "true",
+                "--fsdp_cpu_ram_efficient_loading", "false"]
+    return cmd + ["-m", *worker]
+
+
+def train_distributed(student: str, rows_file: Path, tc: TrainConfig, system_prompt: str | None, device: str,
+                      output: Path, work_dir: Path, resume_key: str) -> dict[str, Any]:
+    """Run ``train_student`` in ``num_processes`` workers and return rank 0's result."""
+    import subprocess
+
+    from heredity.rundir import read_json, write_json
+
+    prepare_checkpoints(work_dir, resume_key)
+    job = work_dir / "job.json"
+    result_file = work_dir / "result.json"
+    result_file.unlink(missing_ok=True)
+    write_json(job, {"student": student, "rows": str(rows_file), "train": tc.model_dump(mode="json"),
+                     "system_prompt": system_prompt, "device": device, "output": str(output),
+                     "work_dir": str(work_dir), "resume_key": resume_key, "result": str(result_file)})
+    log_file = output.parent / "launch.log"
+    with open(log_file, "w", encoding="utf-8") as log:
+        code = subprocess.run(launch_command(tc.distributed, device, job), stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+    if code != 0 or not result_file.is_file():
+        last = _last_error_line(log_file)
+        raise HeredityError(f"distributed training failed (exit {code}): {last} (full log: {log_file})")
+    return read_json(result_file)
+
+
+def _last_error_line(log_file: Path) -> str:
+    lines = [ln.strip() for ln in log_file.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error:" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+def _worker(job_file: str) -> None:
+    """Entry point of one distributed worker (``python -m heredity.train JOB``)."""
+    from heredity.rundir import read_json, write_json
+
+    job = read_json(Path(job_file))
+    device = job["device"]
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    info = train_student(job["student"], read_table(Path(job["rows"])), TrainConfig(**job["train"]),
+                         job["system_prompt"], device, Path(job["output"]), Path(job["work_dir"]),
+                         resume_key=job["resume_key"], cleanup_checkpoints=False)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json(Path(job["result"]), info)
+
+
 def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str) -> Stage:
     data_hash = (select.manifest() or {}).get("data_hashes", {}).get(arm)
     stage = Stage(run_dir, f"train/{arm}", {
         "data": data_hash,
         "student": model_identity(cfg.student),
         "system_prompt": cfg.system_prompt,
-        "train": cfg.train.model_dump(exclude=NOT_IN_KEY),
+        "train": train_key(cfg.train),
         "device": cfg.device,
     })
     if stage.reuse():
         return stage
     stage.start()
-    rows = read_table(select.dir / f"{arm}.parquet")
     checkpoints = stage.dir / "checkpoints"
-    info = train_student(cfg.student, rows, cfg.train, cfg.system_prompt, pick_device(cfg.device),
-                         stage.dir / "model", checkpoints, resume_key=stage.key, cleanup_checkpoints=False)
+    d = cfg.train.distributed
+    if d is not None and d.num_processes * d.num_machines > 1:
+        info = train_distributed(cfg.student, select.dir / f"{arm}.parquet", cfg.train, cfg.system_prompt,
+                                 pick_device(cfg.device), stage.dir / "model", checkpoints, stage.key)
+    else:
+        rows = read_table(select.dir / f"{arm}.parquet")
+        info = train_student(cfg.student, rows, cfg.train, cfg.system_prompt, pick_device(cfg.device),
+                             stage.dir / "model", checkpoints, resume_key=stage.key, cleanup_checkpoints=False)
     log = info.pop("log")
     keys = sorted({k for e in log for k in e})
     write_table(stage.dir / "train_log.parquet", [{k: e.get(k) for k in keys} for e in log])
@@ -438,3 +633,7 @@ def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str) -> Stage:
     stage.finish({"model": "model", "log": "train_log.parquet", "loss_plot": "loss.png"}, result=info)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return stage
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])
