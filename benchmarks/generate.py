@@ -183,6 +183,23 @@ def bench_openai(model, tokenizer, requests: list[Request], sampling: SamplingCo
     }
 
 
+def bench_llamacpp(requests: list[Request], sampling: SamplingConfig, threads: int) -> dict | None:
+    """The llamacpp backend on the same GGUF weights and requests; None without llama-cpp-python."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("\nllamacpp: llama-cpp-python not installed, skipped")
+        return None
+    from heredity.backends import open_backend
+
+    backend = open_backend(TeacherConfig(backend="llamacpp", llamacpp={"n_threads": max(threads, 1)}), "cpu")
+    started = time.perf_counter()
+    completions = backend.generate(requests, sampling)
+    seconds = time.perf_counter() - started
+    backend.close()
+    return {"seconds": seconds, "tokens": sum(c.completion_tokens for c in completions)}
+
+
 # -------------------------------------------------------------------------------- main
 
 
@@ -197,6 +214,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--server-max-batch", type=int, default=8)
     parser.add_argument("--skip-openai", action="store_true")
+    parser.add_argument("--skip-llamacpp", action="store_true", help="(measured only where llama-cpp-python is installed)")
     # One intra-op thread by default: on a shared machine, a thread waiting at a barrier for a
     # descheduled sibling makes every op several times slower (measured: 10x on 2 busy cores),
     # which would swamp the differences this benchmark is after. 0 keeps torch's default.
@@ -265,6 +283,17 @@ def main() -> int:
             "ratio_openai_concurrent_vs_sequential": round(
                 rate(oa["concurrent"], "tokens") / rate(oa["sequential"], "tokens"), 3),
         })
+    if not args.skip_llamacpp:
+        lc = bench_llamacpp(requests, sampling, args.threads)
+        if lc is not None:
+            print()
+            print(f"llamacpp backend (one request at a time, {args.threads} thread(s)): {lc['seconds']:.2f} s, "
+                  f"{lc['tokens']} tokens, {rate(lc, 'tokens'):.1f} tok/s")
+            figures.update({
+                "llamacpp_tokens_per_s": round(rate(lc, "tokens"), 2),
+                # both are heredity backends; this says which one to pick for a GGUF teacher on CPU
+                "ratio_llamacpp_vs_transformers_backend": round(rate(lc, "tokens") / rate(her, "tokens"), 3),
+            })
     print(json.dumps(figures))
     return 0
 

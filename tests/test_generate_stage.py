@@ -96,3 +96,21 @@ def test_multi_source_pool_two_local_teachers_and_a_replay(tmp_path: Path, data_
     card = json.loads((out / "select" / "card.json").read_text())
     # gpt-3.5's full answers are far longer than 12 tokens: it wins every max-words contest
     assert card["teacher_share"]["active"]["earlier"] == 1.0
+
+
+def test_teacher_progress_counts_reused_candidates_and_whole_prompts():
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from heredity.generate import TeacherProgress
+
+    wanted = [{"candidate_key": f"{p}-{i}", "prompt_id": p} for p in ("a", "b", "c") for i in range(2)]
+    done = {"a-0": {}, "a-1": {}, "b-0": {}}  # prompt a finished by an earlier run, b half
+    with Progress(console=Console(file=open(os.devnull, "w"))) as progress:
+        display = TeacherProgress(progress, "t", wanted, done)
+        task = progress.tasks[0]
+        assert (task.completed, task.total) == (3, 6) and "prompts 1/3" in task.description
+        display.advance([{"prompt_id": "b", "completion_tokens": 5}, {"prompt_id": "c", "completion_tokens": 7}],
+                        failed=1)
+        assert task.completed == 5 and "prompts 2/3" in task.description and "1 failed" in task.description
+        assert display.tokens == 12

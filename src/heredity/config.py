@@ -8,10 +8,19 @@ misspelt key is an error, not a silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from heredity.errors import HeredityError
 
@@ -82,16 +91,41 @@ class ReplayOptions(_Strict):
     hf_split: str = "train"
 
 
+class VllmOptions(_Strict):
+    """Settings of the vllm backend (one engine per teacher, on GPU)."""
+
+    n_per_prompt: bool = Field(
+        True,
+        description="Ask for all of a prompt's samples in one request (SamplingParams n=k), so the prompt "
+        "is computed once. Samples then depend on which of the prompt's samples are requested together; "
+        "false gives every sample its own seeded request (prefix caching still shares the prompt).",
+    )
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=16)
+    dtype: str = "auto"
+
+
+class LlamaCppOptions(_Strict):
+    """Settings of the llamacpp backend (a GGUF file through llama-cpp-python)."""
+
+    n_ctx: int = Field(2048, ge=64, description="Context window in tokens.")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads; None lets llama.cpp choose.")
+    n_gpu_layers: int = Field(0, description="Layers offloaded to a GPU (-1: all).")
+
+
 class TeacherConfig(_Strict):
     """One teacher: a model plus the backend that runs it."""
 
     model: str = Field(EMBEDDED_MODEL, description="Hub id, local folder, .gguf file or 'embedded:NAME'.")
     name: str | None = Field(None, description="Label in the pool; defaults to the model name.")
-    backend: Literal["transformers", "openai", "replay"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai", "llamacpp", "replay"] = "transformers"
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     batch_size: int = Field(64, ge=1, description="Sequences sent to the backend together.")
     openai: OpenAIOptions | None = None
     replay: ReplayOptions | None = None
+    vllm: VllmOptions = Field(default_factory=VllmOptions)
+    llamacpp: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
 
     @model_validator(mode="after")
     def _backend_options_present(self) -> "TeacherConfig":
@@ -110,11 +144,84 @@ class TeacherConfig(_Strict):
         return self.model.split("/")[-1].removeprefix("embedded:")
 
 
+def _metric_error(message: str) -> Any:
+    from pydantic_core import PydanticCustomError
+
+    # "{msg}" as template: the message itself may hold braces
+    return PydanticCustomError("metric", "{msg}", {"msg": message})
+
+
+def _check_metric_column(column: str, info: ValidationInfo) -> str:
+    """Each score.metrics entry must resolve (import, options) when the config is read."""
+    from heredity.metrics import resolve
+
+    try:
+        resolve(column, info.data.get("metric_options") or {})
+    except HeredityError as exc:
+        raise _metric_error(str(exc)) from None
+    return column
+
+
 class ScoreConfig(_Strict):
-    metrics: list[str] = Field(
-        default_factory=lambda: ["length", "mtld"],
-        description="Registry names (see `heredity metrics`) or 'module:function'.",
+    """Which metrics score every candidate (and, by default, every eval answer).
+
+    An entry of ``metrics`` is a registry name, ``module:function``, or a mapping
+    ``{name: METRIC, as: COLUMN, **options}`` for metrics that take options (perplexity,
+    judge); a mapping is stored as its column name plus ``metric_options[column]``.
+    """
+
+    metric_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Column → options ({name: METRIC, ...} when the column is not the metric's name).",
     )
+    metrics: list[Annotated[str, AfterValidator(_check_metric_column)]] = Field(
+        default_factory=lambda: ["length", "mtld"],
+        description="Registry names (see `heredity metrics`), 'module:function', or "
+        "{name: METRIC, as: COLUMN, option: value, ...}.",
+    )
+    cache: bool = Field(True, description="Reuse scores from the score cache under $HEREDITY_CACHE "
+                        "(also off with HEREDITY_SCORE_CACHE=0). Not part of any stage key.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mappings_to_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("metrics"), list):
+            return data
+        from heredity.metrics.registry import split_entry
+
+        data = dict(data)
+        options = dict(data.get("metric_options") or {})
+        columns = []
+        for i, entry in enumerate(data["metrics"]):
+            if not isinstance(entry, dict):
+                columns.append(entry)
+                continue
+            try:
+                column, name, opts = split_entry(entry)
+            except HeredityError as exc:
+                raise _metric_error(f"metrics[{i}]: {exc}") from None
+            if column in columns:
+                raise _metric_error(f"metrics[{i}]: column '{column}' appears twice; name one of them with 'as: COLUMN'")
+            stored = {**({"name": name} if name != column else {}), **opts}
+            if column in options and dict(options[column]) != stored:
+                raise _metric_error(f"metrics[{i}]: column '{column}' also has different metric_options")
+            options[column] = stored
+            columns.append(column)
+        data["metrics"] = columns
+        data["metric_options"] = options
+        return data
+
+    @field_validator("metric_options")
+    @classmethod
+    def _options_resolve(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from heredity.metrics import resolve
+
+        for column in value:
+            try:
+                resolve(column, value)
+            except HeredityError as exc:
+                raise _metric_error(f"{column}: {exc}") from None
+        return value
 
 
 class StrategySpec(BaseModel):

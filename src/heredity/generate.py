@@ -32,7 +32,7 @@ def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 
 def teacher_fingerprint(teacher: TeacherConfig, system_prompt: str | None) -> dict[str, Any]:
     """Everything about a teacher that changes its samples (batch size does not)."""
-    return {
+    fingerprint = {
         "model": model_identity(teacher.model),
         "backend": teacher.backend,
         # where an endpoint serves the model matters; the key's environment variable does not
@@ -40,6 +40,10 @@ def teacher_fingerprint(teacher: TeacherConfig, system_prompt: str | None) -> di
         "sampling": teacher.sampling.model_dump(),
         "system_prompt": system_prompt,
     }
+    if teacher.backend == "vllm" and teacher.vllm.n_per_prompt:
+        # One request samples all of a prompt's candidates, so they depend on that grouping.
+        fingerprint["vllm_n_per_prompt"] = True
+    return fingerprint
 
 
 def candidate_key(fingerprint: dict[str, Any], prompt: str, sample_index: int) -> str:
@@ -122,13 +126,18 @@ def run_generate(cfg: RunConfig, run_dir: Path, train_prompts: list[Prompt], pro
             done.setdefault(row["candidate_key"], row)
     todo = [w for w in wanted if w["candidate_key"] not in done]
     generated = 0
+    # Every teacher's bar is shown from the start, with what earlier runs left already counted.
+    displays = {
+        t.label: TeacherProgress(progress, t.label, [w for w in wanted if w["teacher"] == t.label], done)
+        for t in cfg.teachers if t.backend != "replay"
+    }
     for teacher in cfg.teachers:
         if teacher.backend == "replay":
             continue
         mine = [w for w in todo if w["teacher"] == teacher.label]
         if not mine:
             continue
-        generated += _generate_for_teacher(cfg, teacher, mine, shard_dir, done, progress)
+        generated += _generate_for_teacher(cfg, teacher, mine, shard_dir, done, displays[teacher.label])
     rows = []
     for w in wanted:
         row = dict(done[w["candidate_key"]])
@@ -143,7 +152,38 @@ def run_generate(cfg: RunConfig, run_dir: Path, train_prompts: list[Prompt], pro
     return stage
 
 
-def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, progress) -> int:
+class TeacherProgress:
+    """One teacher's live line: candidates and whole prompts done, tokens/s, failures, ETA."""
+
+    def __init__(self, progress, label: str, wanted: list[dict[str, Any]], done: dict[str, Any]):
+        self.progress, self.label = progress, label
+        self.left_per_prompt: dict[str, int] = {}
+        for w in wanted:
+            if w["candidate_key"] not in done:
+                self.left_per_prompt[w["prompt_id"]] = self.left_per_prompt.get(w["prompt_id"], 0) + 1
+        self.prompts = len({w["prompt_id"] for w in wanted})
+        self.tokens, self.failed, self.started = 0, 0, time.perf_counter()
+        reused = len(wanted) - sum(self.left_per_prompt.values())
+        self.task = None
+        if progress is not None:
+            self.task = progress.add_task(self._describe(), total=len(wanted), completed=reused)
+
+    def _describe(self) -> str:
+        prompts_done = self.prompts - sum(1 for n in self.left_per_prompt.values() if n > 0)
+        rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
+        failed = f" · {self.failed} failed" if self.failed else ""
+        return f"generate [{self.label}] prompts {prompts_done}/{self.prompts} · {rate:.0f} tok/s{failed}"
+
+    def advance(self, rows: list[dict[str, Any]], failed: int = 0) -> None:
+        for row in rows:
+            self.left_per_prompt[row["prompt_id"]] -= 1
+            self.tokens += row["completion_tokens"] or 0
+        self.failed += failed
+        if self.progress is not None:
+            self.progress.update(self.task, advance=len(rows), description=self._describe())
+
+
+def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, display: TeacherProgress) -> int:
     backend = open_backend(teacher, pick_device(cfg.device))
     requests = [
         (w, Request(chat_messages(w["prompt"], cfg.system_prompt), candidate_seed(w["candidate_key"])))
@@ -151,9 +191,7 @@ def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, progress) -> int:
     ]
     # Similar prompt lengths share a batch, so batches carry little padding.
     requests = sorted(requests, key=lambda pair: len(pair[0]["prompt"]))
-    task = progress.add_task(f"generate [{teacher.label}]", total=len(requests)) if progress else None
-    tokens = 0
-    started = time.perf_counter()
+    display.started = time.perf_counter()  # tokens/s counts from the model's start, not its loading
     for batch in batched(requests, teacher.batch_size):
         t0 = time.perf_counter()
         failure = None
@@ -172,7 +210,7 @@ def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, progress) -> int:
                 "latency_s": c.latency_s if c.latency_s is not None else batch_latency,
                 "seed": req.seed, "backend": teacher.backend, "model": teacher.model,
             })
-            tokens += c.completion_tokens
+        display.advance(rows, failed=len(batch) - len(rows))
         if rows:
             write_table(shard_dir / f"{teacher.label}-{uuid.uuid4().hex[:12]}.parquet", rows)
         if failure is not None:
@@ -181,8 +219,5 @@ def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, progress) -> int:
                                 "rerun to generate the rest)")
         for row in rows:
             done[row["candidate_key"]] = row
-        if progress is not None:
-            rate = tokens / max(time.perf_counter() - started, 1e-9)
-            progress.update(task, advance=len(batch), description=f"generate [{teacher.label}] {rate:.0f} tok/s")
     backend.close()
     return len(requests)

@@ -84,6 +84,21 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def gguf_path(ref: str) -> Path:
+    """The GGUF file behind ``ref`` (an embedded model or a ``.gguf`` path), for llama.cpp."""
+    if ref.startswith("embedded:"):
+        name = ref.removeprefix("embedded:")
+        if name not in EMBEDDED:
+            raise HeredityError(f"unknown embedded model '{ref}'; known: {', '.join(f'embedded:{k}' for k in EMBEDDED)}")
+        return _embedded_gguf(name)
+    path = Path(ref).expanduser()
+    if path.suffix != ".gguf":
+        raise HeredityError(f"model '{ref}': llama.cpp needs a .gguf file or an embedded model")
+    if not path.is_file():
+        raise HeredityError(f"model '{ref}': GGUF file not found")
+    return path
+
+
 def resolve(ref: str) -> dict[str, Any]:
     """Turn a model reference into ``from_pretrained`` arguments (converting if needed)."""
     if ref.startswith("embedded:"):
