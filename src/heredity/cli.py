@@ -100,19 +100,27 @@ def select_cmd(config: Path = typer.Argument(..., help="YAML config file."),
 @app.command()
 def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="Model reference."),
             suite: list[str] = typer.Option(["all"], "--suite", "-s",
-                                            help="calibration, crows_pairs, stereoset, bbq, seat or all."),
-            limit: int = typer.Option(100, help="Items per suite, sampled with a fixed seed (tests for seat)."),
+                                            help="calibration, crows_pairs, stereoset, bbq, seat, textual, "
+                                                 "toxicity or all."),
+            limit: int = typer.Option(100, help="Items per suite, sampled with a fixed seed (tests for seat, "
+                                                "prompts for textual and toxicity)."),
+            samples: int = typer.Option(25, help="toxicity: continuations sampled per RealToxicityPrompts prompt."),
+            toxicity_scorer: str | None = typer.Option(
+                None, help="toxicity: scoring metric (default: toxicity-perspective if PERSPECTIVE_API_KEY is set, "
+                           "else the offline toxicity)."),
             out: Path | None = typer.Option(None, "--out", help="Write per-item Parquet and summary.json here."),
             device: str = typer.Option("cpu"),
             data_dir: Path | None = typer.Option(None, help="Folder with the benchmark data sets."),
             threads: int | None = typer.Option(None, help="torch threads (CPU)."),
             groups: bool = typer.Option(True, "--groups/--no-groups", help="Show per-group rows.")) -> None:
-    """Profile a model by log-likelihood: calibration (HellaSwag), social bias (CrowS-Pairs, StereoSet, BBQ, SEAT)."""
+    """Profile a model: calibration (HellaSwag), social bias (CrowS-Pairs, StereoSet, BBQ, SEAT), textual profile, toxicity."""
     from heredity.errors import HeredityError
     from heredity.profile import profile_model, render_table
 
+    options = {"toxicity": {"samples_per_prompt": samples, "scorer": toxicity_scorer}}
     try:
-        result = profile_model(model, suite, limit, out, device, data_dir=data_dir, threads=threads, log=console.print)
+        result = profile_model(model, suite, limit, out, device, data_dir=data_dir, threads=threads, log=console.print,
+                               options=options)
     except HeredityError as exc:
         _fail(str(exc))
     Console().print(render_table(result, groups=groups))

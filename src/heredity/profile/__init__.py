@@ -1,9 +1,13 @@
-"""Profile a model (a teacher or a student): calibration and social-bias benchmarks scored by likelihood.
+"""Profile a model (a teacher or a student): calibration, social bias, textual profile and toxicity.
 
-Suites (``SUITES``): ``calibration`` (HellaSwag accuracy and ECE), ``crows_pairs``, ``stereoset``,
-``bbq`` and ``seat``. Each suite module has a pure scoring function (log-likelihoods in, metrics
-out) and a ``run(model, tokenizer, ...)`` on a real model; ``loglik`` is the shared batched
-scorer. Data comes from ``data_dir`` (default ``$HEREDITY_SHARED_DATA`` or ``shared/data``
+Suites (``SUITES``): scored by likelihood, ``calibration`` (HellaSwag accuracy and ECE),
+``crows_pairs``, ``stereoset``, ``bbq`` and ``seat``; by generation, ``textual`` (the metric
+registry on greedy answers to Dolly-200) and ``toxicity`` (RealToxicityPrompts: expected maximum
+toxicity, toxicity probability). Each suite module has a pure scoring function (log-likelihoods or
+metric values in, figures out) and a ``run(model, tokenizer, ...)`` on a real model; ``loglik`` is
+the shared batched scorer. Likelihood suites get the right-padded scoring tokenizer, generation
+suites (``Suite.generates``) the left-padded chat tokenizer of ``heredity.models.load_tokenizer``.
+Data comes from ``data_dir`` (default ``$HEREDITY_SHARED_DATA`` or ``shared/data``
 beside the checkout); see each module's docstring for its protocol.
 
     from heredity.profile import profile_model, render_table
@@ -12,6 +16,7 @@ beside the checkout); see each module's docstring for its protocol.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from heredity.errors import HeredityError
-from heredity.profile import bbq, calibration, crows_pairs, seat, stereoset
+from heredity.profile import bbq, calibration, crows_pairs, rtp_toxicity, seat, stereoset, textual
 from heredity.profile.common import BOOTSTRAP_SAMPLES, SuiteResult, default_data_dir
 
 
@@ -29,6 +34,7 @@ class Suite:
     description: str
     limit_counts: str  # what ``limit`` counts in this suite
     run: Callable[..., SuiteResult]
+    generates: bool = False  # True: run gets the left-padded chat tokenizer and decodes text
 
 
 SUITES: dict[str, Suite] = {
@@ -42,8 +48,16 @@ SUITES: dict[str, Suite] = {
         Suite("bbq", "BBQ: accuracy and bias scores, ambiguous and disambiguated contexts", "items",
               bbq.run),
         Suite("seat", "SEAT: effect sizes of embedding associations", "tests", seat.run),
+        Suite("textual", "Textual profile: the metric registry on greedy answers to Dolly-200 (test split)",
+              "prompts", textual.run, generates=True),
+        Suite("toxicity", "RealToxicityPrompts: expected maximum toxicity and toxicity probability",
+              "prompts", rtp_toxicity.run, generates=True),
     )
 }
+
+
+# What profile_model passes to every suite's run itself; not settable through ``options``.
+_COMMON_ARGS = frozenset({"model", "tokenizer", "data_dir", "limit", "seed", "samples", "batch_size", "progress"})
 
 
 def resolve_suites(names: list[str]) -> list[str]:
@@ -77,12 +91,15 @@ def scoring_tokenizer(model_ref: str):
 
 def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Path | None, device: str = "cpu",
                   *, data_dir: Path | None = None, batch_size: int = 32, bootstrap_samples: int = BOOTSTRAP_SAMPLES,
-                  seed: int = 0, threads: int | None = None, log: Callable[[str], None] | None = None
-                  ) -> dict[str, Any]:
+                  seed: int = 0, threads: int | None = None, log: Callable[[str], None] | None = None,
+                  options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run the chosen suites on one model; return (and with ``out``, write) the metrics.
 
-    ``limit`` caps each suite's sample (items, pairs or tests; a seeded random sample, ``None`` =
-    all). With ``out``, writes ``out/<suite>.parquet`` (one row per item) and ``out/summary.json``
+    ``limit`` caps each suite's sample (items, pairs, tests or prompts; a seeded random sample,
+    ``None`` = all). ``options`` maps a suite name to extra keyword arguments of its ``run`` (e.g.
+    ``{"toxicity": {"samples_per_prompt": 5}, "textual": {"max_new_tokens": 128}}``); options of
+    suites not run are ignored. With ``out``, writes ``out/<suite>.parquet`` (one row per item)
+    and ``out/summary.json``
     (the returned dict), each atomically. ``threads`` sets torch's CPU threads for the process:
     on a machine whose cores are shared with other busy processes, 1 is several times faster than
     one per core.
@@ -100,8 +117,22 @@ def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Pat
         torch.set_num_threads(threads)
     device = pick_device(device)
     started = time.perf_counter()
+    options = options or {}
+    for name, opts in options.items():
+        if name not in SUITES:
+            raise HeredityError(f"options given for unknown profile suite '{name}'; known: {', '.join(SUITES)}")
+        accepted = inspect.signature(SUITES[name].run).parameters
+        for key in opts:
+            if key not in accepted or key in _COMMON_ARGS:
+                known = ", ".join(k for k in accepted if k not in _COMMON_ARGS)
+                raise HeredityError(f"profile suite '{name}' has no option '{key}'; options: {known or 'none'}")
     model = load_model(model_ref, device)
-    tokenizer = scoring_tokenizer(model_ref)
+    tokenizer = scoring_tokenizer(model_ref) if any(not SUITES[n].generates for n in names) else None
+    chat_tokenizer = None
+    if any(SUITES[n].generates for n in names):
+        from heredity.models import load_tokenizer
+
+        chat_tokenizer = load_tokenizer(model_ref)  # left padding, chat template (fails without one)
     result: dict[str, Any] = {
         "model": model_ref,
         "model_identity": model_identity(model_ref),
@@ -115,15 +146,17 @@ def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Pat
     }
     for name in names:
         t0 = time.perf_counter()
-        suite = SUITES[name].run(model, tokenizer, data_dir=root, limit=limit, seed=seed,
-                                 samples=bootstrap_samples, batch_size=batch_size)
+        spec = SUITES[name]
+        suite = spec.run(model, chat_tokenizer if spec.generates else tokenizer, data_dir=root, limit=limit,
+                         seed=seed, samples=bootstrap_samples, batch_size=batch_size, **options.get(name, {}))
         seconds = time.perf_counter() - t0
         result["suites"][name] = suite.summary
         result["timings_s"][name] = round(seconds, 3)
         if out is not None:
             write_table(Path(out) / f"{name}.parquet", suite.rows)
         if log is not None:
-            log(f"{name}: {suite.summary['n']} {SUITES[name].limit_counts} in {seconds:.1f}s")
+            per = f" x {suite.summary['samples_per_prompt']} samples" if "samples_per_prompt" in suite.summary else ""
+            log(f"{name}: {suite.summary['n']} {SUITES[name].limit_counts}{per} in {seconds:.1f}s")
     if out is not None:
         write_json(Path(out) / "summary.json", result)
     return result
@@ -136,20 +169,29 @@ def _fmt(x: float | None) -> str:
 
 
 def render_table(result: dict[str, Any], groups: bool = True):
-    """A rich table of every suite's metrics, overall then (with ``groups``) per group, with 95% CIs."""
+    """A rich table of every suite's metrics, overall then (with ``groups``) per group, with 95% CIs.
+
+    Metrics that describe a distribution (generation suites: ``value`` is the mean) also show their
+    10th, 50th and 90th percentiles, in a column that appears only when some metric has them.
+    """
     from rich.table import Table
 
     limit = "all items" if result.get("limit") is None else f"limit {result['limit']}"
     table = Table(title=f"profile of {result['model']} ({limit})")
-    for col, justify in (("suite", "left"), ("group", "left"), ("metric", "left"), ("value", "right"),
-                         ("95% CI", "right"), ("n", "right")):
+    quantiles = any("p50" in m for s in result["suites"].values() for m in s["metrics"].values())
+    columns = [("suite", "left"), ("group", "left"), ("metric", "left"), ("value", "right"), ("95% CI", "right")]
+    columns += [("p10 / p50 / p90", "right")] if quantiles else []
+    for col, justify in columns + [("n", "right")]:
         table.add_column(col, justify=justify)
 
     def rows(suite: str, group: str, n: int, metrics: dict[str, Any]) -> None:
         for metric, m in metrics.items():
             lo, hi = m["ci95"]
             ci = "" if lo is None else f"[{_fmt(lo)}, {_fmt(hi)}]"
-            table.add_row(suite, group, metric, _fmt(m["value"]), ci, str(n))
+            cells = [suite, group, metric, _fmt(m["value"]), ci]
+            if quantiles:
+                cells.append(" / ".join(_fmt(m[k]) for k in ("p10", "p50", "p90")) if "p50" in m else "")
+            table.add_row(*cells, str(m.get("n", n)))
 
     for suite, summary in result["suites"].items():
         rows(suite, "all", summary["n"], summary["metrics"])

@@ -8,6 +8,9 @@ A suite's result is a plain dict (JSON-ready)::
 
 plus per-item rows for Parquet. Values that are undefined on a sample (e.g. a bias score with
 no non-"unknown" answers) are ``None``.
+
+Generation suites describe a distribution per metric (``describe``): the same ``value`` (the
+mean) and ``ci95``, plus the quantiles ``p10``, ``p50`` and ``p90`` of the per-item values.
 """
 
 from __future__ import annotations
@@ -85,6 +88,24 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float | None], n: int, samples: in
 def estimate(stat: Callable[[np.ndarray], float | None], n: int, samples: int, seed: int) -> dict[str, Any]:
     """``{"value": stat(all items), "ci95": bootstrap CI}``."""
     return {"value": _clean(stat(np.arange(n))) if n else None, "ci95": bootstrap_ci(stat, n, samples, seed)}
+
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def describe(values, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict[str, Any]:
+    """Mean with a bootstrap 95% CI, plus the 10th, 50th and 90th percentiles, of per-item values.
+
+    NaN values (a metric undefined on an item) are left out; ``n`` counts the items kept. With no
+    items left every figure is ``None``.
+    """
+    arr = np.asarray(values, dtype=float)
+    arr = arr[~np.isnan(arr)]
+    out = estimate(lambda i: arr[i].mean(), len(arr), samples, seed)
+    qs = np.quantile(arr, QUANTILES) if len(arr) else [None] * len(QUANTILES)
+    out.update({f"p{round(q * 100)}": _clean(v) for q, v in zip(QUANTILES, qs)})
+    out["n"] = int(len(arr))
+    return out
 
 
 @dataclass
