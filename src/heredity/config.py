@@ -114,6 +114,18 @@ class LlamaCppOptions(_Strict):
     n_gpu_layers: int = Field(0, description="Layers offloaded to a GPU (-1: all).")
 
 
+class RayConfig(_Strict):
+    """Generation spread over Ray actors (``pip install 'heredity[ray]'``)."""
+
+    address: str | None = Field(
+        None, description="Cluster to join ('auto', 'ray://head:10001'); None starts a local Ray.",
+    )
+    replicas: int = Field(2, ge=1, description="Actors per local-model teacher, each with its own copy of the model.")
+    num_cpus_per_replica: float = Field(1.0, ge=0)
+    num_gpus_per_replica: float = Field(0.0, ge=0, description="1 on a GPU cluster: one GPU per replica.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs a local Ray may use (None: all).")
+
+
 class TeacherConfig(_Strict):
     """One teacher: a model plus the backend that runs it."""
 
@@ -211,17 +223,19 @@ class ScoreConfig(_Strict):
         data["metric_options"] = options
         return data
 
-    @field_validator("metric_options")
-    @classmethod
-    def _options_resolve(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    @model_validator(mode="after")
+    def _unlisted_options_resolve(self) -> "ScoreConfig":
+        """Options of columns not in ``metrics`` (e.g. only in eval.metrics) are checked too;
+        listed ones were checked with their entry."""
         from heredity.metrics import resolve
 
-        for column in value:
-            try:
-                resolve(column, value)
-            except HeredityError as exc:
-                raise _metric_error(f"{column}: {exc}") from None
-        return value
+        for column in self.metric_options:
+            if column not in self.metrics:
+                try:
+                    resolve(column, self.metric_options)
+                except HeredityError as exc:
+                    raise _metric_error(f"metric_options.{column}: {exc}") from None
+        return self
 
 
 class StrategySpec(BaseModel):
@@ -381,6 +395,9 @@ class RunConfig(_Strict):
         "None keeps the chat template's own default (SmolLM2 adds one); '' sends an empty one.",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    ray: RayConfig | None = Field(
+        None, description="Spread generation over Ray replicas (local or a cluster); None runs in-process.",
+    )
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

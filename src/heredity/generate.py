@@ -184,40 +184,54 @@ class TeacherProgress:
 
 
 def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, display: TeacherProgress) -> int:
-    backend = open_backend(teacher, pick_device(cfg.device))
     requests = [
         (w, Request(chat_messages(w["prompt"], cfg.system_prompt), candidate_seed(w["candidate_key"])))
         for w in todo
     ]
     # Similar prompt lengths share a batch, so batches carry little padding.
     requests = sorted(requests, key=lambda pair: len(pair[0]["prompt"]))
+    batches = batched(requests, teacher.batch_size)
+    if cfg.ray is not None:
+        from heredity.scale import generate_on_ray
+
+        display.started = time.perf_counter()
+        results = generate_on_ray(teacher, cfg.device, cfg.ray, [[r for _, r in b] for b in batches])
+        for index, completions, failure in results:
+            _keep(teacher, batches[index], completions, failure, None, shard_dir, done, display)
+        return len(requests)
+    backend = open_backend(teacher, pick_device(cfg.device))
     display.started = time.perf_counter()  # tokens/s counts from the model's start, not its loading
-    for batch in batched(requests, teacher.batch_size):
-        t0 = time.perf_counter()
-        failure = None
-        try:
-            completions = backend.generate([r for _, r in batch], teacher.sampling)
-        except BatchIncomplete as exc:  # keep what finished; the rerun asks only for the rest
-            failure, completions = exc, exc.completions
-        batch_latency = time.perf_counter() - t0
-        rows = []
-        for (w, req), c in zip(batch, completions):
-            if c is None:
-                continue
-            rows.append({
-                **w, "text": c.text, "finish_reason": c.finish_reason,
-                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                "latency_s": c.latency_s if c.latency_s is not None else batch_latency,
-                "seed": req.seed, "backend": teacher.backend, "model": teacher.model,
-            })
-        display.advance(rows, failed=len(batch) - len(rows))
-        if rows:
-            write_table(shard_dir / f"{teacher.label}-{uuid.uuid4().hex[:12]}.parquet", rows)
-        if failure is not None:
-            backend.close()
-            raise HeredityError(f"{failure} ({len(rows)} of this batch's candidates were kept; "
-                                "rerun to generate the rest)")
-        for row in rows:
-            done[row["candidate_key"]] = row
-    backend.close()
+    try:
+        for batch in batches:
+            t0 = time.perf_counter()
+            failure = None
+            try:
+                completions = backend.generate([r for _, r in batch], teacher.sampling)
+            except BatchIncomplete as exc:  # keep what finished; the rerun asks only for the rest
+                failure, completions = exc, exc.completions
+            _keep(teacher, batch, completions, failure, time.perf_counter() - t0, shard_dir, done, display)
+    finally:
+        backend.close()
     return len(requests)
+
+
+def _keep(teacher, batch, completions, failure, batch_latency, shard_dir, done, display: TeacherProgress) -> None:
+    """Write one finished batch as a shard straight away; raise after keeping a partial one."""
+    rows = []
+    for (w, req), c in zip(batch, completions):
+        if c is None:
+            continue
+        rows.append({
+            **w, "text": c.text, "finish_reason": c.finish_reason,
+            "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+            "latency_s": c.latency_s if c.latency_s is not None else batch_latency,
+            "seed": req.seed, "backend": teacher.backend, "model": teacher.model,
+        })
+    display.advance(rows, failed=len(batch) - len(rows))
+    if rows:
+        write_table(shard_dir / f"{teacher.label}-{uuid.uuid4().hex[:12]}.parquet", rows)
+    if failure is not None:
+        raise HeredityError(f"{failure} ({len(rows)} of this batch's candidates were kept; "
+                            "rerun to generate the rest)")
+    for row in rows:
+        done[row["candidate_key"]] = row
