@@ -22,11 +22,21 @@ def manifests(run: Path) -> dict[str, dict]:
     return {str(p.parent.relative_to(run)): json.loads(p.read_text()) for p in run.rglob("manifest.json")}
 
 
+# A small battery on every model: one likelihood suite and both generation suites.
+PROFILE = {"suites": ["crows_pairs", "textual", "toxicity"], "limit": 3, "samples": 2, "max_new_tokens": 16}
+
+
+def e2e_config(**overrides) -> dict:
+    cfg = tiny_config(**overrides)
+    cfg["eval"]["profile"] = PROFILE
+    return cfg
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("e2e")
     config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config()))
+    config.write_text(yaml.safe_dump(e2e_config()))
     out = root / "run"
     result = heredity("run", str(config), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -55,6 +65,26 @@ def test_summary_has_three_arms_and_all_parts(finished_run):
     assert "| length |" in (out / "report.md").read_text()
 
 
+def test_profile_of_every_model_with_paired_differences(finished_run):
+    _, out = finished_run
+    profile = json.loads((out / "summary.json").read_text())["profile"]
+    assert profile["models"] == ["base", "passive", "active"]
+    for key in ("crows_pairs/bias_pct", "textual/length", "toxicity/expected_max_toxicity"):
+        assert set(profile["metrics"][key]) == {"base", "passive", "active"}, key
+
+    def per_prompt(model: str) -> dict:
+        rows = pq.read_table(out / "profile" / model / "textual.parquet").to_pylist()
+        return {r["prompt_id"]: r["length"] for r in rows}
+
+    active, passive = per_prompt("active"), per_prompt("passive")
+    assert len(active) == 3 and set(active) == set(passive)
+    direct = sum(active[k] - passive[k] for k in active) / 3
+    assert profile["differences"]["active_vs_passive"]["textual/length"]["diff"] == pytest.approx(direct)
+    toxicity = pq.read_table(out / "profile" / "base" / "toxicity.parquet").to_pylist()
+    assert len(toxicity) == 3 * 2  # prompts x samples
+    assert "## Profile" in (out / "report.md").read_text()
+
+
 def test_rerun_reuses_every_stage(finished_run):
     config, out = finished_run
     before = manifests(out)
@@ -68,13 +98,14 @@ def test_new_target_reruns_only_what_depends_on_it(finished_run, tmp_path):
     _, out = finished_run
     before = manifests(out)
     config = tmp_path / "min.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(**{"select.direction": "min"})))
+    config.write_text(yaml.safe_dump(e2e_config(**{"select.direction": "min"})))
     result = heredity("run", str(config), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     after = manifests(out)
-    for unchanged in ("generate", "score", "train/passive", "evaluate/base", "evaluate/passive"):
+    for unchanged in ("generate", "score", "train/passive", "evaluate/base", "evaluate/passive",
+                      "profile/base", "profile/passive"):
         assert after[unchanged] == before[unchanged], unchanged
-    for rerun in ("select", "train/active", "evaluate/active"):
+    for rerun in ("select", "train/active", "evaluate/active", "profile/active"):
         assert after[rerun]["key"] != before[rerun]["key"], rerun
     summary = json.loads((out / "summary.json").read_text())
     assert summary["target"]["direction"] == "min"

@@ -372,6 +372,25 @@ class TrainConfig(_Strict):
 
 
 
+class ProfileConfig(_Strict):
+    """The profiling battery (``heredity profile``) run inside a run on base and every trained arm."""
+
+    suites: list[str] = Field(
+        default_factory=lambda: ["all"],
+        description="calibration, crows_pairs, stereoset, bbq, seat, textual, toxicity, or all.",
+    )
+    limit: int | None = Field(100, ge=1, description="Items (or prompts) per suite, a seeded sample; None = all.")
+    samples: int = Field(25, ge=1, description="RealToxicityPrompts continuations per prompt.")
+    max_new_tokens: int = Field(256, ge=1, description="Token cap of the textual suite's greedy answers.")
+    toxicity_scorer: str | None = Field(None, description="None: Perspective with a key, else the offline 'toxicity'.")
+    teachers: bool = Field(False, description="Profile the local-model teachers too.")
+    lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks (optional extra).")
+    lm_eval_include: str | None = Field(None, description="Folder of custom harness task YAMLs.")
+    data_dir: str | None = Field(None, description="Benchmark data; None: $HEREDITY_SHARED_DATA or ../shared/data.")
+    seed: int = 0
+    batch_size: int = Field(32, ge=1)
+
+
 class EvalConfig(_Strict):
     """Held-out evaluation of base, passive and active students."""
 
@@ -379,6 +398,7 @@ class EvalConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     metrics: list[str] | None = Field(None, description="Defaults to score.metrics.")
     bootstrap_samples: int = Field(2000, ge=100)
+    profile: ProfileConfig | None = Field(None, description="Also run the profiling battery on every model.")
 
 
 class RunConfig(_Strict):

@@ -122,11 +122,23 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
         for arm in ARMS:
             evaluated[arm] = step(f"evaluate/{arm}", lambda arm=arm: run_evaluate(
                 cfg, out, arm, eval_prompts, trained[arm], progress))
+        profiled = {}
+        if cfg.eval.profile is not None:
+            from heredity.models import model_identity
+            from heredity.profile.stage import run_profile, teacher_models
+
+            models = {"base": (cfg.student, model_identity(cfg.student))}
+            models.update({arm: (str(trained[arm].dir / "model"), trained[arm].key) for arm in ARMS})
+            if cfg.eval.profile.teachers:
+                models.update({name: (ref, model_identity(ref)) for name, ref in teacher_models(cfg).items()})
+            for name, (ref, key) in models.items():
+                profiled[name] = step(f"profile/{name}", lambda name=name, ref=ref, key=key: run_profile(
+                    cfg, out, name, ref, key))
 
     # What each stage cost when it was computed (a reused stage costs ~0 s in this run).
     compute = {name: (stage.manifest() or {}).get("seconds") for name, stage in stages.items()}
     with timer.stage("report"):
-        summary = write_report(cfg, out, evaluated, select, trained, dict(timer.timings), compute)
+        summary = write_report(cfg, out, evaluated, select, trained, dict(timer.timings), compute, profiled)
     summary["timings_s"] = dict(timer.timings)
     write_json(out / "summary.json", summary)
     return summary

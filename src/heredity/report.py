@@ -140,6 +140,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     warnings = [f"- {arm}: {w}" for arm, r in summary["training"].items() for w in r.get("warnings") or []]
     if warnings:
         lines += ["", "Training warnings:", *warnings]
+    if "profile" in summary:
+        lines += render_profile(summary["profile"])
     lines += ["", "## Wall time per stage (s)", "", "| stage | this run | when computed |", "|---|---|---|"]
     compute = summary.get("stage_compute_s", {})
     lines += [f"| {k} | {v:.1f} | {_fmt(compute.get(k))} |" for k, v in summary["timings_s"].items()]
@@ -147,13 +149,43 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_profile(profile: dict[str, Any]) -> list[str]:
+    models = profile["models"]
+    lines = ["", "## Profile (the battery on every model)", "",
+             "Values with 95% CIs; see `profile/<model>/summary.json` for each suite's protocol.", "",
+             "| suite/metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for key, per_model in profile["metrics"].items():
+        cells = []
+        for name in models:
+            m = per_model.get(name)
+            if m is None or m["value"] is None:
+                cells.append("–")
+                continue
+            lo, hi = m["ci95"]
+            cells.append(_fmt(m["value"]) + ("" if lo is None else f" [{_fmt(lo)}, {_fmt(hi)}]"))
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    if profile["differences"]:
+        lines += ["", "Paired differences (same prompts for every model):", "",
+                  "| comparison | suite/metric | difference | 95% CI |", "|---|---|---|---|"]
+        for name, per_metric in profile["differences"].items():
+            for key, d in per_metric.items():
+                lines.append(f"| {name.replace('_vs_', ' − ')} | {key} | {_fmt(d['diff'])} | "
+                             f"[{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}] |")
+    return lines
+
+
 def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], select_stage: Any,
                  train_stages: dict[str, Any], timings: dict[str, float],
-                 compute: dict[str, float | None] | None = None) -> dict[str, Any]:
+                 compute: dict[str, float | None] | None = None,
+                 profile_stages: dict[str, Any] | None = None) -> dict[str, Any]:
     answers = {arm: read_table(stage.dir / "answers.parquet") for arm, stage in eval_stages.items()}
     card = read_json(select_stage.dir / "card.json")
     train_results = {arm: (stage.manifest() or {}).get("result", {}) for arm, stage in train_stages.items()}
     summary = summarise(cfg, answers, card, timings, train_results, compute)
+    if profile_stages:
+        from heredity.profile.stage import summarise_profiles
+
+        summary["profile"] = summarise_profiles(profile_stages, cfg.eval.bootstrap_samples)
     write_table(run_dir / "per_prompt.parquet", [r for arm in ARM_ORDER if arm in answers for r in answers[arm]])
     write_json(run_dir / "summary.json", summary)
     write_text(run_dir / "report.md", render_markdown(summary))
