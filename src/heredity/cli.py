@@ -99,9 +99,9 @@ def select_cmd(config: Path = typer.Argument(..., help="YAML config file."),
 
 @app.command()
 def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="Model reference."),
-            suite: list[str] | None = typer.Option(None, "--suite", "-s",
-                                                   help="calibration, crows_pairs, stereoset, bbq, seat, textual, "
-                                                        "toxicity or all (the default, unless --lm-eval is given)."),
+            suite: list[str] = typer.Option(["all"], "--suite", "-s",
+                                            help="calibration, crows_pairs, stereoset, bbq, seat, textual, "
+                                                 "toxicity or all."),
             limit: int = typer.Option(100, help="Items per suite, sampled with a fixed seed (tests for seat, "
                                                 "prompts for textual and toxicity)."),
             samples: int = typer.Option(25, help="toxicity: continuations sampled per RealToxicityPrompts prompt."),
@@ -112,44 +112,18 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
             device: str = typer.Option("cpu"),
             data_dir: Path | None = typer.Option(None, help="Folder with the benchmark data sets."),
             threads: int | None = typer.Option(None, help="torch threads (CPU)."),
-            groups: bool = typer.Option(True, "--groups/--no-groups", help="Show per-group rows."),
-            lm_eval: list[str] = typer.Option([], "--lm-eval", help="lm-evaluation-harness task to run (repeatable; "
-                                                                   "needs heredity[lm-eval] and the task's data)."),
-            lm_eval_include: Path | None = typer.Option(None, help="Folder of custom lm-eval task YAMLs.")) -> None:
-    """Profile a model: calibration (HellaSwag), social bias (CrowS-Pairs, StereoSet, BBQ, SEAT), textual profile,
-    toxicity; optionally lm-evaluation-harness tasks."""
+            groups: bool = typer.Option(True, "--groups/--no-groups", help="Show per-group rows.")) -> None:
+    """Profile a model: calibration (HellaSwag), social bias (CrowS-Pairs, StereoSet, BBQ, SEAT), textual profile, toxicity."""
     from heredity.errors import HeredityError
     from heredity.profile import profile_model, render_table
 
-    suites = suite if suite else ([] if lm_eval else ["all"])
     options = {"toxicity": {"samples_per_prompt": samples, "scorer": toxicity_scorer}}
     try:
-        if suites:
-            result = profile_model(model, suites, limit, out, device, data_dir=data_dir, threads=threads,
-                                   log=console.print, options=options)
-            Console().print(render_table(result, groups=groups))
-        if lm_eval:
-            _lm_eval(model, lm_eval, limit, lm_eval_include, device, out)
+        result = profile_model(model, suite, limit, out, device, data_dir=data_dir, threads=threads, log=console.print,
+                               options=options)
     except HeredityError as exc:
         _fail(str(exc))
-
-
-def _lm_eval(model: str, tasks: list[str], limit: int, include: Path | None, device: str, out: Path | None) -> None:
-    from heredity.models import pick_device
-    from heredity.profile.lm_eval_tasks import run_lm_eval
-    from heredity.rundir import write_json
-
-    result = run_lm_eval(model, tasks, limit=limit, include_path=include, device=pick_device(device))
-    table = Table(title=f"lm-evaluation-harness on {model} (limit {limit})")
-    for col, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("95% CI", "right"), ("n", "right")):
-        table.add_column(col, justify=justify)
-    for task, t in result["tasks"].items():
-        for metric, m in t["metrics"].items():
-            lo, hi = m["ci95"]
-            table.add_row(task, metric, f"{m['value']:.3f}", "" if lo is None else f"[{lo:.3f}, {hi:.3f}]", str(t["n"]))
-    Console().print(table)
-    if out is not None:
-        write_json(Path(out) / "lm_eval.json", result)
+    Console().print(render_table(result, groups=groups))
 
 
 @app.command("metrics")
@@ -163,6 +137,136 @@ def metrics_cmd() -> None:
     for m in list_metrics():
         table.add_row(m.name, m.version, m.better, m.description)
     Console().print(table)
+
+
+def _judge_spec(judge: str, backend: str, base_url: str | None, api_key_env: str | None, method: str,
+                max_answer_chars: int, batch_size: int, device: str):
+    """A JudgeConfig from the judge options (the API key itself is only ever read from the environment)."""
+    from heredity.judge import judge_config
+
+    teacher = {"model": judge, "backend": backend, "batch_size": batch_size}
+    if backend == "openai":
+        teacher["openai"] = {"base_url": base_url or "", "api_key_env": api_key_env}
+    return judge_config({"judge": teacher, "method": method, "max_answer_chars": max_answer_chars,
+                         "device": device})
+
+
+_JUDGE_HELP = "Judge model: embedded:NAME, hub id or local folder; with --backend openai, the served model."
+
+
+@app.command("judge")
+def judge_cmd(answers_a: str = typer.Argument(..., help="A's answers: .json/.jsonl/.csv/.parquet with prompt and "
+                                                         "answer columns, an evaluate/<arm> folder, or RUN_DIR:ARM."),
+              answers_b: str = typer.Argument(..., help="B's answers, the same forms."),
+              judge: str = typer.Option("embedded:smollm2-135m-instruct", "--judge", help=_JUDGE_HELP),
+              backend: str = typer.Option("transformers", help="transformers or openai."),
+              base_url: str | None = typer.Option(None, help="openai: endpoint up to /v1."),
+              api_key_env: str | None = typer.Option(None, help="openai: environment variable holding the key."),
+              method: str = typer.Option("auto", help="auto, generate or logprob (local judges)."),
+              name_a: str | None = typer.Option(None, help="Label of A (default: arm, generator or file name)."),
+              name_b: str | None = typer.Option(None, help="Label of B."),
+              prompt_field: str | None = typer.Option(None, help="Prompt column (default: prompt or instruction)."),
+              answer_field: str | None = typer.Option(None, help="Answer column (default: text, answer, output)."),
+              limit: int | None = typer.Option(None, help="Judge only the first N shared prompts."),
+              max_answer_chars: int = typer.Option(3000, help="Answers are cut to this length in the judge prompt."),
+              batch_size: int = typer.Option(8),
+              device: str = typer.Option("auto"),
+              out: Path = typer.Option(Path("judge"), "--out", help="Writes judgments.parquet and summary.json.")) -> None:
+    """LLM as judge: A's answers against B's on the same prompts, both orders, win rate and length-controlled win rate."""
+    from heredity.errors import HeredityError
+    from heredity.judge import load_answers, pair_answers, pairwise
+
+    try:
+        a, label_a = load_answers(answers_a, prompt_field, answer_field)
+        b, label_b = load_answers(answers_b, prompt_field, answer_field)
+        pairs = pair_answers(a, b, name_a or label_a, name_b or label_b, limit)
+        cfg = _judge_spec(judge, backend, base_url, api_key_env, method, max_answer_chars, batch_size, device)
+        result = pairwise(cfg, pairs, out=out, log=console.print)
+    except HeredityError as exc:
+        _fail(str(exc))
+    s = result.summary
+    table = Table(title=f"judge {s['protocol']['judge']} ({s['protocol']['method']}): "
+                        f"{s['model_a']} vs {s['model_b']}, {s['pairs']} prompts")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+
+    def row(name: str, e: dict) -> None:
+        lo, hi = e["ci95"]
+        table.add_row(name, "–" if e["value"] is None else f"{e['value']:.1f}",
+                      "–" if lo is None else f"[{lo:.1f}, {hi:.1f}]")
+
+    row(f"win rate of {s['model_a']} (%)", s["win_rate"])
+    row("length-controlled win rate (%)", s["length_controlled"]["win_rate"])
+    row("position consistency (%)", s["position_consistency"])
+    row("longer answer preferred (%)", s["longer_preferred"])
+    Console().print(table)
+    console.print(f"unparseable verdicts: {s['unparseable']['count']}/{s['verdicts']}; "
+                  f"judgments: {out / 'judgments.parquet'}  summary: {out / 'summary.json'}")
+
+
+@app.command("judge-profile")
+def judge_profile_cmd(judge: list[str] = typer.Option(["embedded:smollm2-135m-instruct"], "--judge",
+                                                      help=_JUDGE_HELP + " Give it twice to compare two judges "
+                                                           "(e.g. base, then fine-tuned student)."),
+                      pairs: int = typer.Option(100, help="AlpacaEval instructions sampled (one model pair each)."),
+                      models: list[str] | None = typer.Option(None, "--model", help="AlpacaEval answer files to "
+                                                                                   "use (file stems; default all)."),
+                      seed: int = typer.Option(0, help="Seed of the pair sample."),
+                      backend: str = typer.Option("transformers", help="transformers or openai."),
+                      base_url: str | None = typer.Option(None, help="openai: endpoint up to /v1."),
+                      api_key_env: str | None = typer.Option(None, help="openai: environment variable holding the key."),
+                      method: str = typer.Option("auto", help="auto, generate or logprob (local judges)."),
+                      max_answer_chars: int = typer.Option(3000),
+                      batch_size: int = typer.Option(8),
+                      device: str = typer.Option("auto"),
+                      data_dir: Path | None = typer.Option(None, help="Folder holding alpaca_eval/."),
+                      out: Path = typer.Option(Path("judge-profile"), "--out", help="Output folder.")) -> None:
+    """Judge-preference profile: which AlpacaEval models (and answer lengths) a judge prefers; two judges compared."""
+    from heredity.errors import HeredityError
+    from heredity.judge import alpaca_eval_pairs, compare_profiles, preference_profile
+    from heredity.rundir import write_json
+
+    if len(judge) > 2:
+        _fail("judge-profile: give --judge once, or twice to compare two judges")
+    try:
+        sample = alpaca_eval_pairs(data_dir, pairs, models or None, seed)
+        results = []
+        for k, ref in enumerate(judge):
+            cfg = _judge_spec(ref, backend, base_url, api_key_env, method, max_answer_chars, batch_size, device)
+            where = out if len(judge) == 1 else out / f"judge{k + 1}"
+            results.append(preference_profile(cfg, sample, out=where, log=console.print))
+        comparison = compare_profiles(results[0], results[1]) if len(results) == 2 else None
+        if comparison is not None:
+            comparison["judges"] = list(judge)
+            write_json(out / "comparison.json", comparison)
+    except HeredityError as exc:
+        _fail(str(exc))
+    table = Table(title=f"judge-preference profile: {len(sample)} AlpacaEval pairs, win rate % (LC)")
+    table.add_column("model")
+    for ref in judge:
+        table.add_column(ref, justify="right")
+    if comparison is not None:
+        table.add_column("2nd − 1st [95% CI]", justify="right")
+    for m in results[0].summary["ranking"]:
+        cells = []
+        for r in results:
+            e = r.summary["models"][m]
+            lc = e["lc_win_rate"]["value"]
+            wr = e["win_rate"]["value"]
+            cells.append(f"{'–' if wr is None else f'{wr:.1f}'} ({'–' if lc is None else f'{lc:.1f}'})")
+        if comparison is not None:
+            d = comparison["models"][m]
+            cells.append(f"{d['diff']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]")
+        table.add_row(m, *cells)
+    cells = ["–" if r.summary["longer_preferred"]["value"] is None else f"{r.summary['longer_preferred']['value']:.1f}"
+             for r in results]
+    if comparison is not None:
+        d = comparison["longer_preferred"]
+        cells.append(f"{d['diff']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]")
+    table.add_row("longer answer preferred", *cells)
+    Console().print(table)
+    console.print(f"results: {out}")
 
 
 def main() -> None:
