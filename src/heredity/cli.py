@@ -99,9 +99,9 @@ def select_cmd(config: Path = typer.Argument(..., help="YAML config file."),
 
 @app.command()
 def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="Model reference."),
-            suite: list[str] = typer.Option(["all"], "--suite", "-s",
-                                            help="calibration, crows_pairs, stereoset, bbq, seat, textual, "
-                                                 "toxicity or all."),
+            suite: list[str] | None = typer.Option(None, "--suite", "-s",
+                                                   help="calibration, crows_pairs, stereoset, bbq, seat, textual, "
+                                                        "toxicity or all (the default, unless --lm-eval is given)."),
             limit: int = typer.Option(100, help="Items per suite, sampled with a fixed seed (tests for seat, "
                                                 "prompts for textual and toxicity)."),
             samples: int = typer.Option(25, help="toxicity: continuations sampled per RealToxicityPrompts prompt."),
@@ -112,18 +112,44 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
             device: str = typer.Option("cpu"),
             data_dir: Path | None = typer.Option(None, help="Folder with the benchmark data sets."),
             threads: int | None = typer.Option(None, help="torch threads (CPU)."),
-            groups: bool = typer.Option(True, "--groups/--no-groups", help="Show per-group rows.")) -> None:
-    """Profile a model: calibration (HellaSwag), social bias (CrowS-Pairs, StereoSet, BBQ, SEAT), textual profile, toxicity."""
+            groups: bool = typer.Option(True, "--groups/--no-groups", help="Show per-group rows."),
+            lm_eval: list[str] = typer.Option([], "--lm-eval", help="lm-evaluation-harness task to run (repeatable; "
+                                                                   "needs heredity[lm-eval] and the task's data)."),
+            lm_eval_include: Path | None = typer.Option(None, help="Folder of custom lm-eval task YAMLs.")) -> None:
+    """Profile a model: calibration (HellaSwag), social bias (CrowS-Pairs, StereoSet, BBQ, SEAT), textual profile,
+    toxicity; optionally lm-evaluation-harness tasks."""
     from heredity.errors import HeredityError
     from heredity.profile import profile_model, render_table
 
+    suites = suite if suite else ([] if lm_eval else ["all"])
     options = {"toxicity": {"samples_per_prompt": samples, "scorer": toxicity_scorer}}
     try:
-        result = profile_model(model, suite, limit, out, device, data_dir=data_dir, threads=threads, log=console.print,
-                               options=options)
+        if suites:
+            result = profile_model(model, suites, limit, out, device, data_dir=data_dir, threads=threads,
+                                   log=console.print, options=options)
+            Console().print(render_table(result, groups=groups))
+        if lm_eval:
+            _lm_eval(model, lm_eval, limit, lm_eval_include, device, out)
     except HeredityError as exc:
         _fail(str(exc))
-    Console().print(render_table(result, groups=groups))
+
+
+def _lm_eval(model: str, tasks: list[str], limit: int, include: Path | None, device: str, out: Path | None) -> None:
+    from heredity.models import pick_device
+    from heredity.profile.lm_eval_tasks import run_lm_eval
+    from heredity.rundir import write_json
+
+    result = run_lm_eval(model, tasks, limit=limit, include_path=include, device=pick_device(device))
+    table = Table(title=f"lm-evaluation-harness on {model} (limit {limit})")
+    for col, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("95% CI", "right"), ("n", "right")):
+        table.add_column(col, justify=justify)
+    for task, t in result["tasks"].items():
+        for metric, m in t["metrics"].items():
+            lo, hi = m["ci95"]
+            table.add_row(task, metric, f"{m['value']:.3f}", "" if lo is None else f"[{lo:.3f}, {hi:.3f}]", str(t["n"]))
+    Console().print(table)
+    if out is not None:
+        write_json(Path(out) / "lm_eval.json", result)
 
 
 @app.command("metrics")
