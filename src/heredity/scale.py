@@ -46,7 +46,8 @@ def _start_ray(rc: RayConfig) -> Any:
     except ImportError:
         raise HeredityError("ray: scale-out needs Ray installed: pip install 'heredity[ray]'") from None
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"address": rc.address, "include_dashboard": False, "log_to_driver": False}
+        kwargs: dict[str, Any] = {"address": rc.address, "include_dashboard": False, "log_to_driver": False,
+                                  "logging_level": "ERROR"}
         if rc.address is None and rc.num_cpus is not None:
             kwargs["num_cpus"] = rc.num_cpus
         try:

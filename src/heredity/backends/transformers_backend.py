@@ -22,15 +22,19 @@ class _GumbelSampler:
     """
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
-        import torch
-
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.seeds = [int(s) for s in seeds]
+        self.generators: list | None = None
         self.temperature = temperature
         self.top_p = top_p
 
     def __call__(self, input_ids, scores):
         import torch
 
+        if self.generators is None:
+            # Generators live where the scores are: on a GPU the noise is drawn there, not built
+            # on the CPU and copied over at every step. (CPU and GPU streams differ, so a pool
+            # sampled on a GPU differs from one sampled on a CPU, as bf16 makes it anyway.)
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
         scores = scores.float() / self.temperature
         if self.top_p < 1.0:
             sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
@@ -39,9 +43,9 @@ class _GumbelSampler:
             drop = drop_sorted.scatter(1, order, drop_sorted)
             scores = scores.masked_fill(drop, float("-inf"))
         vocab = scores.shape[-1]
-        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators])
+        uniform = torch.stack([torch.rand(vocab, generator=g, device=scores.device) for g in self.generators])
         gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7)))
-        return scores + gumbel.to(scores.device)
+        return scores + gumbel
 
 
 def eos_ids(model, tokenizer) -> list[int]:
