@@ -29,6 +29,7 @@ PROFILE = {"suites": ["crows_pairs", "textual", "toxicity"], "limit": 3, "sample
 def e2e_config(**overrides) -> dict:
     cfg = tiny_config(**overrides)
     cfg["eval"]["profile"] = PROFILE
+    cfg["eval"]["judge"] = "embedded:smollm2-135m-instruct"
     return cfg
 
 
@@ -85,6 +86,19 @@ def test_profile_of_every_model_with_paired_differences(finished_run):
     assert "## Profile" in (out / "report.md").read_text()
 
 
+def test_judge_compares_the_arms_in_both_orders(finished_run):
+    _, out = finished_run
+    judged = json.loads((out / "summary.json").read_text())["judge"]
+    assert set(judged) == {"active_vs_passive", "active_vs_base"}
+    for name, j in judged.items():
+        rows = pq.read_table(out / "judge" / name / "judgments.parquet").to_pylist()
+        assert j["pairs"] == len(rows) == 4
+        assert all(r["choice_ab"] is not None or r["p_first_ab"] is not None for r in rows)
+        prefs = [r["pref_a"] for r in rows]
+        assert j["win_rate"]["value"] == pytest.approx(100 * sum(prefs) / len(prefs))
+    assert "## LLM judge" in (out / "report.md").read_text()
+
+
 def test_rerun_reuses_every_stage(finished_run):
     config, out = finished_run
     before = manifests(out)
@@ -105,7 +119,8 @@ def test_new_target_reruns_only_what_depends_on_it(finished_run, tmp_path):
     for unchanged in ("generate", "score", "train/passive", "evaluate/base", "evaluate/passive",
                       "profile/base", "profile/passive"):
         assert after[unchanged] == before[unchanged], unchanged
-    for rerun in ("select", "train/active", "evaluate/active", "profile/active"):
+    for rerun in ("select", "train/active", "evaluate/active", "profile/active", "judge/active_vs_passive",
+                  "judge/active_vs_base"):
         assert after[rerun]["key"] != before[rerun]["key"], rerun
     summary = json.loads((out / "summary.json").read_text())
     assert summary["target"]["direction"] == "min"

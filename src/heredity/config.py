@@ -399,6 +399,24 @@ class EvalConfig(_Strict):
     metrics: list[str] | None = Field(None, description="Defaults to score.metrics.")
     bootstrap_samples: int = Field(2000, ge=100)
     profile: ProfileConfig | None = Field(None, description="Also run the profiling battery on every model.")
+    judge: dict[str, Any] | str | None = Field(
+        None,
+        description="An LLM judge (a model reference, or a heredity.judge.JudgeConfig mapping) that compares "
+        "the arms' held-out answers pairwise: active vs passive and active vs base.",
+    )
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_is_valid(cls, value: dict[str, Any] | str | None) -> dict[str, Any] | str | None:
+        if value is not None:
+            from heredity.errors import HeredityError
+            from heredity.judge import judge_config
+
+            try:
+                judge_config(value)
+            except HeredityError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 class RunConfig(_Strict):

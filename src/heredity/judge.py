@@ -790,3 +790,48 @@ def pair_answers(a: Sequence[tuple[str, str]], b: Sequence[tuple[str, str]], lab
     if label_a == label_b:
         label_b = label_b + " (B)"
     return [Pair(f"{i}", p, ans, b_by_prompt[p], label_a, label_b) for i, (p, ans) in enumerate(shared)]
+
+
+# ------------------------------------------------------------------------------ the run's judge stage
+
+# Which arms a run's judge compares (A vs B): the steering effect, and active against the base.
+RUN_COMPARISONS = (("active", "passive"), ("active", "base"))
+
+
+def run_judge(cfg: Any, run_dir: Path, eval_stages: dict[str, Any], a: str, b: str) -> Any:
+    """The ``judge/<a>_vs_<b>`` stage of a run: the judge compares two arms' held-out answers.
+
+    Keyed by both evaluate stages' keys and the judge config, so a new target re-judges only
+    comparisons that involve the active arm.
+    """
+    from heredity.rundir import Stage, read_table
+
+    jc = judge_config(cfg.eval.judge, device=cfg.device, bootstrap_samples=cfg.eval.bootstrap_samples)
+    stage = Stage(run_dir, f"judge/{a}_vs_{b}", {
+        "a": eval_stages[a].key, "b": eval_stages[b].key,
+        "judge": jc.model_dump(mode="json", exclude={"bootstrap_samples", "device"}),
+    })
+    if stage.reuse():
+        return stage
+    stage.start()
+    answers_b = {r["prompt_id"]: r for r in read_table(eval_stages[b].dir / "answers.parquet")}
+    pairs = [Pair(pair_id=str(r["prompt_id"]), instruction=r["prompt"], answer_a=r["text"],
+                  answer_b=answers_b[r["prompt_id"]]["text"], model_a=a, model_b=b)
+             for r in read_table(eval_stages[a].dir / "answers.parquet") if r["prompt_id"] in answers_b]
+    result = pairwise(jc, pairs, jc, out=stage.dir)
+    stage.finish({"judgments": "judgments.parquet", "summary": "summary.json"},
+                 counts={"pairs": result.summary["pairs"]})
+    return stage
+
+
+def summarise_run_judgments(stages: dict[str, Any]) -> dict[str, Any]:
+    from heredity.rundir import read_json
+
+    out = {}
+    for name, stage in stages.items():
+        s = read_json(stage.dir / "summary.json")
+        out[name] = {"judge": s["protocol"]["judge"], "method": s["protocol"]["method"], "pairs": s["pairs"],
+                     "win_rate": s["win_rate"], "length_controlled_win_rate": s["length_controlled"]["win_rate"],
+                     "position_consistency": s["position_consistency"], "longer_preferred": s["longer_preferred"],
+                     "mean_length_chars": s["mean_length"]}
+    return out

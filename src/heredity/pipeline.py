@@ -122,6 +122,12 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
         for arm in ARMS:
             evaluated[arm] = step(f"evaluate/{arm}", lambda arm=arm: run_evaluate(
                 cfg, out, arm, eval_prompts, trained[arm], progress))
+        judged = {}
+        if cfg.eval.judge is not None:
+            from heredity.judge import RUN_COMPARISONS, run_judge
+
+            for a, b in RUN_COMPARISONS:
+                judged[f"{a}_vs_{b}"] = step(f"judge/{a}_vs_{b}", lambda a=a, b=b: run_judge(cfg, out, evaluated, a, b))
         profiled = {}
         if cfg.eval.profile is not None:
             from heredity.models import model_identity
@@ -138,7 +144,7 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
     # What each stage cost when it was computed (a reused stage costs ~0 s in this run).
     compute = {name: (stage.manifest() or {}).get("seconds") for name, stage in stages.items()}
     with timer.stage("report"):
-        summary = write_report(cfg, out, evaluated, select, trained, dict(timer.timings), compute, profiled)
+        summary = write_report(cfg, out, evaluated, select, trained, dict(timer.timings), compute, profiled, judged)
     summary["timings_s"] = dict(timer.timings)
     write_json(out / "summary.json", summary)
     return summary

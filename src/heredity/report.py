@@ -140,6 +140,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     warnings = [f"- {arm}: {w}" for arm, r in summary["training"].items() for w in r.get("warnings") or []]
     if warnings:
         lines += ["", "Training warnings:", *warnings]
+    if "judge" in summary:
+        lines += render_judge(summary["judge"])
     if "profile" in summary:
         lines += render_profile(summary["profile"])
     lines += ["", "## Wall time per stage (s)", "", "| stage | this run | when computed |", "|---|---|---|"]
@@ -147,6 +149,24 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines += [f"| {k} | {v:.1f} | {_fmt(compute.get(k))} |" for k, v in summary["timings_s"].items()]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def render_judge(judged: dict[str, Any]) -> list[str]:
+    first = next(iter(judged.values()))
+    lines = ["", f"## LLM judge ({first['judge']}, {first['method']})", "",
+             "Each pair judged in both orders; win rate of the first arm in %, 95% CIs over prompts.", "",
+             "| comparison | pairs | win rate | length-controlled | position consistency | longer answer preferred |",
+             "|---|---|---|---|---|---|"]
+
+    def cell(m: dict[str, Any]) -> str:
+        lo, hi = m["ci95"]
+        return "–" if m["value"] is None else _fmt(m["value"]) + ("" if lo is None else f" [{_fmt(lo)}, {_fmt(hi)}]")
+
+    for name, j in judged.items():
+        lines.append(f"| {name.replace('_vs_', ' vs ')} | {j['pairs']} | {cell(j['win_rate'])} | "
+                     f"{cell(j['length_controlled_win_rate'])} | {cell(j['position_consistency'])} | "
+                     f"{cell(j['longer_preferred'])} |")
+    return lines
 
 
 def render_profile(profile: dict[str, Any]) -> list[str]:
@@ -177,7 +197,8 @@ def render_profile(profile: dict[str, Any]) -> list[str]:
 def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], select_stage: Any,
                  train_stages: dict[str, Any], timings: dict[str, float],
                  compute: dict[str, float | None] | None = None,
-                 profile_stages: dict[str, Any] | None = None) -> dict[str, Any]:
+                 profile_stages: dict[str, Any] | None = None,
+                 judge_stages: dict[str, Any] | None = None) -> dict[str, Any]:
     answers = {arm: read_table(stage.dir / "answers.parquet") for arm, stage in eval_stages.items()}
     card = read_json(select_stage.dir / "card.json")
     train_results = {arm: (stage.manifest() or {}).get("result", {}) for arm, stage in train_stages.items()}
@@ -186,6 +207,10 @@ def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], sel
         from heredity.profile.stage import summarise_profiles
 
         summary["profile"] = summarise_profiles(profile_stages, cfg.eval.bootstrap_samples)
+    if judge_stages:
+        from heredity.judge import summarise_run_judgments
+
+        summary["judge"] = summarise_run_judgments(judge_stages)
     write_table(run_dir / "per_prompt.parquet", [r for arm in ARM_ORDER if arm in answers for r in answers[arm]])
     write_json(run_dir / "summary.json", summary)
     write_text(run_dir / "report.md", render_markdown(summary))
