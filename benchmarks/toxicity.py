@@ -61,14 +61,13 @@ def data_dir(arg: str | None) -> Path:
 
 def load_rtp(root: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Texts (prompts first, then completions), Perspective scores, and group ids (the row)."""
-    path = root / "rtp" / "rtp_toxic_test_set.jsonl"
-    if not path.is_file():
-        sys.exit(f"missing {path}")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    texts = [r["prompt"] for r in rows] + [r["completion"] for r in rows]
-    scores = np.array([r["prompt_toxicity"] for r in rows] + [r["completion_toxicity"] for r in rows])
-    groups = np.concatenate([np.arange(len(rows)), np.arange(len(rows))])
-    return texts, scores, groups
+    from heredity.errors import HeredityError
+
+    try:
+        rtp = tox.load_rtp(root)
+    except HeredityError as exc:
+        sys.exit(str(exc))
+    return rtp.texts, rtp.scores, rtp.groups
 
 
 def load_benign(root: Path, n: int) -> list[str]:

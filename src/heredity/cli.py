@@ -153,16 +153,22 @@ def _lm_eval(model: str, tasks: list[str], limit: int, include: Path | None, dev
 
 
 @app.command("metrics")
-def metrics_cmd() -> None:
-    """List the registered metrics."""
+def metrics_cmd(action: str = typer.Argument("list", help="list: the registered metrics and plugins.")) -> None:
+    """List the registered metrics (built in and from 'heredity.metrics' entry points)."""
     from heredity.metrics import list_metrics
+    from heredity.metrics.registry import plugin_errors
 
+    if action != "list":
+        _fail(f"unknown action '{action}'; use: heredity metrics list")
     table = Table(title="metrics")
-    for col in ("name", "version", "better", "description"):
+    for col in ("name", "version", "better", "options", "source", "description"):
         table.add_column(col)
     for m in list_metrics():
-        table.add_row(m.name, m.version, m.better, m.description)
+        options = ", ".join(m.options.model_fields) if m.options is not None else ""
+        table.add_row(m.name, m.version, m.better, options, m.origin, m.description)
     Console().print(table)
+    for message in plugin_errors().values():
+        console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
 
 def _judge_spec(judge: str, backend: str, base_url: str | None, api_key_env: str | None, method: str,

@@ -9,11 +9,10 @@ from heredity.config import RunConfig, SamplingConfig
 from heredity.backends import Request
 from heredity.backends.transformers_backend import generate_batch
 from heredity.generate import batched
-from heredity.metrics import MetricContext
 from heredity.models import chat_messages, load_model, load_tokenizer, model_identity, pick_device
 from heredity.prompts import Prompt
 from heredity.rundir import Stage, stable_hash, write_table
-from heredity.score import metric_versions, score_texts
+from heredity.score import metric_context, metric_versions, score_texts
 
 
 def answer(model_ref: str, prompts: list[Prompt], cfg: RunConfig, progress=None, label: str = "") -> list[dict[str, Any]]:
@@ -44,7 +43,7 @@ def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Pro
         "prompts": stable_hash([(p.id, p.text) for p in eval_prompts]),
         "system_prompt": cfg.system_prompt,
         "eval": cfg.eval.model_dump(exclude={"batch_size", "bootstrap_samples", "profile"}),
-        "metrics": metric_versions(metrics),
+        "metrics": metric_versions(metrics, cfg.score.metric_options),
         "tokenizer": model_identity(cfg.student),
         "device": cfg.device,
     })
@@ -53,8 +52,8 @@ def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Pro
     stage.start()
     rows = answer(model_ref, eval_prompts, cfg, progress, arm)
     # Every arm is measured with the base student's tokenizer, so lengths are comparable.
-    context = MetricContext(tokenizer=load_tokenizer(cfg.student), prompts=[r["prompt"] for r in rows])
-    scores = score_texts([r["text"] for r in rows], metrics, context)
+    context = metric_context(cfg, [r["prompt"] for r in rows], with_tokenizer=True)
+    scores = score_texts([r["text"] for r in rows], metrics, context, cache=cfg.score.cache)
     for i, row in enumerate(rows):
         row["arm"] = arm
         row.update({m: scores[m][i] for m in metrics})

@@ -1,45 +1,159 @@
-"""Score stage: every candidate gets every configured metric."""
+"""Score stage: every candidate gets every configured metric.
+
+Scores go through the score cache (``heredity.metrics.cache``): a text already scored by the
+same metric version, options and (where they matter) prompt, tokenizer and reference model is
+not scored again, so re-scoring a pool, adding a metric or scoring the eval answers of an
+unchanged student costs only what is new.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from heredity.config import RunConfig
-from heredity.metrics import MetricContext, get_metric
+from heredity.metrics import BoundMetric, MetricContext, resolve_all
+from heredity.metrics.cache import ScoreCache, open_cache, text_key
 from heredity.models import load_tokenizer, model_identity
 from heredity.rundir import Stage, read_table, write_table
 
-
-def score_texts(texts: list[str], metric_names: list[str], context: MetricContext) -> dict[str, list[float]]:
-    return {name: get_metric(name)(texts, context) for name in metric_names}
+MetricEntry = str | Mapping[str, Any] | BoundMetric
 
 
-def metric_versions(metric_names: list[str]) -> dict[str, str]:
-    return {name: get_metric(name).version for name in metric_names}
+def tokenizer_identity(tokenizer: Any) -> str:
+    """A stable id of a tokenizer (class, name and a hash of its vocabulary), computed once."""
+    cached = getattr(tokenizer, "_heredity_identity", None)
+    if cached:
+        return cached
+    vocab = sorted(tokenizer.get_vocab().items()) if hasattr(tokenizer, "get_vocab") else []
+    digest = hashlib.sha256(repr((type(tokenizer).__name__, vocab)).encode("utf-8")).hexdigest()[:16]
+    ident = f"{getattr(tokenizer, 'name_or_path', '')}|{digest}"
+    try:
+        tokenizer._heredity_identity = ident
+    except AttributeError:
+        pass
+    return ident
 
 
-def needs_tokenizer(metric_names: list[str]) -> bool:
-    return any(get_metric(name).needs_tokenizer for name in metric_names)
+def _options(context: MetricContext, options: Mapping[str, Mapping[str, Any]] | None):
+    return options if options is not None else context.metric_options
+
+
+def score_metric(bound: BoundMetric, texts: Sequence[str], context: MetricContext,
+                 cache: ScoreCache | None) -> list[float]:
+    """One column: cached values where present, the metric computed on the (unique) misses."""
+    metric = bound.metric
+    if cache is None or not texts:
+        return bound(texts, context)
+    prompts = context.prompts if metric.needs_prompts else None
+    if metric.needs_prompts and (prompts is None or len(prompts) != len(texts)):
+        return bound(texts, context)  # the metric raises the precise error
+    tok_id = None
+    if metric.needs_tokenizer:
+        if context.tokenizer is None:
+            return bound(texts, context)  # raises: needs a tokenizer
+        tok_id = context.tokenizer_id or tokenizer_identity(context.tokenizer)
+    keys = [text_key(t, None if prompts is None else prompts[i], tok_id) for i, t in enumerate(texts)]
+    ns = bound.namespace(context)
+    found = cache.get(ns, keys)
+    missing: dict[bytes, int] = {}  # key -> first index with it
+    for i, key in enumerate(keys):
+        if key not in found and key not in missing:
+            missing[key] = i
+    if missing:
+        idx = list(missing.values())
+        sub = replace(context, prompts=None if context.prompts is None else [context.prompts[i] for i in idx])
+        values = bound([texts[i] for i in idx], sub)  # sub shares context.notes
+        computed = dict(zip(missing, values))
+        cache.put(ns, computed.items())
+        found = {**found, **computed}
+    return [found[k] for k in keys]
+
+
+def score_texts(texts: list[str], metrics: Sequence[MetricEntry], context: MetricContext,
+                *, options: Mapping[str, Mapping[str, Any]] | None = None,
+                cache: bool | ScoreCache | None = True) -> dict[str, list[float]]:
+    """``{column: values}`` for every metric entry (a name, ``module:function``, a mapping
+    ``{name: ..., as: ..., **options}`` or a BoundMetric). ``options`` maps a column to its
+    options (default: ``context.metric_options``). ``cache``: True for the default score cache
+    (unless ``HEREDITY_SCORE_CACHE=0``), False for none, or a ScoreCache."""
+    bound = resolve_all(list(metrics), _options(context, options))
+    store = cache if isinstance(cache, ScoreCache) else open_cache(bool(cache))
+    return {b.column: score_metric(b, texts, context, store) for b in bound}
+
+
+def metric_versions(metrics: Sequence[MetricEntry],
+                    options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, str]:
+    """``{column: version}`` for stage keys; a metric with options adds their hash ("1+ab12...")
+    and a renamed column names its metric ("perplexity@1+ab12...")."""
+    out = {}
+    for b in resolve_all(list(metrics), options or {}):
+        out[b.column] = b.version if b.column == b.name else f"{b.name}@{b.version}"
+    return out
+
+
+def needs_tokenizer(metrics: Sequence[MetricEntry], options: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+    return any(b.metric.needs_tokenizer for b in resolve_all(list(metrics), options or {}))
+
+
+def reference_models(metrics: Sequence[MetricEntry], context: MetricContext,
+                     options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """What model-based metrics depend on beyond their options (e.g. the student they default
+    to), for stage keys: ``{column: identity}``."""
+    out = {}
+    for b in resolve_all(list(metrics), _options(context, options)):
+        if b.metric.identity is not None:
+            out[b.column] = b.metric.identity(dict(b.options), b.context(context))
+    return out
+
+
+def metric_context(cfg: RunConfig, prompts: Sequence[str] | None, with_tokenizer: bool) -> MetricContext:
+    """The context a run's metrics get: the student's tokenizer, the student as default
+    reference model, the run's system prompt and device, and ``score.metric_options``."""
+    return MetricContext(
+        tokenizer=load_tokenizer(cfg.student) if with_tokenizer else None,
+        tokenizer_id=model_identity(cfg.student) if with_tokenizer else None,
+        prompts=prompts,
+        model_ref=cfg.student,
+        system_prompt=cfg.system_prompt,
+        device=cfg.device,
+        metric_options=cfg.score.metric_options,
+    )
+
+
+def nan_counts(scores: Mapping[str, Sequence[float]]) -> dict[str, int]:
+    return {m: n for m, values in scores.items() if (n := sum(1 for v in values if math.isnan(v)))}
 
 
 def run_score(cfg: RunConfig, run_dir: Path, generate: Stage) -> Stage:
     metrics = cfg.score.metrics
+    options = cfg.score.metric_options
     # Only token-counting metrics need the student's tokenizer; without them a replayed pool
     # can be scored and selected with no model installed at all.
-    with_tokenizer = needs_tokenizer(metrics)
-    stage = Stage(run_dir, "score", {
+    with_tokenizer = needs_tokenizer(metrics, options)
+    light = MetricContext(model_ref=cfg.student, system_prompt=cfg.system_prompt, device=cfg.device,
+                          metric_options=options)
+    key: dict[str, Any] = {
         "candidates": generate.key,
-        "metrics": metric_versions(metrics),
+        "metrics": metric_versions(metrics, options),
         "tokenizer": model_identity(cfg.student) if with_tokenizer else None,
-    })
+    }
+    models = reference_models(metrics, light)
+    if models:  # only then, so runs without model-based metrics keep their keys
+        key["models"] = models
+    stage = Stage(run_dir, "score", key)
     if stage.reuse():
         return stage
     stage.start()
     rows = read_table(generate.dir / "candidates.parquet")
-    tokenizer = load_tokenizer(cfg.student) if with_tokenizer else None
-    context = MetricContext(tokenizer=tokenizer, prompts=[r["prompt"] for r in rows])
-    scores = score_texts([r["text"] for r in rows], metrics, context)
+    context = metric_context(cfg, [r["prompt"] for r in rows], with_tokenizer)
+    store = open_cache(cfg.score.cache)
+    hits, misses = (store.hits, store.misses) if store else (0, 0)
+    scores = score_texts([r["text"] for r in rows], metrics, context, cache=store if store else False)
     out: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
         out.append({
@@ -48,5 +162,12 @@ def run_score(cfg: RunConfig, run_dir: Path, generate: Stage) -> Stage:
             "finish_reason": row["finish_reason"], **{m: scores[m][i] for m in metrics},
         })
     write_table(stage.dir / "scores.parquet", out)
-    stage.finish({"scores": "scores.parquet"}, counts={"candidates": len(out)})
+    counts: dict[str, Any] = {"candidates": len(out)}
+    if store:
+        counts["cache"] = {"hits": store.hits - hits, "computed": store.misses - misses}
+    if nans := nan_counts(scores):
+        counts["nan"] = nans
+    if context.notes:
+        counts["notes"] = context.notes
+    stage.finish({"scores": "scores.parquet"}, counts=counts)
     return stage

@@ -208,13 +208,86 @@ def register_strategy(name: str, params: type[Params] = Params, *, passive: bool
     return decorate
 
 
+class FreeParams(Params):
+    """Parameters of a ``module:function`` strategy that declares no parameter model: passed
+    through as given (as attributes). Any ``metric`` / ``metrics`` parameter is checked as scored."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    def metrics(self) -> set[str]:
+        extra = self.model_extra or {}
+        found = {extra["metric"]} if isinstance(extra.get("metric"), str) else set()
+        listed = extra.get("metrics")
+        if isinstance(listed, (list, tuple)):
+            found |= {m for m in listed if isinstance(m, str)}
+        return found
+
+
+_PLUGIN_ERRORS: dict[str, str] = {}
+_entry_points_loaded = False
+
+
+def _load_entry_points() -> None:
+    """Import every ``heredity.strategies`` plugin once: an entry point names a module (whose
+    ``@register_strategy`` calls run on import) or a function (registered under the entry
+    point's name). A broken plugin is reported when one of its names is asked for."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    from heredity.metrics.registry import _one_line
+
+    for ep in entry_points(group="heredity.strategies"):
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            _PLUGIN_ERRORS[ep.name] = f"strategy plugin '{ep.name}' ({ep.value}) failed to load: {_one_line(exc)}"
+            continue
+        if (callable(obj) and not isinstance(obj, type) and ep.name not in STRATEGIES
+                and not any(s.fn is obj for s in STRATEGIES.values())):
+            STRATEGIES[ep.name] = _strategy_from_function(ep.name, obj)
+
+
+def _strategy_from_function(name: str, fn: Callable[..., list[Row]]) -> Strategy:
+    """An unregistered ``fn(groups, params, ctx)``; ``fn.params`` (a Params subclass) and
+    ``fn.passive`` are used when present."""
+    params = getattr(fn, "params", None)
+    if not (isinstance(params, type) and issubclass(params, Params)):
+        params = FreeParams
+    doc = (fn.__doc__ or "").strip().split("\n")[0]
+    return Strategy(name, fn, params, doc, bool(getattr(fn, "passive", False)))
+
+
 def get_strategy(name: str) -> Strategy:
-    try:
+    """A registered strategy (built in or from a plugin), or ``module:function`` imported."""
+    if name in STRATEGIES:
         return STRATEGIES[name]
-    except KeyError:
-        raise SpecError(
-            f"unknown selection strategy '{name}'; known: {', '.join(sorted(STRATEGIES))}"
-        ) from None
+    _load_entry_points()
+    if name in STRATEGIES:
+        return STRATEGIES[name]
+    if name in _PLUGIN_ERRORS:
+        raise SpecError(_PLUGIN_ERRORS[name])
+    if ":" in name:
+        from heredity.metrics.registry import import_object
+
+        try:
+            fn = import_object(name, "strategy")
+        except HeredityError as exc:
+            raise SpecError(str(exc)) from None
+        if name not in STRATEGIES:
+            registered = next((s for s in STRATEGIES.values() if s.fn is fn), None)
+            STRATEGIES[name] = registered or _strategy_from_function(name, fn)
+        return STRATEGIES[name]
+    raise SpecError(
+        f"unknown selection strategy '{name}'; known: {', '.join(sorted(STRATEGIES))} (or 'module:function')"
+    )
+
+
+def list_strategies() -> list[Strategy]:
+    _load_entry_points()
+    return [STRATEGIES[k] for k in sorted(STRATEGIES)]
 
 
 def parse_spec(spec: str | Mapping[str, Any] | Spec) -> Spec:

@@ -81,15 +81,10 @@ def _auroc(scores, positive) -> float:
 def rtp(data_dir):
     """600 texts (300 prompts, then their completions), Perspective scores, and features."""
     needs_offline_scorers()
-    import numpy as np
-
-    path = data_dir / "rtp" / "rtp_toxic_test_set.jsonl"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    texts = [r["prompt"] for r in rows] + [r["completion"] for r in rows]
-    truth = np.array([r["prompt_toxicity"] for r in rows] + [r["completion_toxicity"] for r in rows])
-    return texts, truth, tox.features(texts)  # the slow part (~10-40 s on 2 cores), done once
+    if not tox.rtp_path(data_dir).is_file():
+        pytest.skip(f"{tox.rtp_path(data_dir)} not found")
+    rtp = tox.load_rtp(data_dir)
+    return rtp.texts, rtp.scores, tox.features(rtp.texts)  # the slow part (~10-40 s on 2 cores), done once
 
 
 def test_metric_is_features_through_shipped_head(rtp):

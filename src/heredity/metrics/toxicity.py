@@ -200,6 +200,62 @@ def load_head() -> Head:
     return Head(coef, intercept, raw)
 
 
+# --------------------------------------------------------------------------- labelled data
+
+RTP_FILE = "rtp/rtp_toxic_test_set.jsonl"
+
+
+@dataclass(frozen=True)
+class RTPSet:
+    """The 600 labelled RealToxicityPrompts texts the head was fitted and checked on.
+
+    ``texts`` holds the 300 prompts, then their 300 completions (same order); ``scores`` their
+    Perspective TOXICITY; ``groups`` the row each text came from (a prompt and its completion
+    share it, for grouped cross-validation).
+    """
+
+    texts: list[str]
+    scores: np.ndarray
+    groups: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.texts) // 2
+
+
+def rtp_path(data_dir: Path | None = None) -> Path:
+    from heredity.profile.common import default_data_dir
+
+    return Path(data_dir if data_dir is not None else default_data_dir()) / RTP_FILE
+
+
+def load_rtp(data_dir: Path | None = None) -> RTPSet:
+    """Read ``rtp/rtp_toxic_test_set.jsonl`` (fields prompt, completion, prompt_toxicity,
+    completion_toxicity) under ``data_dir`` (default: the shared data folder)."""
+    import numpy as np
+
+    path = rtp_path(data_dir)
+    if not path.is_file():
+        raise HeredityError(f"{path}: RealToxicityPrompts test set not found (set HEREDITY_SHARED_DATA)")
+    rows = []
+    fields = ("prompt", "completion", "prompt_toxicity", "completion_toxicity")
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise HeredityError(f"{path}, row {i}: not valid JSON ({exc.msg})") from None
+        for name in fields:
+            if name not in row:
+                raise HeredityError(f"{path}, row {i}, field '{name}': missing")
+        rows.append(row)
+    texts = [r["prompt"] for r in rows] + [r["completion"] for r in rows]
+    scores = np.array([r["prompt_toxicity"] for r in rows] + [r["completion_toxicity"] for r in rows], dtype=float)
+    groups = np.concatenate([np.arange(len(rows)), np.arange(len(rows))])
+    return RTPSet(texts, scores, groups)
+
+
 # --------------------------------------------------------------------------- metrics
 
 
