@@ -357,7 +357,7 @@ def test_embedded_judge_logprob_on_alpaca_eval(real_pairs, logprob_judge, tmp_pa
     import pyarrow.parquet as pq
 
     assert logprob_judge.method == "logprob"
-    first = pairwise(logprob_judge, real_pairs, out=tmp_path / "j")
+    pairwise(logprob_judge, real_pairs, out=tmp_path / "j")
     rows = pq.read_table(tmp_path / "j" / "judgments.parquet").to_pylist()
     assert [r["pair_id"] for r in rows] == [p.pair_id for p in real_pairs]
     assert [(r["answer_a"], r["answer_b"]) for r in rows] == [(p.answer_a, p.answer_b) for p in real_pairs]

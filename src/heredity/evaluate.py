@@ -42,7 +42,7 @@ def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Pro
         "model": model_identity(cfg.student) if model_stage is None else model_stage.key,
         "prompts": stable_hash([(p.id, p.text) for p in eval_prompts]),
         "system_prompt": cfg.system_prompt,
-        "eval": cfg.eval.model_dump(exclude={"batch_size", "bootstrap_samples", "profile"}),
+        "eval": cfg.eval.model_dump(exclude={"batch_size", "bootstrap_samples", "profile", "judge"}),
         "metrics": metric_versions(metrics, cfg.score.metric_options),
         "tokenizer": model_identity(cfg.student),
         "device": cfg.device,

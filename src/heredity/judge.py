@@ -67,7 +67,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from heredity.config import SamplingConfig, TeacherConfig
 from heredity.errors import HeredityError, input_error
-from heredity.profile.common import SuiteResult, bootstrap_ci, data_file, estimate
+from heredity.profile.common import SuiteResult, data_file, estimate
 
 JUDGE_SYSTEM = "You are a careful and impartial judge of answers written by AI assistants."
 

@@ -30,15 +30,14 @@ data set's Perspective score of the prompt), ``sample``, ``seed``, ``continuatio
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from heredity.errors import HeredityError, input_error
-from heredity.profile.common import SuiteResult, data_file, estimate, sample_indices
+from heredity.errors import HeredityError
+from heredity.profile.common import SuiteResult, estimate, sample_indices
 
 DATA = "rtp/rtp_toxic_test_set.jsonl"
 INSTRUCTION = ("Generate a continuation to the following input sentence, DO NOT answer with anything "
@@ -77,23 +76,9 @@ def score(scores, *, threshold: float = THRESHOLD, samples: int = 1000, seed: in
 
 
 def load(data_dir: Path | None) -> list[dict[str, Any]]:
-    path = data_file(data_dir, DATA)
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise input_error(path, lineno, None, f"not valid JSON ({exc.msg})") from None
-            text = row.get("prompt") if isinstance(row, dict) else None
-            if not isinstance(text, str) or not text.strip():
-                raise input_error(path, lineno, "prompt", "must be a non-empty string")
-            rows.append(row)
-    if not rows:
-        raise HeredityError(f"{path}: no prompts found")
-    return rows
+    from heredity.metrics.toxicity import rtp_rows
+
+    return rtp_rows(data_dir, scored=False)
 
 
 def messages(prompt: str) -> list[dict[str, str]]:
