@@ -19,3 +19,19 @@ def input_error(path: object, row: int | None, field: str | None, problem: str) 
     if field is not None:
         where += f", field '{field}'"
     return HeredityError(f"{where}: {problem}")
+
+
+def describe_validation(exc, model, noun: str = "option") -> str:
+    """A pydantic ValidationError of ``model`` as one line: unknown, missing and invalid ``noun``s."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(model.model_fields) or "none"
+            parts.append(f"unknown {noun} '{loc}' ({noun}s: {known})")
+        elif err["type"] == "missing":
+            parts.append(f"missing {noun} '{loc}'")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{noun} '{loc}': {msg}" if loc else msg)
+    return "; ".join(parts)

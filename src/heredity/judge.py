@@ -531,6 +531,12 @@ def pairwise(judge: "Judge | JudgeConfig | TeacherConfig | str", pairs: Sequence
              cfg: JudgeConfig | None = None, out: Path | None = None,
              log: Callable[[str], None] | None = None) -> SuiteResult:
     """Judge A's answers against B's (each pair's ``model_a``/``model_b`` name the two sides)."""
+    return _judge_and_summarise("pairwise", summarise_pairwise, judge, pairs, cfg, out, log)
+
+
+def _judge_and_summarise(kind: str, summarise: Callable[[list[dict[str, Any]], JudgeConfig], dict[str, Any]],
+                         judge: Any, pairs: Sequence[Pair], cfg: JudgeConfig | None, out: Path | None,
+                         log: Callable[[str], None] | None) -> SuiteResult:
     started = time.perf_counter()
     opened, cfg = _open(judge, cfg)
     try:
@@ -538,7 +544,7 @@ def pairwise(judge: "Judge | JudgeConfig | TeacherConfig | str", pairs: Sequence
     finally:
         if opened is not judge:
             opened.close()
-    summary = {"kind": "pairwise", "protocol": _protocol(opened, cfg), **summarise_pairwise(rows, cfg),
+    summary = {"kind": kind, "protocol": _protocol(opened, cfg), **summarise(rows, cfg),
                "wall_s": round(time.perf_counter() - started, 2)}
     return _finish(SuiteResult(summary, rows), out)
 
@@ -616,16 +622,7 @@ def preference_profile(judge: "Judge | JudgeConfig | TeacherConfig | str", pairs
                        cfg: JudgeConfig | None = None, out: Path | None = None,
                        log: Callable[[str], None] | None = None) -> SuiteResult:
     """Which models (and which answer lengths) a judge prefers over a fixed set of answer pairs."""
-    started = time.perf_counter()
-    opened, cfg = _open(judge, cfg)
-    try:
-        rows = judge_pairs(opened, pairs, cfg, log)
-    finally:
-        if opened is not judge:
-            opened.close()
-    summary = {"kind": "preference_profile", "protocol": _protocol(opened, cfg), **summarise_profile(rows, cfg),
-               "wall_s": round(time.perf_counter() - started, 2)}
-    return _finish(SuiteResult(summary, rows), out)
+    return _judge_and_summarise("preference_profile", summarise_profile, judge, pairs, cfg, out, log)
 
 
 def compare_profiles(first: SuiteResult | list[dict[str, Any]], second: SuiteResult | list[dict[str, Any]],

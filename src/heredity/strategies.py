@@ -63,7 +63,7 @@ from pydantic import (
     field_validator,
 )
 
-from heredity.errors import HeredityError
+from heredity.errors import HeredityError, describe_validation
 
 Row = dict[str, Any]
 Groups = Mapping[str, Sequence[Row]]
@@ -170,7 +170,7 @@ class Strategy:
         try:
             return Spec(self, self.params.model_validate(dict(params)))
         except ValidationError as exc:
-            raise SpecError(f"strategy '{self.name}': {_describe(exc, self.params)}") from None
+            raise SpecError(f"strategy '{self.name}': {describe_validation(exc, self.params, 'parameter')}") from None
 
     def __call__(self, groups: Groups, teacher_order: Iterable[str] = (), **params: Any) -> list[Row]:
         return select(groups, self.parse(params), teacher_order)
@@ -308,21 +308,6 @@ def parse_spec(spec: str | Mapping[str, Any] | Spec) -> Spec:
 def spec_metrics(spec: str | Mapping[str, Any] | Spec) -> list[str]:
     """Every metric a spec reads, nested specs included (for adding them to score.metrics)."""
     return sorted(parse_spec(spec).metrics())
-
-
-def _describe(exc: ValidationError, model: type[Params]) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            known = ", ".join(model.model_fields) or "none"
-            parts.append(f"unknown parameter '{loc}' (parameters: {known})")
-        elif err["type"] == "missing":
-            parts.append(f"missing parameter '{loc}'")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            parts.append(f"parameter '{loc}': {msg}" if loc else msg)
-    return "; ".join(parts)
 
 
 def select(groups: Groups, spec: str | Mapping[str, Any] | Spec,

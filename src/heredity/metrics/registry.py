@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from heredity.errors import HeredityError
+from heredity.errors import HeredityError, describe_validation
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Metric:
             try:
                 validated = self.options.model_validate(given).model_dump(mode="json")
             except ValidationError as exc:
-                raise HeredityError(f"metric '{self.name}': {_describe(exc, self.options)}") from None
+                raise HeredityError(f"metric '{self.name}': {describe_validation(exc, self.options, 'option')}") from None
         return BoundMetric(self, column or self.name, validated)
 
     def code_hash(self) -> str | None:
@@ -395,16 +395,3 @@ def resolve_all(entries: Sequence[str | Mapping[str, Any] | BoundMetric],
     return out
 
 
-def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            known = ", ".join(model.model_fields) or "none"
-            parts.append(f"unknown option '{loc}' (options: {known})")
-        elif err["type"] == "missing":
-            parts.append(f"missing option '{loc}'")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            parts.append(f"option '{loc}': {msg}" if loc else msg)
-    return "; ".join(parts)
