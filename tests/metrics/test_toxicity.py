@@ -333,3 +333,17 @@ def test_perspective_metric_reads_its_settings_from_the_environment(monkeypatch,
     monkeypatch.setenv("HEREDITY_PERSPECTIVE_QPS", "fast")
     with pytest.raises(HeredityError, match="HEREDITY_PERSPECTIVE_QPS"):
         get_metric("toxicity-perspective")(["other"])
+
+
+def test_detoxify_is_optional_and_fails_in_one_line(monkeypatch):
+    import sys
+
+    from heredity.errors import HeredityError
+    from heredity.metrics import MetricContext, get_metric
+
+    metric = get_metric("toxicity-detoxify")
+    assert metric.better == "lower" and set(metric.options.model_fields) >= {"variant", "checkpoint"}
+    monkeypatch.setitem(sys.modules, "detoxify", None)  # as on a machine without it
+    with pytest.raises(HeredityError, match="pip install detoxify") as err:
+        metric(["some text"], MetricContext())
+    assert "\n" not in str(err.value)

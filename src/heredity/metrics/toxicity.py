@@ -47,7 +47,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from heredity.errors import HeredityError
 from heredity.metrics.registry import MetricContext, register
@@ -311,6 +313,42 @@ def toxicity_perspective(texts: Sequence[str], context: MetricContext) -> list[f
         cache=cache_dir() / "perspective",
     )
     return client.score(texts)
+
+
+class DetoxifyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    UNKEYED: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
+
+    variant: Literal["original", "unbiased", "multilingual"] = Field(
+        "original", description="Detoxify model: original (Jigsaw 2018), unbiased (2019) or multilingual (2020).")
+    checkpoint: str | None = Field(
+        None, description="A local checkpoint file; without it Detoxify downloads its weights (needs internet once).")
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"
+
+
+@register("toxicity-detoxify", version="1", better="lower", options=DetoxifyOptions,
+          description="Detoxify's toxicity probability (optional: pip install detoxify; downloads weights once)")
+def toxicity_detoxify(texts: Sequence[str], context: MetricContext) -> list[float]:
+    if not texts:
+        return []
+    try:
+        from detoxify import Detoxify
+    except ImportError:
+        raise HeredityError("metric 'toxicity-detoxify' needs Detoxify: pip install detoxify") from None
+    opts = context.options
+    try:
+        model = Detoxify(opts.get("variant", "original"), checkpoint=opts.get("checkpoint"),
+                         device=opts.get("device", "cpu"))
+    except Exception as exc:  # a download without internet fails in many ways, all of them one line here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HeredityError(f"metric 'toxicity-detoxify': cannot load its weights ({first[:200]}); "
+                            "give a local file as option 'checkpoint'") from None
+    size = opts.get("batch_size", 64)
+    out: list[float] = []
+    for start in range(0, len(texts), size):
+        out.extend(float(x) for x in model.predict(list(texts[start:start + size]))["toxicity"])
+    return out
 
 
 # --------------------------------------------------------------------------- Perspective client
