@@ -121,6 +121,9 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
     from heredity.errors import HeredityError
     from heredity.profile import profile_model, render_table
 
+    from heredity.pipeline import quiet_libraries
+
+    quiet_libraries()  # heredity's own log lines, not every library's loading bars
     suites = suite if suite else ([] if lm_eval else ["all"])
     options = {"toxicity": {"samples_per_prompt": samples, "scorer": toxicity_scorer}}
     try:
