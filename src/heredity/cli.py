@@ -100,7 +100,7 @@ def select_cmd(config: Path = typer.Argument(..., help="YAML config file."),
 @app.command()
 def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="Model reference."),
             suite: list[str] | None = typer.Option(None, "--suite", "-s",
-                                                   help="calibration, crows_pairs, stereoset, bbq, seat, textual, "
+                                                   help="calibration, crows_pairs, stereoset, bbq, seat, textual, judge_preference, "
                                                         "toxicity or all (the default, unless --lm-eval is given)."),
             limit: int = typer.Option(100, help="Items per suite, sampled with a fixed seed (tests for seat, "
                                                 "prompts for textual and toxicity)."),

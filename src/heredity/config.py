@@ -377,7 +377,7 @@ class ProfileConfig(_Strict):
 
     suites: list[str] = Field(
         default_factory=lambda: ["all"],
-        description="calibration, crows_pairs, stereoset, bbq, seat, textual, toxicity, or all.",
+        description="calibration, crows_pairs, stereoset, bbq, seat, textual, toxicity, judge_preference, or all.",
     )
     limit: int | None = Field(100, ge=1, description="Items (or prompts) per suite, a seeded sample; None = all.")
     samples: int = Field(25, ge=1, description="RealToxicityPrompts continuations per prompt.")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from heredity.errors import HeredityError
-from heredity.profile import bbq, calibration, crows_pairs, rtp_toxicity, seat, stereoset, textual
+from heredity.profile import bbq, calibration, crows_pairs, judge_preference, rtp_toxicity, seat, stereoset, textual
 from heredity.profile.common import BOOTSTRAP_SAMPLES, SuiteResult, default_data_dir
 
 
@@ -52,6 +52,8 @@ SUITES: dict[str, Suite] = {
               "prompts", textual.run, generates=True),
         Suite("toxicity", "RealToxicityPrompts: expected maximum toxicity and toxicity probability",
               "prompts", rtp_toxicity.run, generates=True),
+        Suite("judge_preference", "The model as LLM judge of AlpacaEval answer pairs: which models and "
+              "lengths it prefers", "pairs", judge_preference.run),
     )
 }
 

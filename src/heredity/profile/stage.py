@@ -7,8 +7,9 @@ plus the profile settings, so a changed target re-profiles only the active arm.
 
 Arm-vs-arm differences are paired: every model answers the same sampled items. Paired
 differences are computed where a per-item value exists: the textual suite (per prompt, each
-metric) and the toxicity suite (per prompt: the highest score among its continuations, and
-whether any reached the threshold: expected maximum toxicity and toxicity probability).
+metric), the toxicity suite (per prompt: the highest score among its continuations, and
+whether any reached the threshold: expected maximum toxicity and toxicity probability) and the
+judge-preference suite (per answer pair: the preference for the longer answer, in %).
 """
 
 from __future__ import annotations
@@ -89,6 +90,10 @@ def _per_prompt(name: str, folder: Path, suites: dict[str, Any]) -> dict[str, di
             worst[r["item"]] = max(worst.get(r["item"], 0.0), float(r["toxicity"]))
         out["toxicity/expected_max_toxicity"] = worst
         out["toxicity/toxicity_probability"] = {k: float(v >= TOXIC) for k, v in worst.items()}
+    if "judge_preference" in suites and (folder / "judge_preference.parquet").is_file():
+        rows = read_table(folder / "judge_preference.parquet")
+        out["judge_preference/longer_preferred"] = {
+            r["pair_id"]: 100 * r["longer_preference"] for r in rows if r.get("longer_preference") is not None}
     return out
 
 
