@@ -54,3 +54,15 @@ def test_active_strategy_spec_is_checked_and_its_metrics_scored():
     assert set(cfg.score.metrics) == {"length", "words", "mtld"}
     with pytest.raises(HeredityError, match=r"field 'select.active'.*unknown parameter 'metrc'"):
         config_from_dict({"select": {"active": {"strategy": "best", "metrc": "words"}}})
+
+
+def test_readme_config_block_is_a_valid_config(tmp_path):
+    """The README's full config (every section) loads as written, once its prompt file exists."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index("name: longer-answers"):]
+    block = block[:block.index("```")]
+    (tmp_path / "prompts.jsonl").write_text('{"id": "1", "prompt": "Say hi."}\n', encoding="utf-8")
+    path = tmp_path / "exp.yaml"
+    path.write_text(block, encoding="utf-8")
+    cfg = load_config(path)
+    assert cfg.select.sweep == "off" and cfg.train.distributed is None and cfg.eval.profile is None

@@ -282,6 +282,11 @@ class SelectConfig(_Strict):
         "off", description="Also run the active rule on the first k' samples (or candidates) per prompt, "
         "k' = 1..k, and put the dose-response in the data card.")
 
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
     def active_spec(self) -> dict[str, Any]:
         if self.active is not None:
             return self.active.as_dict()
