@@ -116,8 +116,7 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
             lm_eval: list[str] = typer.Option([], "--lm-eval", help="lm-evaluation-harness task to run (repeatable; "
                                                                    "needs heredity[lm-eval] and the task's data)."),
             lm_eval_include: Path | None = typer.Option(None, help="Folder of custom lm-eval task YAMLs.")) -> None:
-    """Profile a model: calibration (HellaSwag), social bias (CrowS-Pairs, StereoSet, BBQ, SEAT), textual profile,
-    toxicity; optionally lm-evaluation-harness tasks."""
+    """Profile a model: calibration, social bias, textual profile, toxicity, judge preference; lm-eval tasks."""
     from heredity.errors import HeredityError
     from heredity.profile import profile_model, render_table
 
