@@ -185,12 +185,15 @@ def render_profile(profile: dict[str, Any]) -> list[str]:
             cells.append(_fmt(m["value"]) + ("" if lo is None else f" [{_fmt(lo)}, {_fmt(hi)}]"))
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     if profile["differences"]:
-        lines += ["", "Paired differences (same prompts for every model):", "",
-                  "| comparison | suite/metric | difference | 95% CI |", "|---|---|---|---|"]
+        lines += ["", ("Paired differences (the same items for every model, resampled jointly; ECE, ICAT and "
+                       "BBQ bias scores are recomputed on both models for each resample):"), "",
+                  "| comparison | suite/metric | difference | 95% CI | items |", "|---|---|---|---|---|"]
         for name, per_metric in profile["differences"].items():
             for key, d in per_metric.items():
-                lines.append(f"| {name.replace('_vs_', ' − ')} | {key} | {_fmt(d['diff'])} | "
-                             f"[{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}] |")
+                lo, hi = d["ci95"]
+                ci = "–" if lo is None else f"[{_fmt(lo)}, {_fmt(hi)}]"
+                diff = _fmt(d["diff"]) + (f" ({d['note']})" if d.get("note") else "")
+                lines.append(f"| {name.replace('_vs_', ' − ')} | {key} | {diff} | {ci} | {d.get('n', '')} |")
     return lines
 
 

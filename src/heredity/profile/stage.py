@@ -5,15 +5,29 @@ teachers, and the comparison the report shows.
 per-item Parquet files and, with harness tasks, ``lm_eval.json``. The key is the model's key
 plus the profile settings, so a changed target re-profiles only the active arm.
 
-Arm-vs-arm differences are paired: every model answers the same sampled items. Paired
-differences are computed where a per-item value exists: the textual suite (per prompt, each
-metric), the toxicity suite (per prompt: the highest score among its continuations, and
-whether any reached the threshold: expected maximum toxicity and toxicity probability) and the
-judge-preference suite (per answer pair: the preference for the longer answer, in %).
+Arm-vs-arm differences are paired: every model answers the same sampled items, so a
+difference is resampled jointly over the items both models have (``_per_prompt`` says what an
+item is in each suite):
+
+* means of per-item values, by ``paired_difference``: textual (per prompt, each metric),
+  toxicity (per prompt: the highest score among its continuations, and whether any reached the
+  threshold), judge_preference (per answer pair: the preference for the longer answer, in %),
+  calibration (per item: correct, confidence, correct by summed log-likelihood), crows_pairs (per
+  pair: the more stereotyping sentence preferred, overall and per direction), stereoset (per
+  item: the ss and lms indicators), bbq (per item: correct, overall and per context condition)
+  and seat (per test: |effect size|, p < 0.05);
+* figures of a whole sample, by recomputing them on both models for each joint resample
+  (``_paired_statistic``): calibration's ECE (1 and 10 bins), stereoset's ICAT and BBQ's two bias
+  scores. A BBQ bias score is undefined when a model chose only "unknown" on the items; the
+  difference is then None with a ``note`` saying for which model.
+
+Per-group figures (bias types, BBQ categories) are not paired; the report shows overall figures.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +35,8 @@ import numpy as np
 
 from heredity.config import ProfileConfig, RunConfig
 from heredity.models import model_identity, pick_device
+from heredity.profile import bbq, calibration, stereoset
+from heredity.profile.common import estimate
 from heredity.rundir import Stage, read_json, read_table, write_json
 
 TOXIC = 0.5
@@ -77,23 +93,153 @@ def _paired(a: np.ndarray, b: np.ndarray, samples: int, seed: int) -> dict[str, 
     return paired_difference(a, b, samples, seed)
 
 
-def _per_prompt(name: str, folder: Path, suites: dict[str, Any]) -> dict[str, dict[Any, float]]:
-    """Per-prompt values that can be paired across models: ``"suite/metric" → {item: value}``."""
-    out: dict[str, dict[Any, float]] = {}
+def _paired_statistic(stat: Callable[[np.ndarray], float | None], a: np.ndarray, b: np.ndarray, samples: int,
+                      seed: int) -> dict[str, Any]:
+    """``stat(a) - stat(b)`` with a CI from joint item resamples.
+
+    For figures of a whole sample (ECE, ICAT, a BBQ bias score) there is no per-item difference
+    to average, so each resample draws the same items for both models and recomputes the figure
+    on each. Resamples where either figure is undefined are dropped (``bootstrap_ci``).
+    """
+    def diff(i: np.ndarray) -> float | None:
+        x, y = stat(a[i]), stat(b[i])
+        return None if x is None or y is None else x - y
+
+    e = estimate(diff, len(a), samples, seed)
+    return {"diff": e["value"], "ci95": e["ci95"], "ratio": None}
+
+
+@dataclass
+class Paired:
+    """One figure's per-item values, paired across models by item id.
+
+    ``stat`` is None for a mean of the values (scaled as the suite reports it); otherwise the
+    values are tuples and ``stat`` computes the figure from their stacked array (items x fields).
+    """
+
+    values: dict[Any, Any]
+    stat: Callable[[np.ndarray], float | None] | None = None
+
+
+def _means(prefix: str, rows: list[dict[str, Any]], key: str, figures: dict[str, Callable[[dict], float | None]]
+           ) -> dict[str, Paired]:
+    """Per-item mean figures: ``figures[name](row)`` is the row's value, None where it does not count."""
+    out = {}
+    for name, value in figures.items():
+        values = {r[key]: v for r in rows if (v := value(r)) is not None}
+        out[f"{prefix}/{name}"] = Paired(values)
+    return out
+
+
+def _calibration_items(rows: list[dict[str, Any]]) -> dict[str, Paired]:
+    out = _means("calibration", rows, "item", {
+        "accuracy": lambda r: float(r["correct"]),
+        "mean_confidence": lambda r: float(r["confidence"]),
+        # the same rule as calibration.score: argmax of the summed log-likelihoods
+        "accuracy_sum": lambda r: float(int(np.argmax(r["loglik_sum"])) == r["label"]),
+    })
+    records = {r["item"]: (float(r["confidence"]), float(r["correct"])) for r in rows}
+    for bins in (1, 10):
+        out[f"calibration/ece_{bins}bin"] = Paired(records, lambda m, b=bins: calibration.ece(m[:, 0], m[:, 1], b))
+    return out
+
+
+def _crows_items(rows: list[dict[str, Any]]) -> dict[str, Paired]:
+    return _means("crows_pairs", rows, "item", {
+        "bias_pct": lambda r: 100 * float(r["prefers_more"]),
+        "stereo_pct": lambda r: 100 * float(r["prefers_more"]) if r["direction"] == "stereo" else None,
+        "antistereo_pct": lambda r: 100 * float(r["prefers_more"]) if r["direction"] == "antistereo" else None,
+    })
+
+
+def _stereoset_items(rows: list[dict[str, Any]]) -> dict[str, Paired]:
+    out = _means("stereoset", rows, "item", {
+        "ss": lambda r: 100 * float(r["stereotype_preferred"]),
+        "lms": lambda r: 100 * float(r["meaningful_preferred"]),
+    })
+    records = {r["item"]: (float(r["stereotype_preferred"]), float(r["meaningful_preferred"])) for r in rows}
+    out["stereoset/icat"] = Paired(records, lambda m: stereoset.icat(100 * m[:, 0].mean(), 100 * m[:, 1].mean()))
+    return out
+
+
+def _bbq_items(rows: list[dict[str, Any]]) -> dict[str, Paired]:
+    # item numbers restart in every category file
+    keyed = [{**r, "key": f"{r['category']}/{r['item']}"} for r in rows]
+    out = _means("bbq", keyed, "key", {
+        "accuracy": lambda r: float(r["correct"]),
+        "accuracy_ambig": lambda r: float(r["correct"]) if r["context_condition"] == "ambig" else None,
+        "accuracy_disambig": lambda r: float(r["correct"]) if r["context_condition"] != "ambig" else None,
+    })
+    # columns: pred, unknown, biased, ambiguous, correct
+    records = {r["key"]: (r["pred"], r["unknown"], r["biased"], float(r["context_condition"] == "ambig"),
+                          float(r["correct"])) for r in keyed}
+
+    def bias(ambiguous: bool) -> Callable[[np.ndarray], float | None]:
+        def stat(m: np.ndarray) -> float | None:
+            m = m[(m[:, 3] == 1.0) == ambiguous]
+            pred, unknown, biased = (m[:, k].astype(int) for k in range(3))
+            if ambiguous:
+                return bbq.ambiguous_bias(pred, unknown, biased, m[:, 4])
+            return bbq.disambiguated_bias(pred, unknown, biased)
+        return stat
+
+    out["bbq/bias_ambig"] = Paired(records, bias(True))
+    out["bbq/bias_disambig"] = Paired(records, bias(False))
+    return out
+
+
+def _seat_items(rows: list[dict[str, Any]]) -> dict[str, Paired]:
+    return _means("seat", rows, "test", {
+        "mean_abs_effect_size": lambda r: abs(float(r["effect_size"])),
+        "share_significant": lambda r: float(r["p_value"] < 0.05),
+    })
+
+
+_ITEMS: dict[str, Callable[[list[dict[str, Any]]], dict[str, Paired]]] = {
+    "calibration": _calibration_items, "crows_pairs": _crows_items, "stereoset": _stereoset_items,
+    "bbq": _bbq_items, "seat": _seat_items,
+}
+
+
+def _per_prompt(name: str, folder: Path, suites: dict[str, Any]) -> dict[str, Paired]:
+    """Per-item values that can be paired across models: ``"suite/metric" → Paired``."""
+    out: dict[str, Paired] = {}
     if "textual" in suites and (folder / "textual.parquet").is_file():
         rows = read_table(folder / "textual.parquet")
         for metric in suites["textual"]["protocol"].get("metrics", []):
-            out[f"textual/{metric}"] = {r["prompt_id"]: float(r[metric]) for r in rows if r.get(metric) is not None}
+            out[f"textual/{metric}"] = Paired(
+                {r["prompt_id"]: float(r[metric]) for r in rows if r.get(metric) is not None})
     if "toxicity" in suites and (folder / "toxicity.parquet").is_file():
         worst: dict[Any, float] = {}
         for r in read_table(folder / "toxicity.parquet"):
             worst[r["item"]] = max(worst.get(r["item"], 0.0), float(r["toxicity"]))
-        out["toxicity/expected_max_toxicity"] = worst
-        out["toxicity/toxicity_probability"] = {k: float(v >= TOXIC) for k, v in worst.items()}
+        out["toxicity/expected_max_toxicity"] = Paired(worst)
+        out["toxicity/toxicity_probability"] = Paired({k: float(v >= TOXIC) for k, v in worst.items()})
     if "judge_preference" in suites and (folder / "judge_preference.parquet").is_file():
         rows = read_table(folder / "judge_preference.parquet")
-        out["judge_preference/longer_preferred"] = {
-            r["pair_id"]: 100 * r["longer_preference"] for r in rows if r.get("longer_preference") is not None}
+        out["judge_preference/longer_preferred"] = Paired(
+            {r["pair_id"]: 100 * r["longer_preference"] for r in rows if r.get("longer_preference") is not None})
+    for suite, items in _ITEMS.items():
+        if suite in suites and (folder / f"{suite}.parquet").is_file():
+            out.update(items(read_table(folder / f"{suite}.parquet")))
+    return out
+
+
+def _difference(pa: Paired, pb: Paired, a: str, b: str, samples: int) -> dict[str, Any] | None:
+    """a − b on the items both models have, or None with fewer than two such items."""
+    common = [k for k in pa.values if k in pb.values]
+    if len(common) < 2:
+        return None
+    va = np.array([pa.values[k] for k in common], dtype=float)
+    vb = np.array([pb.values[k] for k in common], dtype=float)
+    if pa.stat is None:
+        out = _paired(va, vb, samples, 1)
+    else:
+        out = _paired_statistic(pa.stat, va, vb, samples, 1)
+        undefined = [m for m, v in ((a, va), (b, vb)) if pa.stat(v) is None]
+        if undefined:
+            out["note"] = f"undefined for {' and '.join(undefined)} on these items"
+    out["n"] = len(common)
     return out
 
 
@@ -119,12 +265,9 @@ def summarise_profiles(stages: dict[str, Stage], samples: int) -> dict[str, Any]
         if a not in per_prompt or b not in per_prompt:
             continue
         diffs = {}
-        for key, values_a in per_prompt[a].items():
-            values_b = per_prompt[b].get(key, {})
-            common = [k for k in values_a if k in values_b]
-            if len(common) >= 2:
-                diffs[key] = _paired(np.array([values_a[k] for k in common]), np.array([values_b[k] for k in common]),
-                                     samples, 1)
+        for key, pa in per_prompt[a].items():
+            if key in per_prompt[b] and (d := _difference(pa, per_prompt[b][key], a, b, samples)) is not None:
+                diffs[key] = d
         if diffs:
             differences[f"{a}_vs_{b}"] = diffs
     return {"models": models, "metrics": table, "differences": differences,
