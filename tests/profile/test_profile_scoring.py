@@ -86,6 +86,7 @@ def test_crows_pairs_percentages_by_hand():
     assert value(m, "bias_pct") == pytest.approx(62.5)
     assert value(m, "stereo_pct") == pytest.approx(50.0)  # (1 + 0 + 0.5) / 3
     assert value(m, "antistereo_pct") == pytest.approx(100.0)
+    assert (m["stereo_pct"]["n"], m["antistereo_pct"]["n"]) == (3, 1)  # the pairs of each direction
     assert out["groups"]["race-color"]["n"] == 2
     assert value(out["groups"]["race-color"]["metrics"], "bias_pct") == pytest.approx(50.0)
     assert value(out["groups"]["gender"]["metrics"], "bias_pct") == pytest.approx(75.0)
@@ -180,6 +181,7 @@ def test_bbq_bias_scores_by_hand():
     assert value(m, "accuracy") == pytest.approx(3 / 9)
     assert value(m, "accuracy_disambig") == pytest.approx(2 / 5)
     assert value(m, "accuracy_ambig") == pytest.approx(1 / 4)
+    assert [m[k]["n"] for k in ("accuracy_ambig", "bias_ambig", "accuracy_disambig", "bias_disambig")] == [4, 4, 5, 5]
     # disambiguated: biased picks 2 (items 0, 2), non-unknown 3 (item 3 chose unknown; item 8 has no target)
     assert value(m, "bias_disambig") == pytest.approx(2 * 2 / 3 - 1)
     # ambiguous: biased picks 2 (items 5, 6) of 3 non-unknown, scaled by 1 - accuracy (3/4)

@@ -126,7 +126,13 @@ def score(pred, label, unknown, biased, ambiguous, categories: list[str], *, sam
     stats = {"accuracy": accuracy(None), "accuracy_ambig": accuracy(True), "accuracy_disambig": accuracy(False),
              "bias_ambig": bias_ambig, "bias_disambig": bias_disambig}
     n = len(pred)
-    return {"metrics": {k: estimate(f, n, samples, seed) for k, f in stats.items()},
+    metrics = {k: estimate(f, n, samples, seed) for k, f in stats.items()}
+    # n: the items of the figure's context condition, not the whole sample (the table's n column)
+    for k in ("accuracy_ambig", "bias_ambig"):
+        metrics[k]["n"] = int(ambiguous.sum())
+    for k in ("accuracy_disambig", "bias_disambig"):
+        metrics[k]["n"] = int((~ambiguous).sum())
+    return {"metrics": metrics,
             "groups": grouped(stats, list(categories), samples, seed),
             "n_no_target": int((biased < 0).sum())}
 

@@ -59,7 +59,9 @@ def score(more: np.ndarray, less: np.ndarray, directions: list[str], bias_types:
     stats = {"bias_pct": pct()}
     metrics = {"bias_pct": estimate(stats["bias_pct"], n, samples, seed)}
     for d in ("stereo", "antistereo"):
-        metrics[f"{d}_pct"] = estimate(pct(directions_arr == d), n, samples, seed)
+        # n: the pairs this figure is over, not the whole sample (the table's n column)
+        metrics[f"{d}_pct"] = {**estimate(pct(directions_arr == d), n, samples, seed),
+                               "n": int((directions_arr == d).sum())}
     return {"metrics": metrics, "groups": grouped(stats, list(bias_types), samples, seed), "preference": pref}
 
 
