@@ -129,14 +129,18 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
             for a, b in RUN_COMPARISONS:
                 judged[f"{a}_vs_{b}"] = step(f"judge/{a}_vs_{b}", lambda a=a, b=b: run_judge(cfg, out, evaluated, a, b))
         profiled = {}
+        profile_skipped: dict[str, str] = {}
         if cfg.eval.profile is not None:
             from heredity.models import model_identity
-            from heredity.profile.stage import run_profile, teacher_models
+            from heredity.profile.stage import run_profile, skipped_teachers, teacher_models
 
             models = {"base": (cfg.student, model_identity(cfg.student))}
             models.update({arm: (str(trained[arm].dir / "model"), trained[arm].key) for arm in ARMS})
             if cfg.eval.profile.teachers:
                 models.update({name: (ref, model_identity(ref)) for name, ref in teacher_models(cfg).items()})
+                profile_skipped = skipped_teachers(cfg)
+                for name, why in profile_skipped.items():
+                    console.print(f"[bold]profile/{name}[/bold] skipped: {why}", highlight=False)
             for name, (ref, key) in models.items():
                 profiled[name] = step(f"profile/{name}", lambda name=name, ref=ref, key=key: run_profile(
                     cfg, out, name, ref, key))
@@ -144,7 +148,8 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
     # What each stage cost when it was computed (a reused stage costs ~0 s in this run).
     compute = {name: (stage.manifest() or {}).get("seconds") for name, stage in stages.items()}
     with timer.stage("report"):
-        summary = write_report(cfg, out, evaluated, select, trained, dict(timer.timings), compute, profiled, judged)
+        summary = write_report(cfg, out, evaluated, select, trained, dict(timer.timings), compute, profiled, judged,
+                               profile_skipped)
     summary["timings_s"] = dict(timer.timings)
     write_json(out / "summary.json", summary)
     return summary

@@ -174,6 +174,9 @@ def render_profile(profile: dict[str, Any]) -> list[str]:
     lines = ["", "## Profile (the battery on every model)", "",
              "Values with 95% CIs; see `profile/<model>/summary.json` for each suite's protocol.", "",
              "| suite/metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    skipped = [f"{name} ({why})" for name, why in profile.get("skipped", {}).items()]
+    if skipped:
+        lines[3:3] = ["Not profiled: " + "; ".join(skipped) + ".", ""]
     for key, per_model in profile["metrics"].items():
         cells = []
         for name in models:
@@ -201,7 +204,8 @@ def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], sel
                  train_stages: dict[str, Any], timings: dict[str, float],
                  compute: dict[str, float | None] | None = None,
                  profile_stages: dict[str, Any] | None = None,
-                 judge_stages: dict[str, Any] | None = None) -> dict[str, Any]:
+                 judge_stages: dict[str, Any] | None = None,
+                 profile_skipped: dict[str, str] | None = None) -> dict[str, Any]:
     answers = {arm: read_table(stage.dir / "answers.parquet") for arm, stage in eval_stages.items()}
     card = read_json(select_stage.dir / "card.json")
     train_results = {arm: (stage.manifest() or {}).get("result", {}) for arm, stage in train_stages.items()}
@@ -209,7 +213,7 @@ def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], sel
     if profile_stages:
         from heredity.profile.stage import summarise_profiles
 
-        summary["profile"] = summarise_profiles(profile_stages, cfg.eval.bootstrap_samples)
+        summary["profile"] = summarise_profiles(profile_stages, cfg.eval.bootstrap_samples, profile_skipped)
     if judge_stages:
         from heredity.judge import summarise_run_judgments
 

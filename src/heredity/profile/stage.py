@@ -82,9 +82,26 @@ def run_profile(cfg: RunConfig, run_dir: Path, name: str, model_ref: str, model_
     return stage
 
 
+PROFILED_BACKENDS = ("transformers", "llamacpp")
+
+_NOT_PROFILED = {
+    "openai": "backend 'openai': a served model, no weights to score log-likelihoods with",
+    "replay": "backend 'replay': recorded outputs, no model",
+    # vllm loads local weights, but the battery runs on transformers; a large vllm teacher
+    # would not fit beside the run's other models, so it is left to 'heredity profile MODEL'
+    "vllm": "backend 'vllm': profile it on its own with 'heredity profile MODEL'",
+}
+
+
 def teacher_models(cfg: RunConfig) -> dict[str, str]:
     """``teacher-<label>`` → model reference, for teachers whose weights are local to this run."""
-    return {f"teacher-{t.label}": t.model for t in cfg.teachers if t.backend in ("transformers", "llamacpp")}
+    return {f"teacher-{t.label}": t.model for t in cfg.teachers if t.backend in PROFILED_BACKENDS}
+
+
+def skipped_teachers(cfg: RunConfig) -> dict[str, str]:
+    """``teacher-<label>`` → why ``eval.profile.teachers`` does not profile it."""
+    return {f"teacher-{t.label}": _NOT_PROFILED.get(t.backend, f"backend '{t.backend}'")
+            for t in cfg.teachers if t.backend not in PROFILED_BACKENDS}
 
 
 def _paired(a: np.ndarray, b: np.ndarray, samples: int, seed: int) -> dict[str, Any]:
@@ -243,8 +260,11 @@ def _difference(pa: Paired, pb: Paired, a: str, b: str, samples: int) -> dict[st
     return out
 
 
-def summarise_profiles(stages: dict[str, Stage], samples: int) -> dict[str, Any]:
-    """Every model's suite metrics side by side, and paired differences between the arms."""
+def summarise_profiles(stages: dict[str, Stage], samples: int, skipped: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every model's suite metrics side by side, and paired differences between the arms.
+
+    ``skipped``: models asked for but not profiled (teachers without local weights), with why.
+    """
     from heredity.report import COMPARISONS
 
     summaries = {name: read_json(stage.dir / "summary.json") for name, stage in stages.items()}
@@ -270,7 +290,7 @@ def summarise_profiles(stages: dict[str, Stage], samples: int) -> dict[str, Any]
                 diffs[key] = d
         if diffs:
             differences[f"{a}_vs_{b}"] = diffs
-    return {"models": models, "metrics": table, "differences": differences,
+    return {"models": models, "skipped": dict(skipped or {}), "metrics": table, "differences": differences,
             "timings_s": {name: s.get("timings_s", {}) for name, s in summaries.items()}}
 
 
