@@ -23,8 +23,8 @@ def heredity_profile(*args: str) -> subprocess.CompletedProcess:
     src = str(Path(heredity.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
            "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "heredity.cli", "profile", *args], capture_output=True, text=True, check=False,
-                          timeout=600, env=env)
+    return subprocess.run([sys.executable, "-m", "heredity.cli", "profile", *args], capture_output=True, text=True,
+                          check=False, timeout=600, env=env)
 
 
 def table_rows(stdout: str) -> list[list[str]]:
