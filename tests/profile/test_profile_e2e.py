@@ -125,6 +125,14 @@ def test_profile_likelihood_suites(tmp_path, data_dir, one_thread):
         len(s["metrics"]) + sum(len(g["metrics"]) for g in s["groups"].values()) for s in result["suites"].values())
 
 
+def cosine(u: np.ndarray, v: np.ndarray) -> float:
+    return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+
+
+def association(w: np.ndarray, a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return float(np.mean([cosine(w, v) for v in a]) - np.mean([cosine(w, v) for v in b]))
+
+
 def test_seat_on_two_small_tests(data_dir, one_thread):
     """Effect sizes and exact p-values recomputed from embeddings taken one sentence at a time."""
     model, tok = load_model(MODEL), scoring_tokenizer(MODEL)
@@ -143,11 +151,7 @@ def test_seat_on_two_small_tests(data_dir, one_thread):
     for row in result.rows:
         x, y, a, b = ([embed(w) for w in tests[row["test"]][key]["examples"]] for key in seat.SETS)
 
-        def s(w):
-            cos = lambda u, v: u @ v / np.linalg.norm(u) / np.linalg.norm(v)  # noqa: E731
-            return np.mean([cos(w, v) for v in a]) - np.mean([cos(w, v) for v in b])
-
-        s_x, s_y = np.array([s(w) for w in x]), np.array([s(w) for w in y])
+        s_x, s_y = np.array([association(w, a, b) for w in x]), np.array([association(w, a, b) for w in y])
         both = np.concatenate([s_x, s_y])
         assert row["effect_size"] == pytest.approx((s_x.mean() - s_y.mean()) / both.std(ddof=1), abs=1e-3)
         observed = s_x.sum()
