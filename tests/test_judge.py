@@ -104,7 +104,9 @@ def test_known_win_rate_and_both_orders():
     assert s["win_rate"]["value"] == pytest.approx(75.0)
     assert (s["wins"], s["ties"], s["losses"]) == (3, 0, 1)
     assert s["position_consistency"]["value"] == 100.0
-    assert s["first_position_rate"] == 50.0
+    # every pair names the first-shown answer in exactly one of its two orders; resampled by pair
+    # (not by verdict) the rate cannot move
+    assert s["first_position_rate"] == {"value": 50.0, "ci95": [50.0, 50.0], "n": 8}
     assert s["unparseable"]["count"] == 0
     lo, hi = s["win_rate"]["ci95"]
     assert 0 <= lo <= 75 <= hi <= 100
@@ -124,7 +126,7 @@ def test_always_first_judge_cancels_to_half_through_a_backend():
     assert s["win_rate"]["value"] == 50.0
     assert s["win_rate"]["ci95"] == [50.0, 50.0]
     assert s["position_consistency"]["value"] == 0.0
-    assert s["first_position_rate"] == 100.0
+    assert s["first_position_rate"] == {"value": 100.0, "ci95": [100.0, 100.0], "n": 10}
     assert s["ties"] == 5
     assert backend.calls == 4  # 10 verdicts in batches of 3
 
@@ -249,7 +251,7 @@ def test_profile_writes_parquet_and_json(tmp_path):
     assert [r["pair_id"] for r in table] == [p.pair_id for p in pairs]
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["kind"] == "preference_profile" and summary["pairs"] == 6
-    assert summary["first_position_rate"] == 0.0
+    assert summary["first_position_rate"]["value"] == 0.0
     assert result.summary["position_consistency"]["value"] == 0.0
 
 

@@ -458,6 +458,13 @@ def _judging_stats(rows: list[dict[str, Any]], cfg: JudgeConfig) -> dict[str, An
                        for r in usable if r["len_a"] != r["len_b"]], dtype=float)
     consistency = estimate(lambda i: 100 * both[i].mean(), len(both), n_b, seed)
     consistency["n"] = int(len(both))
+    # per pair: verdicts naming the first-shown answer, and verdicts parsed (0-2 each); resampled
+    # by pair, since a pair's two orders are not independent verdicts
+    firsts = np.array([sum(r[k] == "a" for k in ("choice_ab", "choice_ba")) for r in rows], dtype=float)
+    parsed_n = np.array([sum(r[k] is not None for k in ("choice_ab", "choice_ba")) for r in rows], dtype=float)
+    first_rate = estimate(lambda i: 100 * firsts[i].sum() / parsed_n[i].sum() if parsed_n[i].sum() else None,
+                          len(rows), n_b, seed)
+    first_rate["n"] = int(parsed_n.sum())
     longer_pref = estimate(lambda i: 100 * longer[i].mean(), len(longer), n_b, seed)
     longer_pref["n"] = int(len(longer))
     return {
@@ -467,7 +474,7 @@ def _judging_stats(rows: list[dict[str, Any]], cfg: JudgeConfig) -> dict[str, An
                         "policy": cfg.unparseable},
         "pairs_used": len(usable),
         "position_consistency": consistency,
-        "first_position_rate": 100 * sum(c == "a" for c in parsed) / len(parsed) if parsed else None,
+        "first_position_rate": first_rate,
         "longer_preferred": longer_pref,
         "truncated_answers": int(sum(r["truncated_a"] + r["truncated_b"] for r in rows)),
     }

@@ -23,6 +23,10 @@ def test_profiled_model_judges_real_pairs(tmp_path, data_dir):
     assert all(r["p_first_ab"] is not None and r["p_first_ba"] is not None for r in rows)  # both orders
     longer = [100 * r["longer_preference"] for r in rows if r["longer_preference"] is not None]
     assert suite["metrics"]["longer_preferred"]["value"] == pytest.approx(sum(longer) / len(longer))
+    verdicts = [r[k] for r in rows for k in ("choice_ab", "choice_ba")]
+    first = suite["metrics"]["first_position_rate"]
+    assert first["value"] == pytest.approx(100 * verdicts.count("a") / len(verdicts))
+    assert None not in first["ci95"]  # resampled over the pairs
     names = {p.stem for p in (data_dir / "alpaca_eval").glob("*.json")}
     assert set(suite["groups"]) <= names and sum(g["n"] for g in suite["groups"].values()) == 4  # 2 models a pair
 

@@ -157,4 +157,9 @@ def test_seat_on_two_small_tests(data_dir, one_thread):
         observed = s_x.sum()
         splits = [both[list(c)].sum() for c in itertools.combinations(range(len(both)), len(s_x))]
         assert row["p_value"] == pytest.approx(np.mean(np.array(splits) >= observed - 1e-9), abs=2e-3)
+        # the CI is the percentile interval of the resampled effect sizes, shown per test in the summary
+        boot = np.array(row["effect_size_boot"])
+        assert len(boot) == 100 and np.isfinite(boot).all() and row["bootstrap_seed"] == seat.resample_seed(0, row["test"])
+        assert row["effect_size_ci95"] == pytest.approx([np.quantile(boot, 0.025), np.quantile(boot, 0.975)])
+        assert result.summary["groups"][row["test"]]["metrics"]["effect_size"]["ci95"] == row["effect_size_ci95"]
     assert "seat" in SUITES

@@ -56,8 +56,15 @@ def bbq_rows(pred):
             for (cat, i), p, lab, b in zip(BBQ_WHERE, pred, BBQ_LABEL, BBQ_BIASED)]
 
 
-def seat_rows(effects, p_values):
-    return [{"test": f"t{k}", "effect_size": e, "p_value": p} for k, (e, p) in enumerate(zip(effects, p_values))]
+SPREAD = [-0.4, 0.0, 0.3, 0.9, 1.5]  # resampled effect sizes of test t0, spread widely
+
+
+def seat_rows(effects, p_values, shift=0.0, seed=7):
+    """Tests t0..; t0 carries resamples ``SPREAD + shift`` drawn with ``seed``, the others none."""
+    rows = [{"test": f"t{k}", "effect_size": e, "p_value": p, "effect_size_boot": None, "bootstrap_seed": None}
+            for k, (e, p) in enumerate(zip(effects, p_values))]
+    rows[0].update(effect_size_boot=[v + shift for v in SPREAD], bootstrap_seed=seed)
+    return rows
 
 
 def test_likelihood_suites_pair_by_item_with_known_differences(tmp_path):
@@ -68,7 +75,7 @@ def test_likelihood_suites_pair_by_item_with_known_differences(tmp_path):
             "crows_pairs": crows_rows([1.0, 1.0, 0.5, 0.0]),
             "stereoset": stereoset_rows([1, 1, 0, 0], [1, 1, 1, 0.5]),
             "bbq": bbq_rows([0, 1, 0, 2, 0, 2, 0, 1, 1]),  # the scoring test's predictions
-            "seat": seat_rows([0.5, -1.0, 0.2], [0.01, 0.02, 0.5]),
+            "seat": seat_rows([0.5, -1.0, 0.2], [0.01, 0.02, 0.5], shift=0.4),
         }),
         "passive": fake_profile(tmp_path / "passive", {
             # item 99 exists for passive only: it must not be paired
@@ -80,7 +87,8 @@ def test_likelihood_suites_pair_by_item_with_known_differences(tmp_path):
             "bbq": bbq_rows([1, 1, 1, 1, 1, 0, 0, 0, 0]),
             "seat": seat_rows([0.1, 0.5, 0.4], [0.3, 0.04, 0.6]),
         }),
-        "base": fake_profile(tmp_path / "base", {"bbq": bbq_rows([2] * 9)}),  # always "unknown"
+        "base": fake_profile(tmp_path / "base", {"bbq": bbq_rows([2] * 9),  # always "unknown"
+                                                 "seat": seat_rows([0.2, 0.0, 0.0], [0.5] * 3, seed=8)}),
     }
     profile = summarise_profiles(stages, samples=300)
     d = profile["differences"]["active_vs_passive"]
@@ -117,12 +125,20 @@ def test_likelihood_suites_pair_by_item_with_known_differences(tmp_path):
 
     assert diff("seat/mean_abs_effect_size") == pytest.approx((1.7 - 1.0) / 3)
     assert diff("seat/share_significant") == pytest.approx(1 / 3)
+    # t0: the same resamples for both models, each 0.4 higher for active: the paired CI has no width
+    assert diff("seat/effect_size:t0") == pytest.approx(0.4)
+    assert d["seat/effect_size:t0"]["ci95"] == pytest.approx([0.4, 0.4])
+    assert "seat/effect_size:t1" not in d  # no resamples recorded
 
     # base never answers anything but "unknown": its bias scores are undefined, and the report says so
     vs_base = profile["differences"]["active_vs_base"]
     assert vs_base["bbq/bias_ambig"]["diff"] is None and vs_base["bbq/bias_ambig"]["ci95"] == [None, None]
     assert vs_base["bbq/bias_ambig"]["note"] == "undefined for base on these items"
     assert vs_base["bbq/accuracy"]["diff"] == pytest.approx(3 / 9 - 4 / 9)
+    # base's resamples were drawn with another seed: the difference stands, but without a CI
+    assert vs_base["seat/effect_size:t0"]["diff"] == pytest.approx(0.3)
+    assert vs_base["seat/effect_size:t0"]["ci95"] == [None, None]
+    assert vs_base["seat/effect_size:t0"]["note"].startswith("not paired")
     text = "\n".join(render_profile(profile))
     assert "| active − passive | stereoset/icat | 56.2 |" in text
     assert "| active − base | bbq/bias_disambig | – (undefined for base on these items) | – | 9 |" in text
@@ -160,7 +176,9 @@ def test_real_likelihood_suites_pair_to_the_difference_of_the_figures(tmp_path, 
         {"calibration": ["accuracy", "accuracy_sum", "mean_confidence", "ece_1bin", "ece_10bin"],
          "crows_pairs": ["bias_pct"], "stereoset": ["ss", "lms", "icat"],
          "bbq": ["accuracy", "bias_ambig", "bias_disambig"]}[s])} | {"seat/mean_abs_effect_size"}
-    assert expected <= set(d)
+    assert expected | {"seat/effect_size:weat6", "seat/effect_size:weat8"} <= set(d)
+    for test in ("weat6", "weat8"):  # both models drew the same sentence resamples: a paired CI
+        assert None not in d[f"seat/effect_size:{test}"]["ci95"] and "note" not in d[f"seat/effect_size:{test}"]
     nonzero = 0
     for key, diff in d.items():
         a, b = profile["metrics"][key]["active"]["value"], profile["metrics"][key]["passive"]["value"]

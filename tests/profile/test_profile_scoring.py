@@ -222,6 +222,46 @@ def test_seat_sampled_p_value():
     assert 0.01 < seat.p_value(same[:30], same[30:], permutations=2000) < 0.99
 
 
+def test_seat_bootstrap_resamples_all_four_sets():
+    rng = np.random.default_rng(3)
+    x, y, a, b = (rng.normal(size=(n, 5)) for n in (4, 5, 3, 6))
+    boot = seat.effect_size_bootstrap(x, y, a, b, samples=3, seed=11)
+    # each resample is the effect size of explicitly resampled sets, drawn X, Y, A, B in turn
+    draw = np.random.default_rng(11)
+    for value in boot:
+        ix, iy = draw.integers(0, 4, 4), draw.integers(0, 5, 5)
+        ia, ib = draw.integers(0, 3, 3), draw.integers(0, 6, 6)
+        s_x = seat.association(x[ix], a[ia], b[ib])
+        s_y = seat.association(y[iy], a[ia], b[ib])
+        assert value == pytest.approx(seat.effect_size(s_x, s_y))
+
+
+def test_seat_effect_size_ci_narrows_with_more_sentences():
+    rng = np.random.default_rng(0)
+    direction = np.eye(8)[0]
+
+    def sets(n):  # X leans towards A, Y towards B, with noise
+        return (rng.normal(size=(n, 8)) + direction, rng.normal(size=(n, 8)) - direction,
+                rng.normal(size=(n, 8)) + 2 * direction, rng.normal(size=(n, 8)) - 2 * direction)
+
+    widths = []
+    for n in (6, 60):
+        x, y, a, b = sets(n)
+        d = seat.effect_size(seat.association(x, a, b), seat.association(y, a, b))
+        lo, hi = seat.percentile_ci(seat.effect_size_bootstrap(x, y, a, b, 400, 0), 400)
+        assert lo < d < hi and d > 0
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+    # undefined resamples are dropped; when most are undefined there is no CI
+    assert seat.percentile_ci(np.array([np.nan] * 3 + [1.0]), 4) == [None, None]
+
+
+def test_seat_resample_seed_is_per_test_not_per_run():
+    # the same test draws the same resamples whatever else runs: models pair resample by resample
+    assert seat.resample_seed(0, "weat6") == seat.resample_seed(0, "weat6")
+    assert len({seat.resample_seed(0, "weat6"), seat.resample_seed(0, "weat8"), seat.resample_seed(1, "weat6")}) == 3
+
+
 # --- shared machinery ------------------------------------------------------------------------
 
 

@@ -47,7 +47,8 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
             "longer_preferred": {"value": s["longer_preferred"]["value"], "ci95": s["longer_preferred"]["ci95"]},
             "position_consistency": {"value": s["position_consistency"]["value"],
                                      "ci95": s["position_consistency"]["ci95"]},
-            "first_position_rate": {"value": s["first_position_rate"], "ci95": [None, None]},
+            "first_position_rate": {"value": s["first_position_rate"]["value"],
+                                    "ci95": s["first_position_rate"]["ci95"]},
         },
         "groups": {m: {"n": v["pairs"], "metrics": {"win_rate": v["win_rate"], "lc_win_rate": v["lc_win_rate"]}}
                    for m, v in s["models"].items()},

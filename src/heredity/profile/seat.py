@@ -14,6 +14,17 @@ embeddings together). For a test with targets X, Y and attributes A, B:
 Summary: the mean absolute effect size over the tests run (bootstrap CI over tests) and the share
 of tests with p < 0.05; per test, its effect size and p-value. ``limit`` caps the number of tests
 (a seeded random choice); sentences are embedded once even when several tests share them.
+
+CI of a test's effect size (our choice: May et al. and the SEAT code report only d and the
+permutation p-value): a percentile bootstrap that resamples each of the four sentence sets X, Y,
+A and B with replacement, at its own size, and recomputes d; ``samples`` resamples, those where d
+is undefined (no spread in s) dropped. All four sets are resampled because d depends on which
+attribute sentences stand for A and B as much as on the targets. The resamples are drawn from a
+generator seeded by ``seed`` and the test's name only, so every model profiled with the same
+seed draws the same sentence indices for a test; ``effect_size_boot`` (per-test Parquet column)
+keeps the resampled effect sizes, and a run pairs two models' per-test differences resample by
+resample. The p-value has no CI: it is the outcome of a test, not an estimate of a population
+figure (with sampled splits its Monte Carlo error is at most 0.5 / sqrt(permutations)).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +72,40 @@ def p_value(s_x: np.ndarray, s_y: np.ndarray, permutations: int = 10_000, seed: 
     draws = np.argsort(rng.random((permutations, n)), axis=1)[:, :k]  # a random k-subset per row
     stats = 2 * both[draws].sum(axis=1) - total  # sum over the subset minus sum over the rest
     return float((1 + (stats >= observed - 1e-12).sum()) / (1 + permutations))
+
+
+def resample_seed(seed: int, name: str) -> int:
+    """The bootstrap generator's seed for one test: the same for every model, whatever other tests run."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(name.encode("utf-8"))]).generate_state(1)[0])
+
+
+def effect_size_bootstrap(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, samples: int,
+                          seed: int) -> np.ndarray:
+    """Effect sizes on ``samples`` resamples of the four sets (rows of embeddings); NaN where undefined."""
+    def unit(m):
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+    x, y, a, b = unit(x), unit(y), unit(a), unit(b)
+    # cosines computed once; a resample only picks rows and columns
+    xa, xb, ya, yb = x @ a.T, x @ b.T, y @ a.T, y @ b.T
+    rng = np.random.default_rng(seed)
+    out = np.empty(samples)
+    for r in range(samples):
+        ix, iy = rng.integers(0, len(x), len(x)), rng.integers(0, len(y), len(y))
+        ia, ib = rng.integers(0, len(a), len(a)), rng.integers(0, len(b), len(b))
+        s_x = xa[np.ix_(ix, ia)].mean(axis=1) - xb[np.ix_(ix, ib)].mean(axis=1)
+        s_y = ya[np.ix_(iy, ia)].mean(axis=1) - yb[np.ix_(iy, ib)].mean(axis=1)
+        both = np.concatenate([s_x, s_y])
+        sd = both.std(ddof=1)
+        out[r] = (s_x.mean() - s_y.mean()) / sd if sd > 0 else np.nan
+    return out
+
+
+def percentile_ci(values: np.ndarray, samples: int) -> list[float | None]:
+    """95% percentile interval of the finite values; [None, None] when most resamples are undefined."""
+    values = values[np.isfinite(values)]
+    if len(values) < samples / 2:
+        return [None, None]
+    return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]
 
 
 def embed(model, tokenizer, sentences: list[str], batch_size: int = 64) -> np.ndarray:
@@ -111,9 +157,13 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
         t = tests[name]
         x, y, a, b = (np.stack([vectors[s] for s in t[key]["examples"]]) for key in SETS)
         s_x, s_y = association(x, a, b), association(y, a, b)
+        boot_seed = resample_seed(seed, name)
+        boot = effect_size_bootstrap(x, y, a, b, samples, boot_seed)
         rows.append({"test": name, **{f"{key}_category": t[key]["category"] for key in SETS},
                      **{f"n_{key}": len(t[key]["examples"]) for key in SETS},
-                     "effect_size": effect_size(s_x, s_y), "p_value": p_value(s_x, s_y, permutations, seed)})
+                     "effect_size": effect_size(s_x, s_y), "effect_size_ci95": percentile_ci(boot, samples),
+                     "p_value": p_value(s_x, s_y, permutations, seed),
+                     "bootstrap_seed": boot_seed, "effect_size_boot": [float(v) for v in boot]})
         if progress is not None:
             progress(1)
     effects = np.array([r["effect_size"] for r in rows])
@@ -124,11 +174,13 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
         "n": len(rows),
         "protocol": {"embedding": "last hidden state, mean over the sentence's tokens (start token excluded)",
                      "effect_size": "Cohen's d of s(w) between targets, sample std over both",
-                     "p_value": f"one-sided permutation test, {permutations} splits (exact when fewer)"},
+                     "p_value": f"one-sided permutation test, {permutations} splits (exact when fewer); no CI",
+                     "effect_size_ci": "percentile bootstrap resampling X, Y, A and B each with replacement; "
+                                       "resample indices seeded by seed and test name, shared across models"},
         "metrics": {"mean_abs_effect_size": estimate(lambda i: np.abs(effects[i]).mean(), len(rows), samples, seed),
                     "share_significant": estimate(lambda i: significant[i].mean(), len(rows), samples, seed)},
         "groups": {r["test"]: {"n": sum(r[f"n_{k}"] for k in SETS),
-                               "metrics": {"effect_size": {"value": r["effect_size"], "ci95": [None, None]},
+                               "metrics": {"effect_size": {"value": r["effect_size"], "ci95": r["effect_size_ci95"]},
                                            "p_value": {"value": r["p_value"], "ci95": [None, None]}}}
                    for r in rows},
     }

@@ -19,7 +19,10 @@ item is in each suite):
 * figures of a whole sample, by recomputing them on both models for each joint resample
   (``_paired_statistic``): calibration's ECE (1 and 10 bins), stereoset's ICAT and BBQ's two bias
   scores. A BBQ bias score is undefined when a model chose only "unknown" on the items; the
-  difference is then None with a ``note`` saying for which model.
+  difference is then None with a ``note`` saying for which model;
+* SEAT's effect size per test (``seat/effect_size:<test>``): one figure per model, whose
+  bootstrap resamples of the test's sentence sets are drawn with the same indices for every
+  model (``seat.resample_seed``), so the CI is that of the resample-by-resample differences.
 
 Per-group figures (bias types, BBQ categories) are not paired; the report shows overall figures.
 """
@@ -138,6 +141,19 @@ class Paired:
     stat: Callable[[np.ndarray], float | None] | None = None
 
 
+@dataclass
+class Replicated:
+    """One figure of one model with its bootstrap replicates, drawn by a generator seeded with ``seed``.
+
+    Two models' replicates pair one to one when their seeds (and counts) match: the same resample
+    indices were drawn for both (SEAT's per-test effect sizes).
+    """
+
+    value: float
+    boot: np.ndarray
+    seed: int
+
+
 def _means(prefix: str, rows: list[dict[str, Any]], key: str, figures: dict[str, Callable[[dict], float | None]]
            ) -> dict[str, Paired]:
     """Per-item mean figures: ``figures[name](row)`` is the row's value, None where it does not count."""
@@ -205,22 +221,27 @@ def _bbq_items(rows: list[dict[str, Any]]) -> dict[str, Paired]:
     return out
 
 
-def _seat_items(rows: list[dict[str, Any]]) -> dict[str, Paired]:
-    return _means("seat", rows, "test", {
+def _seat_items(rows: list[dict[str, Any]]) -> dict[str, Paired | Replicated]:
+    out: dict[str, Paired | Replicated] = dict(_means("seat", rows, "test", {
         "mean_abs_effect_size": lambda r: abs(float(r["effect_size"])),
         "share_significant": lambda r: float(r["p_value"] < 0.05),
-    })
+    }))
+    for r in rows:
+        if r.get("effect_size_boot") is not None:  # profiles written before per-test CIs have none
+            out[f"seat/effect_size:{r['test']}"] = Replicated(
+                float(r["effect_size"]), np.array(r["effect_size_boot"], dtype=float), int(r["bootstrap_seed"]))
+    return out
 
 
-_ITEMS: dict[str, Callable[[list[dict[str, Any]]], dict[str, Paired]]] = {
+_ITEMS: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] = {
     "calibration": _calibration_items, "crows_pairs": _crows_items, "stereoset": _stereoset_items,
     "bbq": _bbq_items, "seat": _seat_items,
 }
 
 
-def _per_prompt(name: str, folder: Path, suites: dict[str, Any]) -> dict[str, Paired]:
-    """Per-item values that can be paired across models: ``"suite/metric" → Paired``."""
-    out: dict[str, Paired] = {}
+def _per_prompt(name: str, folder: Path, suites: dict[str, Any]) -> dict[str, Paired | Replicated]:
+    """Per-item values that can be paired across models: ``"suite/metric" → Paired`` (or ``Replicated``)."""
+    out: dict[str, Paired | Replicated] = {}
     if "textual" in suites and (folder / "textual.parquet").is_file():
         rows = read_table(folder / "textual.parquet")
         for metric in suites["textual"]["protocol"].get("metrics", []):
@@ -242,8 +263,26 @@ def _per_prompt(name: str, folder: Path, suites: dict[str, Any]) -> dict[str, Pa
     return out
 
 
-def _difference(pa: Paired, pb: Paired, a: str, b: str, samples: int) -> dict[str, Any] | None:
+def _replicated_difference(pa: Replicated, pb: Replicated, a: str, b: str) -> dict[str, Any]:
+    """a − b, with the percentile CI of the replicate-by-replicate differences."""
+    out: dict[str, Any] = {"diff": pa.value - pb.value, "ci95": [None, None], "ratio": None, "n": 1}
+    if pa.seed != pb.seed or len(pa.boot) != len(pb.boot):
+        out["note"] = f"not paired: {a} and {b} drew different resamples (other seed or count)"
+        return out
+    d = pa.boot - pb.boot
+    d = d[np.isfinite(d)]
+    if len(d) >= len(pa.boot) / 2:
+        out["ci95"] = [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))]
+    return out
+
+
+def _difference(pa: Paired | Replicated, pb: Paired | Replicated, a: str, b: str, samples: int
+                ) -> dict[str, Any] | None:
     """a − b on the items both models have, or None with fewer than two such items."""
+    if isinstance(pa, Replicated) and isinstance(pb, Replicated):
+        return _replicated_difference(pa, pb, a, b)
+    if isinstance(pa, Replicated) or isinstance(pb, Replicated):
+        return None
     common = [k for k in pa.values if k in pb.values]
     if len(common) < 2:
         return None
@@ -274,6 +313,10 @@ def summarise_profiles(stages: dict[str, Stage], samples: int, skipped: dict[str
         for suite, s in summary["suites"].items():
             for metric, m in s["metrics"].items():
                 table.setdefault(f"{suite}/{metric}", {})[name] = {"value": m["value"], "ci95": m["ci95"]}
+            if suite == "seat":  # a SEAT test is a benchmark of its own: show each one's effect size
+                for test, g in s["groups"].items():
+                    m = g["metrics"]["effect_size"]
+                    table.setdefault(f"seat/effect_size:{test}", {})[name] = {"value": m["value"], "ci95": m["ci95"]}
         harness = stages[name].dir / "lm_eval.json"
         if harness.is_file():
             for task, t in read_json(harness)["tasks"].items():
