@@ -62,17 +62,19 @@ def test_profile_command_prints_the_table_and_writes_the_summary(tmp_path, data_
     # one printed row per figure of summary.json, with its value, CI and n
     expected = []
     for suite, s in summary["suites"].items():
+        first = True  # the suite's name heads its section only
         for group, metrics, n in [("all", s["metrics"], s["n"])] + [(g, v["metrics"], v["n"]) for g, v in s["groups"].items()]:
             for metric, m in metrics.items():
                 ci = "" if m["ci95"][0] is None else f"[{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]"
-                expected.append([suite, group, metric, _fmt(m["value"]), ci, str(m.get("n", n))])
+                expected.append([suite if first else "", group, metric, _fmt(m["value"]), ci, str(m.get("n", n))])
+                first = False
     rows = table_rows(result.stdout)
     assert rows[0] == ["suite", "group", "metric", "value", "95% CI", "n"]
     assert rows[1:] == expected
     # a per-direction figure counts its own pairs, not the sample
-    by_metric = {tuple(r[:3]): r for r in rows}
+    by_metric = {tuple(e[:3]): r for e, r in zip(expected, rows[1:])}
     for direction in ("stereo", "antistereo"):
-        assert by_metric[("crows_pairs", "all", f"{direction}_pct")][5] == str(
+        assert by_metric[("", "all", f"{direction}_pct")][5] == str(
             sum(r["direction"] == direction for r in crows))
 
 

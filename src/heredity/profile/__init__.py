@@ -184,18 +184,23 @@ def render_table(result: dict[str, Any], groups: bool = True):
     columns = [("suite", "left"), ("group", "left"), ("metric", "left"), ("value", "right"), ("95% CI", "right")]
     columns += [("p10 / p50 / p90", "right")] if quantiles else []
     for col, justify in columns + [("n", "right")]:
-        table.add_column(col, justify=justify)
+        # fold, not ellipsis: truncated group names (three Mixtral variants) would look identical;
+        # the metric names and figures stay whole, the suite's name gives way first
+        table.add_column(col, justify=justify, overflow="fold", no_wrap=col not in ("suite", "group"),
+                         max_width=12 if col == "suite" else None)
 
     def rows(suite: str, group: str, n: int, metrics: dict[str, Any]) -> None:
         for metric, m in metrics.items():
             lo, hi = m["ci95"]
             ci = "" if lo is None else f"[{_fmt(lo)}, {_fmt(hi)}]"
-            cells = [suite, group, metric, _fmt(m["value"]), ci]
+            # the suite's name heads its section only, leaving the width to group and metric names
+            cells = [suite if table.row_count == section_start else "", group, metric, _fmt(m["value"]), ci]
             if quantiles:
                 cells.append(" / ".join(_fmt(m[k]) for k in ("p10", "p50", "p90")) if "p50" in m else "")
             table.add_row(*cells, str(m.get("n", n)))
 
     for suite, summary in result["suites"].items():
+        section_start = table.row_count
         rows(suite, "all", summary["n"], summary["metrics"])
         for group, g in summary["groups"].items() if groups else ():
             rows(suite, group, g["n"], g["metrics"])
