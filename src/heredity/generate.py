@@ -9,6 +9,7 @@ raising k or adding a teacher generates only what is new.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from pathlib import Path
@@ -61,7 +62,7 @@ REPLAY_NUMBERS = {"prompt_tokens": int, "completion_tokens": int, "latency_s": f
 def _replayed_number(row: dict[str, Any], field: str, kind: type, label: str, line: int) -> int | float | None:
     value = row.get(field)
     # NaN is how pandas writes a missing number into a float column
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise input_error(label, line, field, f"must be a number, not {type(value).__name__}")
