@@ -94,7 +94,9 @@ def test_parquet_replay_keeps_the_token_latency_and_seed_columns_it_carries(data
     rows = []
     for name in ("alpaca-7b", "zephyr-7b-beta"):
         for i, item in enumerate(alpaca_rows(data_dir, name, 20)):
-            rows.append({**item, "completion_tokens": None if i == 0 else 10 + i, "latency_s": 0.5 * i,
+            rows.append({**item, "completion_tokens": None if i == 0 else 10 + i,
+                         # NaN: how pandas writes a missing float
+                         "latency_s": float("nan") if i == 1 else 0.5 * i,
                          "seed": 1000 + i, "finish_reason": "length" if i % 2 else "stop"})
     path = tmp_path / "pool.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
@@ -106,10 +108,12 @@ def test_parquet_replay_keeps_the_token_latency_and_seed_columns_it_carries(data
     for cand in pool:
         row = source[(cand["teacher"], cand["prompt"])]
         assert cand["text"] == row["output"].strip()
+        latency = None if row["latency_s"] != row["latency_s"] else row["latency_s"]
         assert (cand["completion_tokens"], cand["latency_s"], cand["seed"], cand["finish_reason"]) == (
-            row["completion_tokens"], row["latency_s"], row["seed"], row["finish_reason"])
+            row["completion_tokens"], latency, row["seed"], row["finish_reason"])
         assert cand["prompt_tokens"] is None  # not in the file: stays empty, not invented
     assert sum(c["completion_tokens"] is None for c in pool) == 2  # a null cell stays null
+    assert sum(c["latency_s"] is None for c in pool) == 2
 
 
 def test_replayed_numbers_of_the_wrong_type_name_file_row_and_field(data_dir: Path, tmp_path: Path):
