@@ -22,6 +22,17 @@ Prints a table, then, as its last line, one JSON object with the figures. ``rati
 are heredity / plain, higher is better for heredity.
 
     PYTHONPATH=src python benchmarks/generate.py [--prompts 16] [--k 4] [--max-new-tokens 48]
+
+``--backend vllm --model MODEL`` (for a GPU machine) measures instead heredity's vllm backend
+on ``MODEL`` (default: the embedded model) and the same requests, in its two modes on one
+engine: ``n_per_prompt`` (each prompt's k samples as one request with ``n=k``, so the prompt
+is computed once) against k separate seeded requests per prompt. Completion tokens per
+second, best of ``--rounds`` interleaved runs, the prefix cache emptied before each run so
+neither mode reuses prompts the other computed; ``ratio_vllm_n_equals_k_vs_separate`` is
+n=k / separate. Without vLLM or a GPU it exits with a one-line message. **Unmeasured so
+far**: written on a machine without a GPU or vLLM, never run.
+
+    PYTHONPATH=src python benchmarks/generate.py --backend vllm --prompts 120 --k 8 --max-new-tokens 128
 """
 
 from __future__ import annotations
@@ -200,6 +211,80 @@ def bench_llamacpp(requests: list[Request], sampling: SamplingConfig, threads: i
     return {"seconds": seconds, "tokens": sum(c.completion_tokens for c in completions)}
 
 
+# -------------------------------------------------------------------------------- vllm
+
+
+def vllm_missing() -> str | None:
+    """Why the vllm mode cannot run here, in one line; None when it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed (pip install 'heredity[vllm]' on a machine with a GPU)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "vLLM needs a CUDA GPU and none is visible"
+    return None
+
+
+def bench_vllm(model: str, requests: list[Request], sampling: SamplingConfig, rounds: int,
+               gpu_memory_utilization: float) -> dict:
+    """n=k per prompt vs k separate seeded requests, on one engine (only their grouping differs)."""
+    import torch
+    import vllm
+
+    from heredity.backends import open_backend
+
+    teacher = TeacherConfig(model=model, backend="vllm", vllm={"gpu_memory_utilization": gpu_memory_utilization})
+    backend = open_backend(teacher, "cuda")
+    modes = {"n_equals_k": True, "separate": False}
+    for grouped in modes.values():  # compilation, CUDA graphs, allocator: not timed
+        backend.n_per_prompt = grouped
+        backend.generate(requests[: min(16, len(requests))], SamplingConfig(temperature=1.0, max_new_tokens=8))
+    best = {name: {"seconds": float("inf"), "tokens": 0} for name in modes}
+    reset = getattr(backend.llm, "reset_prefix_cache", None)  # older vLLM releases lack it
+    for r in range(rounds):
+        order = list(modes) if r % 2 == 0 else list(reversed(modes))
+        for name in order:
+            backend.n_per_prompt = modes[name]
+            if reset is not None:
+                reset()  # or the second mode would find the prompts computed
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            out = backend.generate(requests, sampling)
+            seconds = time.perf_counter() - started
+            if seconds < best[name]["seconds"]:
+                best[name] = {"seconds": seconds, "tokens": sum(c.completion_tokens for c in out)}
+    backend.close()
+    return {**best, "vllm_version": vllm.__version__, "gpu": torch.cuda.get_device_name(),
+            "prefix_cache_reset": reset is not None}
+
+
+def main_vllm(args) -> int:
+    why = vllm_missing()
+    if why is not None:
+        print(f"benchmarks/generate.py --backend vllm: {why}", file=sys.stderr)
+        return 2
+    requests = build_requests(args.prompts, args.k)
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
+    got = bench_vllm(args.model, requests, sampling, args.rounds, args.gpu_memory_utilization)
+    rate = {name: got[name]["tokens"] / got[name]["seconds"] for name in ("n_equals_k", "separate")}
+    print(f"{len(requests)} requests ({len(requests) // args.k} prompts x k={args.k}), "
+          f"max_new_tokens={args.max_new_tokens}, T=1, {args.model} on {got['gpu']}, vLLM {got['vllm_version']}, "
+          f"best of {args.rounds}\n")
+    print(f"{'vllm backend':<32}{'seconds':>9}{'tokens':>8}{'tok/s':>10}")
+    for name, label in (("n_equals_k", f"n={args.k} per prompt"), ("separate", f"{args.k} separate requests")):
+        print(f"{label:<32}{got[name]['seconds']:>9.2f}{got[name]['tokens']:>8}{rate[name]:>10.1f}")
+    print(json.dumps({
+        "backend": "vllm", "model": args.model, "gpu": got["gpu"], "vllm_version": got["vllm_version"],
+        "prefix_cache_reset": got["prefix_cache_reset"], "requests": len(requests), "k": args.k, "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
+        "vllm_n_equals_k_tokens_per_s": round(rate["n_equals_k"], 2),
+        "vllm_separate_tokens_per_s": round(rate["separate"], 2),
+        "ratio_vllm_n_equals_k_vs_separate": round(rate["n_equals_k"] / rate["separate"], 3),
+    }))
+    return 0
+
+
 # -------------------------------------------------------------------------------- main
 
 
@@ -219,7 +304,15 @@ def main() -> int:
     # descheduled sibling makes every op several times slower (measured: 10x on 2 busy cores),
     # which would swamp the differences this benchmark is after. 0 keeps torch's default.
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
+                        help="transformers: the CPU comparisons above; vllm: n=k vs separate requests on a GPU")
+    parser.add_argument("--model", default=MODEL, help="the model (--backend vllm only)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="(--backend vllm only)")
     args = parser.parse_args()
+    if args.backend == "vllm":
+        return main_vllm(args)
+    if args.model != MODEL:
+        parser.error("--model is only for --backend vllm; the CPU comparisons use the embedded model")
 
     import torch
 

@@ -4,7 +4,16 @@ Runs on every output of shared/data/alpaca_eval (12 files x 805 texts):
 
 * MTLD: ``heredity.metrics.lexical.mtld`` vs ``LexicalRichness(text).mtld(threshold=0.72)``;
 * readability: heredity's Flesch reading ease, Flesch-Kincaid grade and Gunning fog vs
-  textstat 0.7.13's, all three per text (as a user computing the trio would).
+  textstat 0.7.13's, all three per text (as a user computing the trio would);
+* toxicity: the default local ``toxicity`` scorer (MiniLM embedding + profanity probability,
+  ridge head) on the same texts, texts/s only: its agreement with Perspective is measured by
+  ``benchmarks/toxicity.py`` on labelled texts, which these are not. The metric function is
+  called directly, so heredity's score cache serves nothing; the model is loaded (and timed
+  apart as ``toxicity_load_s``) before the timed run, which is done ``--toxicity-repeats``
+  times (default once: it is by far the slowest part), best kept. torch runs with its default
+  threads, as in a user's run, and the count is reported, with texts per CPU second (all
+  threads' CPU time, which time spent descheduled on a shared machine does not inflate) and
+  the 1-minute load average at the end of the run.
 
 Each side is timed ``--repeats`` times, interleaved, and its best run is reported. Before
 every readability run all result caches are emptied, so no run is served from an earlier
@@ -21,13 +30,16 @@ Prints a table, then, as its last line, one JSON object with the figures. ``rati
 are heredity / reference, higher is better for heredity. Exits 1 if any value disagrees by
 more than 1e-9.
 
-    PYTHONPATH=src python benchmarks/metrics.py [--repeats 3] [--data DIR]
+    PYTHONPATH=src python benchmarks/metrics.py [--repeats 3] [--data DIR] [--limit N]
+
+``--limit N`` runs on the first N texts only, for a quick check of the script.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -180,16 +192,48 @@ def bench_readability(texts: list[str], repeats: int) -> dict:
             "warm_seconds": warm, "diffs": diffs}
 
 
+# --- toxicity -------------------------------------------------------------------------------
+
+
+def bench_toxicity(texts: list[str], repeats: int) -> dict | None:
+    """Texts/s of the default toxicity metric; None (with a one-line note) when not installed."""
+    from heredity.errors import HeredityError
+    from heredity.metrics.registry import get_metric
+
+    metric = get_metric("toxicity")
+    start = time.perf_counter()
+    try:
+        metric(texts[:2])  # imports, model and head loading: a one-off cost, reported apart
+    except HeredityError as exc:
+        print(f"toxicity: skipped ({exc})")
+        return None
+    load = time.perf_counter() - start
+    best, best_cpu = float("inf"), float("inf")
+    for _ in range(repeats):
+        start, cpu = time.perf_counter(), time.process_time()
+        metric(texts)
+        best = min(best, time.perf_counter() - start)
+        # all threads' CPU time: a figure other processes on a shared machine cannot inflate
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+    import torch
+
+    return {"seconds": best, "cpu_seconds": best_cpu, "load_seconds": load, "threads": torch.get_num_threads()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", help="the shared data folder (default: ../shared/data)")
+    parser.add_argument("--toxicity-repeats", type=int, default=1)
+    parser.add_argument("--limit", type=int, help="only the first N texts (a quick check)")
     args = parser.parse_args()
 
-    texts = load_texts(data_dir(args.data))
+    texts = load_texts(data_dir(args.data))[: args.limit]
     n = len(texts)
     m = bench_mtld(texts, args.repeats)
     r = bench_readability(texts, args.repeats)
+    # last: torch and the embedding model must not be loaded while the others are timed
+    t = bench_toxicity(texts, args.toxicity_repeats)
 
     rows = [
         ("MTLD (threshold 0.72)", "heredity", m["seconds"]),
@@ -198,7 +242,9 @@ def main() -> int:
         ("", "heredity, memos warm", r["warm_seconds"]),
         ("", "textstat 0.7.13", r["ref_seconds"]),
     ]
-    print(f"{n} alpaca_eval outputs, best of {args.repeats} runs\n")
+    if t is not None:
+        rows.append(("toxicity (default)", f"heredity, {t['threads']} thread(s)", t["seconds"]))
+    print(f"{n} alpaca_eval outputs, best of {args.repeats} runs (toxicity: {args.toxicity_repeats})\n")
     print(f"{'metric':<24}{'implementation':<24}{'seconds':>9}{'texts/s':>10}")
     for metric, impl, seconds in rows:
         print(f"{metric:<24}{impl:<24}{seconds:>9.3f}{n / seconds:>10.0f}")
@@ -223,6 +269,11 @@ def main() -> int:
         "textstat_readability_texts_per_s": round(n / r["ref_seconds"], 1),
         "ratio_readability_speed": round(r["ref_seconds"] / r["seconds"], 3),
         **{f"{name}_max_abs_diff": diff for name, diff in r["diffs"].items()},
+        "toxicity_texts_per_s": None if t is None else round(n / t["seconds"], 1),
+        "toxicity_texts_per_cpu_s": None if t is None else round(n / t["cpu_seconds"], 1),
+        "toxicity_load_s": None if t is None else round(t["load_seconds"], 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "toxicity_torch_threads": None if t is None else t["threads"],
     }
     print(json.dumps(figures))
     worst = max([m["max_abs_diff"], *r["diffs"].values()])

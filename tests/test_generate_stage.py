@@ -17,11 +17,11 @@ from heredity.pipeline import run
 pytestmark = pytest.mark.slow
 
 
-def gen_config(k: int = 2, train: int = 3, batch_size: int = 64, teachers=None) -> dict:
+def gen_config(k: int = 2, train: int = 3, batch_size: int = 64, teachers=None, max_new_tokens: int = 12) -> dict:
     return {
         "prompts": {"source": "bundled:quickstart", "limit_train": train},
         "teachers": teachers or [{"model": "embedded:smollm2-135m-instruct", "batch_size": batch_size,
-                                  "sampling": {"temperature": 1.0, "max_new_tokens": 12}}],
+                                  "sampling": {"temperature": 1.0, "max_new_tokens": max_new_tokens}}],
         "k": k,
         "score": {"metrics": ["words"]},
         "select": {"metric": "words"},
@@ -42,6 +42,65 @@ def test_raising_k_generates_only_the_new_samples(tmp_path: Path):
     grown = pool(out)
     assert {r["candidate_key"]: r["text"] for r in grown if r["sample_index"] < 2} == first
     assert sorted(r["sample_index"] for r in grown) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+@pytest.fixture
+def sent_seeds(monkeypatch) -> list[int]:
+    """The seed of every request that reaches the transformers backend (which still generates).
+
+    A candidate's seed derives from its content key, so the seeds name exactly which
+    candidates were generated, independently of the counts the stage reports about itself.
+    """
+    from heredity.backends.transformers_backend import TransformersBackend
+
+    seeds: list[int] = []
+    real = TransformersBackend.generate
+
+    def counting(self, requests, sampling):
+        seeds.extend(r.seed for r in requests)
+        return real(self, requests, sampling)
+
+    monkeypatch.setattr(TransformersBackend, "generate", counting)
+    return seeds
+
+
+def test_adding_a_teacher_generates_only_its_candidates(tmp_path: Path, sent_seeds: list[int]):
+    first_teacher = {"model": "embedded:smollm2-135m-instruct", "sampling": {"temperature": 1.0, "max_new_tokens": 4}}
+    second_teacher = {"model": "embedded:smollm2-135m-instruct", "name": "cool",
+                      "sampling": {"temperature": 0.5, "max_new_tokens": 4}}
+    out = tmp_path / "run"
+    run(config_from_dict(gen_config(k=2, teachers=[first_teacher])), out, until="generate")
+    first = {r["candidate_key"]: r["text"] for r in pool(out)}
+    assert len(sent_seeds) == 6
+    sent_seeds.clear()
+
+    run(config_from_dict(gen_config(k=2, teachers=[first_teacher, second_teacher])), out, until="generate")
+    manifest = json.loads((out / "generate" / "manifest.json").read_text())
+    assert manifest["counts"] == {"candidates": 12, "generated_now": 6, "replayed": 0, "reused": 6}
+    grown = pool(out)
+    new = [r for r in grown if r["teacher"] == "cool"]
+    assert len(new) == 6 and len({r["candidate_key"] for r in new}) == 6
+    # the model was asked for the new teacher's six candidates and nothing else
+    assert sorted(sent_seeds) == sorted(r["seed"] for r in new)
+    assert {r["candidate_key"]: r["text"] for r in grown if r["teacher"] != "cool"} == first
+
+
+def test_adding_prompts_generates_only_their_candidates(tmp_path: Path, sent_seeds: list[int]):
+    out = tmp_path / "run"
+    run(config_from_dict(gen_config(k=2, train=2, max_new_tokens=4)), out, until="generate")
+    first = {r["candidate_key"]: r["text"] for r in pool(out)}
+    old_prompts = {r["prompt_id"] for r in pool(out)}
+    assert len(sent_seeds) == 4
+    sent_seeds.clear()
+
+    run(config_from_dict(gen_config(k=2, train=4, max_new_tokens=4)), out, until="generate")
+    manifest = json.loads((out / "generate" / "manifest.json").read_text())
+    assert manifest["counts"] == {"candidates": 8, "generated_now": 4, "replayed": 0, "reused": 4}
+    grown = pool(out)
+    new = [r for r in grown if r["prompt_id"] not in old_prompts]
+    assert len({r["prompt_id"] for r in new}) == 2 and len(new) == 4
+    assert sorted(sent_seeds) == sorted(r["seed"] for r in new)
+    assert {r["candidate_key"]: r["text"] for r in grown if r["prompt_id"] in old_prompts} == first
 
 
 def test_sigkill_mid_run_resumes_to_the_same_pool(tmp_path: Path):

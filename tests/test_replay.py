@@ -75,3 +75,80 @@ def test_replay_file_missing_a_field_names_file_row_and_field(data_dir: Path, tm
     cfg = replay_config(data_dir, [bad])
     with pytest.raises(HeredityError, match=r"bad.jsonl, row 2, field 'output': missing"):
         run(config_from_dict(cfg), tmp_path / "run", until="select")
+
+
+def alpaca_rows(data_dir: Path, name: str, n: int) -> list[dict]:
+    return json.loads((data_dir / "alpaca_eval" / f"{name}.json").read_text())[:n]
+
+
+def generated_pool(data_dir: Path, out: Path, teacher: dict) -> list[dict]:
+    cfg = replay_config(data_dir, [])
+    cfg["teachers"] = [teacher]
+    run(config_from_dict(cfg), out, until="generate")
+    return pq.read_table(out / "generate" / "candidates.parquet").to_pylist()
+
+
+def test_parquet_replay_keeps_the_token_latency_and_seed_columns_it_carries(data_dir: Path, tmp_path: Path):
+    import pyarrow as pa
+
+    rows = []
+    for name in ("alpaca-7b", "zephyr-7b-beta"):
+        for i, item in enumerate(alpaca_rows(data_dir, name, 20)):
+            rows.append({**item, "completion_tokens": None if i == 0 else 10 + i,
+                         # NaN: how pandas writes a missing float
+                         "latency_s": float("nan") if i == 1 else 0.5 * i,
+                         "seed": 1000 + i, "finish_reason": "length" if i % 2 else "stop"})
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+    pool = generated_pool(data_dir, tmp_path / "run",
+                          {"backend": "replay", "replay": {"path": str(path), "teacher_field": "generator"}})
+    assert len(pool) == 40 and {r["teacher"] for r in pool} == {"alpaca-7b", "zephyr-7b-beta"}
+    source = {(r["generator"], r["instruction"].strip()): r for r in rows}
+    for cand in pool:
+        row = source[(cand["teacher"], cand["prompt"])]
+        assert cand["text"] == row["output"].strip()
+        latency = None if row["latency_s"] != row["latency_s"] else row["latency_s"]
+        assert (cand["completion_tokens"], cand["latency_s"], cand["seed"], cand["finish_reason"]) == (
+            row["completion_tokens"], latency, row["seed"], row["finish_reason"])
+        assert cand["prompt_tokens"] is None  # not in the file: stays empty, not invented
+    assert sum(c["completion_tokens"] is None for c in pool) == 2  # a null cell stays null
+    assert sum(c["latency_s"] is None for c in pool) == 2
+
+
+def test_replayed_numbers_of_the_wrong_type_name_file_row_and_field(data_dir: Path, tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    items = alpaca_rows(data_dir, "alpaca-7b", 2)
+    bad.write_text(json.dumps({**items[0], "seed": 3}) + "\n" + json.dumps({**items[1], "seed": "three"}) + "\n")
+    with pytest.raises(HeredityError, match=r"bad.jsonl, row 2, field 'seed': must be a number"):
+        generated_pool(data_dir, tmp_path / "run", {"backend": "replay", "replay": {"path": str(bad)}})
+
+
+def test_local_hugging_face_dataset_saved_to_disk_replays_and_follows_edits(data_dir: Path, tmp_path: Path):
+    datasets = pytest.importorskip("datasets")
+
+    items = alpaca_rows(data_dir, "gemma-7b-it", 30)
+    saved = tmp_path / "gemma_ds"
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(items)}).save_to_disk(str(saved))
+    teacher = {"backend": "replay", "name": "gemma",
+               "replay": {"path": f"hf:{saved}", "hf_split": "test"}}
+    out = tmp_path / "run"
+    pool = generated_pool(data_dir, out, teacher)
+    assert len(pool) == 30 and {r["teacher"] for r in pool} == {"gemma"}
+    assert [r["text"] for r in pool] == [item["output"].strip() for item in items]
+    # the alpaca_eval files carry no token counts, latency or seed: those stay empty
+    assert all(r["completion_tokens"] is None and r["latency_s"] is None and r["seed"] is None for r in pool)
+
+    # a dataset is keyed by its rows, not its path: an edited copy at the same path is replayed afresh
+    items[3] = {**items[3], "output": "An edited answer."}
+    edited = tmp_path / "edited_ds"
+    datasets.Dataset.from_list(items).save_to_disk(str(edited))  # a plain Dataset: hf_split is not consulted
+    saved.rename(tmp_path / "old_ds")
+    edited.rename(saved)
+    assert generated_pool(data_dir, out, teacher)[3]["text"] == "An edited answer."
+
+    teacher["replay"]["hf_split"] = "validation"
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(items)}).save_to_disk(str(tmp_path / "dict_ds"))
+    teacher["replay"]["path"] = f"hf:{tmp_path / 'dict_ds'}"
+    with pytest.raises(HeredityError, match="no split 'validation' \\(splits: test\\)"):
+        generated_pool(data_dir, out, teacher)

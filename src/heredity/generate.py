@@ -9,6 +9,7 @@ raising k or adding a teacher generates only what is new.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from pathlib import Path
@@ -54,15 +55,39 @@ def candidate_seed(key: str) -> int:
     return int(key[:15], 16)
 
 
+# Pool columns a replayed file may carry (a pool written by heredity does): kept when present.
+REPLAY_NUMBERS = {"prompt_tokens": int, "completion_tokens": int, "latency_s": float, "seed": int}
+
+
+def _replayed_number(row: dict[str, Any], field: str, kind: type, label: str, line: int) -> int | float | None:
+    value = row.get(field)
+    # NaN is how pandas writes a missing number into a float column
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise input_error(label, line, field, f"must be a number, not {type(value).__name__}")
+    if kind is int:
+        if value != int(value):
+            raise input_error(label, line, field, "must be a whole number")
+        return int(value)
+    return float(value)
+
+
 def replay_candidates(teacher: TeacherConfig, prompts: list[Prompt], k: int) -> list[dict[str, Any]]:
-    """Existing outputs as candidates: matched to prompts by text, the first k per prompt and teacher."""
+    """Existing outputs as candidates: matched to prompts by text, the first k per prompt and teacher.
+
+    ``prompt_tokens``, ``completion_tokens``, ``latency_s``, ``seed`` and ``finish_reason``
+    are taken from the row when it has them; otherwise the numbers stay empty (None) and the
+    finish reason is "stop", since nothing says the text was cut.
+    """
     from heredity.prompts import read_rows
 
     opts = teacher.replay
     # A file's content hash keys its candidates, so an edited file is replayed afresh.
     source_id = None if opts.path.startswith("hf:") else _file_id(Path(opts.path).expanduser())
     rows, label = read_rows(opts.path, opts.hf_split)
-    source_id = source_id or stable_hash([opts.path, opts.hf_split, len(rows)])
+    # A dataset has no single file to hash: its rows are the content.
+    source_id = source_id or stable_hash([opts.path, opts.hf_split, rows])
     by_text = {p.text: p for p in prompts}
     found: dict[tuple[str, str], int] = {}
     out = []
@@ -82,10 +107,12 @@ def replay_candidates(teacher: TeacherConfig, prompts: list[Prompt], k: int) -> 
         if not isinstance(text, str):
             raise input_error(label, i, opts.text_field, "must be a string")
         key = stable_hash({"replay": source_id, "teacher": name, "prompt": prompt.text, "sample": sample_index}, 24)
+        numbers = {field: _replayed_number(row, field, kind, label, i) for field, kind in REPLAY_NUMBERS.items()}
         out.append({
             "candidate_key": key, "prompt_id": prompt.id, "prompt": prompt.text, "teacher": name,
-            "sample_index": sample_index, "text": text.strip(), "finish_reason": "stop", "prompt_tokens": None,
-            "completion_tokens": None, "latency_s": None, "seed": None, "backend": "replay", "model": name,
+            "sample_index": sample_index, "text": text.strip(),
+            "finish_reason": "length" if row.get("finish_reason") == "length" else "stop",
+            **numbers, "backend": "replay", "model": name,
         })
     if not out:
         raise HeredityError(f"{label}: no row's '{opts.prompt_field}' matches any train prompt")

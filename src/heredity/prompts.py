@@ -71,8 +71,19 @@ def read_rows(source: str, hf_split: str = "train") -> tuple[list[dict[str, Any]
         except ImportError:
             raise HeredityError("'hf:' prompt sources need the 'datasets' package") from None
         dataset_id = source.removeprefix("hf:")
+        local = Path(dataset_id).expanduser()
         try:
-            ds = datasets.load_dataset(dataset_id, split=hf_split)
+            if (local / "state.json").is_file() or (local / "dataset_dict.json").is_file():
+                # written by save_to_disk, which load_dataset refuses to read
+                ds = datasets.load_from_disk(str(local))
+                if isinstance(ds, datasets.DatasetDict):
+                    if hf_split not in ds:
+                        raise HeredityError(f"{local}: no split '{hf_split}' (splits: {', '.join(ds)})")
+                    ds = ds[hf_split]
+            else:
+                ds = datasets.load_dataset(dataset_id, split=hf_split)
+        except HeredityError:
+            raise
         except Exception as exc:  # hub errors come in many types
             raise HeredityError(f"cannot load dataset '{dataset_id}' split '{hf_split}': {exc}") from None
         return [dict(r) for r in ds], source

@@ -6,7 +6,9 @@ when the test ends. Decoding goes through heredity's own transformers ``generate
 greedy when ``temperature == 0``, otherwise sampled with the request's ``seed``.
 
 Failure injection (``Faults``): a fraction of attempts answers 500, 429 (``Retry-After: 0``)
-or hangs (says nothing until the client times out and leaves, at most ``hang_s``). Whether
+or hangs (says nothing until the client times out and leaves, at most ``hang_s``).
+``throttle_first = "1"`` instead answers every request's first attempt with 429 and
+``Retry-After: 1``, deterministically, to check that a client waits as long as asked. Whether
 an attempt fails is drawn from an RNG seeded with (fault seed, request id, attempt number),
 so the same requests fail the same way however their arrivals interleave. A request's id hashes everything that
 defines it (model, messages, seed, sampling), which is what a retry repeats.
@@ -57,6 +59,7 @@ class Faults:
 @dataclass
 class Stats:
     attempts: Counter = field(default_factory=Counter)  # request id -> attempts seen
+    attempt_times: dict = field(default_factory=dict)  # request id -> monotonic arrival time of each attempt
     successes: Counter = field(default_factory=Counter)  # request id -> 200s delivered
     abandoned: Counter = field(default_factory=Counter)  # request id -> dropped: the client left first
     injected: Counter = field(default_factory=Counter)  # fault kind -> times injected
@@ -91,6 +94,7 @@ class LocalChatServer:
         self.max_wait_s = max_wait_s  # a request waiting longer than this for the model is dropped
         self.force_status: int | None = None  # answer every request with this status (e.g. 400)...
         self.force_message: str | None = None  # ...and this error text
+        self.throttle_first: str | None = None  # each request's first attempt: 429 with this Retry-After
         self.stats = Stats()
         self.port: int | None = None
         self._server = None
@@ -103,7 +107,7 @@ class LocalChatServer:
     def reset(self, faults: Faults | None = None) -> None:
         """Forget the counters (and optionally change the faults) between tests."""
         self.stats = Stats()
-        self.force_status = self.force_message = None
+        self.force_status = self.force_message = self.throttle_first = None
         if faults is not None:
             self.faults = faults
 
@@ -194,8 +198,12 @@ class LocalChatServer:
         rid = request_id(body)
         attempt = stats.attempts[rid]
         stats.attempts[rid] += 1
+        stats.attempt_times.setdefault(rid, []).append(time.monotonic())
         if self.force_status is not None:
             return _error(self.force_status, self.force_message or f"forced status {self.force_status}")
+        if self.throttle_first is not None and attempt == 0:
+            stats.injected["throttle"] += 1
+            return _error(429, "throttled", headers={"Retry-After": self.throttle_first})
         fault = self._fault(rid, attempt)
         if fault is not None:
             stats.injected[fault] += 1

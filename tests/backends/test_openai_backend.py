@@ -174,6 +174,28 @@ def test_missing_key_variable_is_a_clear_error(server, monkeypatch):
         open_backend(teacher(server), "cpu")
 
 
+@pytest.mark.parametrize("header, seconds", [("1", 1.0), ("0.6", 0.6)])
+def test_retry_after_is_waited_out_before_the_retry(fresh, header, seconds):
+    fresh.throttle_first = header
+    # jittered backoff alone would retry within 10 ms, so only the header can explain a longer wait
+    backend = open_backend(teacher(fresh, backoff_initial_s=0.01, backoff_max_s=0.01), "cpu")
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=2)
+    reqs = requests_for(PROMPTS[:2])
+    started = time.perf_counter()
+    out = backend.generate(reqs, sampling)
+    elapsed = time.perf_counter() - started
+    assert [c.extra["retries"] for c in out] == [1, 1] and all(c.text for c in out)
+    assert fresh.stats.injected["throttle"] == 2
+    for req in reqs:
+        first, second = fresh.stats.attempt_times[sent_id(req, sampling)]
+        # measured where the server saw the attempts arrive; the upper bound catches a backend
+        # that waits far longer than asked (e.g. backoff added on top of the header)
+        assert seconds <= second - first < seconds + 1.0
+    assert elapsed >= seconds
+    # latency runs from the first attempt, so it includes the wait the server asked for
+    assert all(c.latency_s >= seconds for c in out)
+
+
 def test_retry_after_header_in_seconds():
     import httpx
 
