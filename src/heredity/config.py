@@ -77,6 +77,9 @@ class OpenAIOptions(_Strict):
     timeout_s: float = Field(120.0, gt=0)
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
+    retry_after_max_s: float = Field(
+        300.0, gt=0, description="Longest 'Retry-After' wait honoured; a server asking for more waits this long."
+    )
 
 
 class ReplayOptions(_Strict):

@@ -196,6 +196,17 @@ def test_retry_after_is_waited_out_before_the_retry(fresh, header, seconds):
     assert all(c.latency_s >= seconds for c in out)
 
 
+def test_retry_after_longer_than_the_cap_waits_the_cap(fresh):
+    fresh.throttle_first = "30"
+    backend = open_backend(teacher(fresh, backoff_initial_s=0.01, backoff_max_s=0.01, retry_after_max_s=0.5), "cpu")
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=2)
+    reqs = requests_for(PROMPTS[:1])
+    out = backend.generate(reqs, sampling)
+    assert out[0].text and out[0].extra["retries"] == 1
+    first, second = fresh.stats.attempt_times[sent_id(reqs[0], sampling)]
+    assert 0.5 <= second - first < 1.5
+
+
 def test_retry_after_header_in_seconds():
     import httpx
 

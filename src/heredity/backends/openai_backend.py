@@ -234,6 +234,9 @@ class OpenAIBackend:
                         detail = _one_line(response.text, self._key)
                         raise _Fatal(problem + (f": {detail}" if detail else ""))
                     delay = _retry_after(response)
+                    if delay is not None:
+                        # a misconfigured proxy asking for hours should not stall the whole pool
+                        delay = min(delay, opts.retry_after_max_s)
             # the wait happens outside the semaphore, so backing-off requests do not hold
             # slots that others could use
             if retries >= opts.max_retries:
