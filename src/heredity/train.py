@@ -269,13 +269,17 @@ def _make_meter(device: str):
     class ThroughputMeter(TrainerCallback):
         """Adds to each log entry ``tokens_per_s`` (TRL's running ``num_tokens``, non-padding
         tokens this session, over the wall time since the previous entry) and the peak memory
-        since the previous entry (``peak_rss_mb``, ``peak_gpu_mb``); keeps the overall peak."""
+        since training began (``peak_rss_mb``, ``peak_gpu_mb``), so the log shows the step at
+        which memory grew.
+
+        The peaks are not reset between entries: resetting the kernel's RSS high-water mark
+        also lowers what getrusage reports as the process's peak, which callers rely on.
+        """
 
         def __init__(self) -> None:
             self.tokens = 0.0
             self._last_time = time.perf_counter()
             self._last_tokens = 0.0
-            self.peak: dict[str, float | None] = {"peak_rss_mb": None, "peak_gpu_mb": None}
 
         def on_train_begin(self, args, state, control, **kwargs):
             # After a resume TRL's counter starts again at zero, so both clocks restart here.
@@ -293,20 +297,9 @@ def _make_meter(device: str):
             entry = state.log_history[-1]
             if elapsed > 0:
                 entry["tokens_per_s"] = (tokens - self._last_tokens) / elapsed
-            memory = peak_memory_mb(device)
-            entry.update(memory)
-            for name, value in memory.items():
-                if value is not None:
-                    self.peak[name] = max(value, self.peak[name] or 0.0)
-            # Each entry's peak is its own interval's, so a step that spikes shows where it is.
-            _reset_peak_memory(device)
+            entry.update(peak_memory_mb(device))
             self.tokens = tokens
             self._last_time, self._last_tokens = now, tokens
-
-        def overall_peak(self) -> dict[str, float | None]:
-            """The peak over the whole run: the logged intervals' and what came after the last."""
-            now = peak_memory_mb(device)
-            return {k: max((v for v in (now[k], self.peak[k]) if v is not None), default=None) for k in now}
 
     return ThroughputMeter()
 
@@ -606,7 +599,7 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
     with explain_out_of_memory(tc, device):
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
-    memory = meter.overall_peak()
+    memory = peak_memory_mb(device)
 
     tokenizer.padding_side = "left"
     if distributed:
