@@ -181,8 +181,8 @@ def render_training_check(check: dict[str, Any]) -> list[str]:
         return []
     same = "yes" if check["same_hyperparameters"] else "NO, differing: " + ", ".join(check["differing_hyperparameters"])
     steps = ", ".join(f"{arm} {n}" for arm, n in check["steps"].items())
-    lines = ["", f"Same hyper-parameters and seed in every arm: {same}. "
-             f"Optimiser steps: {steps} ({'equal' if check['same_steps'] else 'NOT equal'})."]
+    equal = "equal" if check["same_steps"] else "NOT equal"
+    lines = ["", f"Same hyper-parameters and seed in every arm: {same}. Optimiser steps: {steps} ({equal})."]
     if check["equalised"]:
         lines.append("The arms differ in size, so each took the largest arm's step count; "
                      "'own steps' is what its epochs alone would have given.")

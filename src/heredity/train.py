@@ -44,7 +44,6 @@ from heredity.rundir import (
     atomic_dir,
     atomic_path,
     read_table,
-    stable_hash,
     write_table,
     write_text,
 )
