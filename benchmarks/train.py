@@ -1,6 +1,7 @@
 """Training throughput of heredity's train stage against plain TRL on the same data and settings.
 
-Both sides fine-tune the embedded student (SmolLM2-135M-Instruct) on the same real
+Both sides fine-tune the same student (``--student``: by default the embedded
+SmolLM2-135M-Instruct; a hub id or a local folder for a bigger one) on the same real
 prompt/answer pairs (gpt-3.5-turbo's AlpacaEval answers) with the same hyper-parameters:
 
 * heredity: ``heredity.train.train_student`` as the pipeline calls it (a log entry per step
@@ -19,6 +20,11 @@ Prints a table, then, as its last line, one JSON object with the figures;
 ``ratio_train_tokens_per_s`` is heredity / plain (target >= 0.97).
 
     python benchmarks/train.py [--examples 16] [--repeats 3] [--max-length 256] [--threads N] [--device cpu]
+    python benchmarks/train.py --student Qwen/Qwen2.5-0.5B-Instruct --device cuda --bf16   # a GPU session
+
+Precision is heredity's: bf16 on a GPU that supports it, fp32 otherwise; the plain side uses
+the same. ``--bf16`` / ``--no-bf16`` state what is expected and stop the benchmark if the
+device would train otherwise, so a recorded figure always says what it measured.
 """
 
 from __future__ import annotations
@@ -41,6 +47,13 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(REPO / "src"))
 
 STUDENT = "embedded:smollm2-135m-instruct"
+
+
+def uses_bf16(device: str) -> bool:
+    """heredity's precision rule (train.py, models.py), which both sides follow."""
+    import torch
+
+    return device.startswith("cuda") and torch.cuda.is_bf16_supported()
 
 
 def data_dir(arg: str | None) -> Path:
@@ -67,7 +80,7 @@ def run_heredity(job: dict) -> dict:
 
     tc = TrainConfig(**job["train"])
     with tempfile.TemporaryDirectory() as tmp:
-        info = train_student(STUDENT, job["rows"], tc, None, job["device"], Path(tmp) / "model",
+        info = train_student(job["student"], job["rows"], tc, None, job["device"], Path(tmp) / "model",
                              Path(tmp) / "checkpoints")
     return {"tokens": info["tokens"], "train_seconds": info["train_seconds"], "steps": info["steps"],
             "peak_gpu_mb": info["peak_gpu_mb"], "train_only_peak_rss_mb": info["peak_rss_mb"]}
@@ -87,12 +100,12 @@ def run_plain(job: dict) -> dict:
     device = job["device"]
     if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(len(os.sched_getaffinity(0)))  # heredity's thread policy, so both match
-    path = resolve(STUDENT)["pretrained_model_name_or_path"]
+    path = resolve(job["student"])["pretrained_model_name_or_path"]
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = uses_bf16(device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32).to(device)
     rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
              "completion": [{"role": "assistant", "content": r["text"]}]} for r in job["rows"]]
@@ -105,7 +118,7 @@ def run_plain(job: dict) -> dict:
             report_to="none", use_cpu=device == "cpu", bf16=bf16, disable_tqdm=True, dataloader_num_workers=0,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-        if device == "cuda":
+        if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         trainer.train()
@@ -114,7 +127,7 @@ def run_plain(job: dict) -> dict:
     # Non-padding tokens the epochs went through: what heredity's counter (TRL's num_tokens) counts.
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * t["epochs"]
     return {"tokens": int(tokens), "train_seconds": round(seconds, 2), "steps": trainer.state.global_step,
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None,
             "train_only_peak_rss_mb": None}
 
 
@@ -150,7 +163,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--method", choices=["full", "lora"], default="full")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--student", default=STUDENT,
+                        help="model to fine-tune: embedded:NAME, a hub id or a local folder (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="expect bf16 (or fp32 with --no-bf16); default: whatever the device gives")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for both sides (OMP_NUM_THREADS); default: heredity's choice")
     parser.add_argument("--data", default=None)
@@ -163,12 +180,24 @@ def main() -> None:
         sys.exit("--method lora: the plain side is full fine-tuning only; compare full")
 
     from heredity.config import TrainConfig
-    from heredity.models import resolve
+    from heredity.errors import HeredityError
+    from heredity.models import pick_device, resolve
 
-    resolve(STUDENT)  # convert the embedded model once, outside every timed run
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        sys.exit(f"--device {args.device}: use cpu, cuda or cuda:N")
+    try:
+        device = pick_device(args.device)
+        resolve(args.student)  # convert an embedded model once, outside every timed run
+    except HeredityError as exc:
+        sys.exit(str(exc))
+    bf16 = uses_bf16(device)
+    if args.bf16 is not None and args.bf16 != bf16:
+        sys.exit(f"--{'' if args.bf16 else 'no-'}bf16: heredity trains in {'bf16' if bf16 else 'fp32'} on {device} "
+                 f"(bf16 needs a GPU that supports it)")
     train = TrainConfig(method=args.method, epochs=args.epochs, batch_size=args.batch_size,
                         max_length=args.max_length, learning_rate=1e-5).model_dump()
-    job = {"rows": load_pairs(data_dir(args.data), args.examples), "train": train, "device": args.device}
+    job = {"rows": load_pairs(data_dir(args.data), args.examples), "train": train, "device": device,
+           "student": args.student}
     runs: dict[str, list[dict]] = {"plain": [], "heredity": []}
     with tempfile.TemporaryDirectory() as tmp:
         job_path = Path(tmp) / "job.json"
@@ -187,7 +216,8 @@ def main() -> None:
     best = {side: max(rs, key=lambda r: r["tokens_per_s"]) for side, rs in runs.items()}
 
     print(f"{args.examples} examples, batch {args.batch_size}, max_length {args.max_length}, "
-          f"{args.epochs:g} epoch(s) = {steps.pop()} steps, {tokens.pop()} tokens, {args.device}, "
+          f"{args.epochs:g} epoch(s) = {steps.pop()} steps, {tokens.pop()} tokens, {args.student}, {device}, "
+          f"{'bf16' if bf16 else 'fp32'}, "
           f"threads {args.threads or 'default'}; "
           f"best of {args.repeats} runs per side\n")
     print(f"{'side':<10}{'tokens/s':>10}{'all runs':>22}{'train s':>9}{'peak RSS MB':>13}{'peak GPU MB':>13}")
@@ -203,7 +233,8 @@ def main() -> None:
     print(f"\nheredity / plain tokens/s: {ratio:.3f} best vs best, {median_ratio:.3f} median vs median "
           f"(target >= 0.97)")
     figures = {
-        "benchmark": "train", "device": args.device, "threads": args.threads, "examples": args.examples,
+        "benchmark": "train", "student": args.student, "device": device, "bf16": bf16, "threads": args.threads,
+        "examples": args.examples,
         "repeats": args.repeats,
         "batch_size": args.batch_size, "max_length": args.max_length, "epochs": args.epochs,
         "steps": best["plain"]["steps"], "tokens": best["plain"]["tokens"],

@@ -322,7 +322,10 @@ class DistributedConfig(_Strict):
 class TrainConfig(_Strict):
     """Supervised fine-tuning settings, shared by every arm so only the data differs."""
 
-    method: Literal["full", "lora"] = "full"
+    method: Literal["full", "lora", "qlora"] = Field(
+        "full", description="full fine-tuning, lora (peft), or qlora: LoRA on a 4-bit NF4 base (needs a CUDA GPU "
+        "and bitsandbytes: pip install 'heredity[qlora]').",
+    )
     epochs: float = Field(2.0, gt=0)
     learning_rate: float = Field(5e-5, gt=0)
     lr_scheduler: str = "linear"
@@ -336,6 +339,10 @@ class TrainConfig(_Strict):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_target_modules: list[str] | str = "all-linear"
+    merge_lora: bool = Field(
+        True, description="lora/qlora: merge the adapter into the saved model (a plain model). false saves the "
+        "adapter and tokenizer only; evaluation loads the base model and applies it.",
+    )
     save_steps: int = Field(
         200, ge=1,
         description="Write a checkpoint every this many optimiser steps; a killed run resumes from the "
@@ -348,8 +355,8 @@ class TrainConfig(_Strict):
     )
     max_steps: int | None = Field(
         None, ge=1,
-        description="Optimiser steps; overrides epochs. Set it with packing so every arm takes the same "
-        "number of steps (packed, an arm of longer answers makes more sequences).",
+        description="Optimiser steps for every arm; overrides epochs. Unset, arms of different sizes "
+        "(filters, packing) all take the largest arm's step count under epochs.",
     )
     packing: bool = Field(
         False,
@@ -375,6 +382,9 @@ class TrainConfig(_Strict):
     def _early_stopping_needs_eval(self) -> "TrainConfig":
         if self.early_stopping_patience is not None and self.eval_fraction == 0:
             raise ValueError("early_stopping_patience needs eval_fraction > 0 (a validation split)")
+        if self.method == "qlora" and self.distributed is not None and self.distributed.strategy != "ddp":
+            # ZeRO-3/FSDP shard parameters, which 4-bit bitsandbytes weights need extra settings for.
+            raise ValueError("method: qlora works with distributed.strategy: ddp only")
         return self
 
 

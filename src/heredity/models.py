@@ -3,13 +3,16 @@
 A model reference is one of:
 - ``embedded:NAME``: a small model shipped inside a PyPI package (offline); converted once
   from GGUF to safetensors and cached under ``$HEREDITY_CACHE`` (default ``~/.cache/heredity``);
-- a local folder with ``config.json`` (``save_pretrained`` output), or a local ``.gguf`` file;
+- a local folder with ``config.json`` (``save_pretrained`` output), a LoRA adapter folder
+  (``adapter_config.json``, as ``train.merge_lora: false`` saves it; loaded onto its base model),
+  or a local ``.gguf`` file;
 - a Hugging Face hub id (needs hub access or a warm hub cache).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -118,7 +121,7 @@ def resolve(ref: str) -> dict[str, Any]:
             raise HeredityError(f"model '{ref}': GGUF file not found")
         return {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
     if path.exists():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and adapter_base(path) is None:
             raise HeredityError(f"model '{ref}': folder has no config.json (expected save_pretrained output)")
         return {"pretrained_model_name_or_path": str(path)}
     return {"pretrained_model_name_or_path": ref}  # a hub id
@@ -150,18 +153,46 @@ def load_tokenizer(ref: str, padding_side: str = "left"):
     return tokenizer
 
 
-def load_model(ref: str, device: str = "cpu"):
+def adapter_base(folder: Path) -> str | None:
+    """The base model an adapter-only folder (``adapter_config.json``, no ``config.json``) names."""
+    config = Path(folder) / "adapter_config.json"
+    if (Path(folder) / "config.json").is_file() or not config.is_file():
+        return None
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except ValueError as exc:
+        raise HeredityError(f"{config}: not valid JSON ({exc})") from None
+    if not base:
+        raise HeredityError(f"{config}: base_model_name_or_path is missing")
+    return base
+
+
+def load_model(ref: str, device: str = "cpu", quantization_config: Any = None):
+    """Load ``ref`` for ``device`` (bf16 on a GPU that has it). An adapter folder loads its base
+    and merges the adapter in memory: generation then runs at the plain model's speed.
+    ``quantization_config`` (QLoRA's 4-bit) places the model through ``device_map``."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    path = Path(ref).expanduser()
+    base = adapter_base(path) if path.is_dir() else None
+    if base is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_model(base, device), str(path)).merge_and_unload()
+        model.eval()
+        return model
     kwargs = resolve(ref)
     on_gpu = device.startswith("cuda")
     dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    if quantization_config is not None:
+        kwargs.update(quantization_config=quantization_config, device_map={"": device})
     try:
         model = AutoModelForCausalLM.from_pretrained(**kwargs, dtype=dtype)
     except OSError as exc:
         raise HeredityError(f"cannot load model '{ref}': {str(exc).splitlines()[0]}") from None
-    model.to(device)
+    if quantization_config is None:  # a quantised model is already placed and cannot be moved
+        model.to(device)
     model.eval()
     return model
 

@@ -25,7 +25,7 @@ from heredity.report import write_report
 from heredity.rundir import Stage, stable_hash, write_json, write_table
 from heredity.score import run_score
 from heredity.select import ARMS, run_select
-from heredity.train import run_train
+from heredity.train import run_train_arms
 
 
 @contextmanager
@@ -76,6 +76,11 @@ STOPS = ("generate", "score", "select", "report")
 def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = "report") -> dict[str, Any]:
     """Run the loop up to and including the stage ``until`` (see ``STOPS``)."""
     console = console or Console(stderr=True)
+    if until == "report" and cfg.train.method == "qlora":
+        from heredity.models import pick_device
+        from heredity.train import check_qlora
+
+        check_qlora(pick_device(cfg.device))  # before hours of generation, not after
     quiet_libraries()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +122,8 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
         if not eval_prompts:
             raise HeredityError("no held-out eval prompts (prompts.eval_every is null): "
                                 "set eval_every or eval_source to train and evaluate students")
-        trained = {arm: step(f"train/{arm}", lambda arm=arm: run_train(cfg, out, select, arm)) for arm in ARMS}
+        # Same settings and the same number of optimiser steps in every arm (see plan_equal_steps).
+        trained = run_train_arms(cfg, out, select, ARMS, step)
         evaluated = {"base": step("evaluate/base", lambda: run_evaluate(cfg, out, "base", eval_prompts, None, progress))}
         for arm in ARMS:
             evaluated[arm] = step(f"evaluate/{arm}", lambda arm=arm: run_evaluate(

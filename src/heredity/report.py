@@ -38,6 +38,29 @@ def paired_difference(a: np.ndarray, b: np.ndarray, samples: int, seed: int) -> 
     }
 
 
+def training_check(train_results: dict[str, Any]) -> dict[str, Any]:
+    """Did every arm train with the same hyper-parameters and the same number of optimiser
+    steps? The claim that students differ by their data alone rests on this."""
+    results = {arm: r for arm, r in train_results.items() if r}
+    if not results:
+        return {}
+    settings = {arm: r.get("hyperparameters") or {} for arm, r in results.items()}
+    names = sorted({k for h in settings.values() for k in h})
+    differing = [k for k in names if len({repr(h.get(k)) for h in settings.values()}) > 1]
+    steps = {arm: r.get("steps") for arm, r in results.items()}
+    planned = {arm: r.get("max_steps") for arm, r in results.items()}
+    return {
+        "same_hyperparameters": not differing,
+        "differing_hyperparameters": differing,
+        "same_steps": len(set(steps.values())) == 1,
+        "steps": steps,
+        "planned_steps": planned,
+        "own_steps": {arm: r.get("own_steps") for arm, r in results.items()},
+        "equalised": any(r.get("equal_steps") for r in results.values()),
+        "stopped_early": [arm for arm, r in results.items() if r.get("stopped_early")],
+    }
+
+
 def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: dict[str, Any],
               timings: dict[str, float], train_results: dict[str, Any],
               compute: dict[str, float | None] | None = None) -> dict[str, Any]:
@@ -70,6 +93,7 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
         },
         "selection": card,
         "training": train_results,
+        "training_check": training_check(train_results),
         "timings_s": timings,
         "stage_compute_s": compute or {},
         "versions": versions(),
@@ -131,12 +155,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
         for k, step in card["sweep"]["steps"].items():
             lines.append(f"| {k} | {step['prompts']} | " + " | ".join(_fmt(step[m]) for m in metrics) + " |")
     lines += ["", "## Training", "",
-              "| arm | examples | steps | first loss | last loss | too long | tokens/s | peak RSS (MB) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| arm | examples | steps | own steps | first loss | last loss | too long | tokens/s | peak RSS (MB) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for arm, r in summary["training"].items():
-        lines.append(f"| {arm} | {r.get('examples')} | {r.get('steps')} | {_fmt(r.get('first_loss'))} | "
-                     f"{_fmt(r.get('last_loss'))} | {r.get('too_long')} | {_fmt(r.get('tokens_per_s'))} | "
-                     f"{_fmt(r.get('peak_rss_mb'))} |")
+        lines.append(f"| {arm} | {r.get('examples')} | {r.get('steps')} | {r.get('own_steps', '–')} | "
+                     f"{_fmt(r.get('first_loss'))} | {_fmt(r.get('last_loss'))} | {r.get('too_long')} | "
+                     f"{_fmt(r.get('tokens_per_s'))} | {_fmt(r.get('peak_rss_mb'))} |")
+    lines += render_training_check(summary.get("training_check") or {})
     warnings = [f"- {arm}: {w}" for arm, r in summary["training"].items() for w in r.get("warnings") or []]
     if warnings:
         lines += ["", "Training warnings:", *warnings]
@@ -149,6 +174,21 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines += [f"| {k} | {v:.1f} | {_fmt(compute.get(k))} |" for k, v in summary["timings_s"].items()]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def render_training_check(check: dict[str, Any]) -> list[str]:
+    if not check:
+        return []
+    same = "yes" if check["same_hyperparameters"] else "NO, differing: " + ", ".join(check["differing_hyperparameters"])
+    steps = ", ".join(f"{arm} {n}" for arm, n in check["steps"].items())
+    equal = "equal" if check["same_steps"] else "NOT equal"
+    lines = ["", f"Same hyper-parameters and seed in every arm: {same}. Optimiser steps: {steps} ({equal})."]
+    if check["equalised"]:
+        lines.append("The arms differ in size, so each took the largest arm's step count; "
+                     "'own steps' is what its epochs alone would have given.")
+    if check["stopped_early"]:
+        lines.append("Stopped early (validation loss): " + ", ".join(check["stopped_early"]) + ".")
+    return lines
 
 
 def render_judge(judged: dict[str, Any]) -> list[str]:

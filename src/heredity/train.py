@@ -2,8 +2,10 @@
 
 Built on TRL's SFTTrainer with a conversational prompt/completion dataset, so the loss
 covers the assistant tokens only. Every arm gets the same hyper-parameters, seed and
-number of optimiser steps; only the data differs. The manifest's result records the
-hyper-parameters the trainer actually used, so that claim can be checked after the fact.
+number of optimiser steps; only the data differs (arms of different sizes all take the
+largest arm's step count, see ``plan_equal_steps``). The manifest's result records the
+hyper-parameters the trainer actually used and the steps taken, so that claim can be
+checked after the fact.
 
 Training checkpoints every ``save_steps`` optimiser steps into ``train/<arm>/checkpoints/``.
 A rerun of the same stage (same key) after a crash or kill resumes from the newest complete
@@ -15,6 +17,7 @@ optimiser state) is about three times the model's size.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import resource
@@ -57,7 +60,7 @@ NOT_IN_KEY = {"save_steps", "save_total_limit"}
 # Fields added after runs already existed: left out of the key while at their default, so
 # upgrading heredity does not retrain arms that were trained without them.
 KEY_WHEN_SET = {"max_steps": None, "packing": False, "eval_fraction": 0.0, "eval_steps": 20,
-                "early_stopping_patience": None, "distributed": None}
+                "early_stopping_patience": None, "distributed": None, "merge_lora": True}
 
 
 def train_key(tc: TrainConfig) -> dict[str, Any]:
@@ -68,6 +71,8 @@ def train_key(tc: TrainConfig) -> dict[str, Any]:
             key.pop(name, None)
     if tc.eval_fraction == 0:
         key.pop("eval_steps", None)
+    if tc.method == "full":
+        key.pop("merge_lora", None)  # there is no adapter to keep apart
     if tc.distributed is not None:
         # Where the processes run does not change the model; how many and how sharded does.
         d = tc.distributed
@@ -88,6 +93,9 @@ def split_validation(rows: list[dict[str, Any]], fraction: float, seed: int
         digest = hashlib.sha256(f"{seed}:{row['prompt_id']}".encode()).digest()
         (validation if int.from_bytes(digest[:8], "big") / 2**64 < fraction else train).append(row)
     return train, validation
+
+# TRL's default packing (best-fit decreasing, overflow cut): named so the step plan packs alike.
+PACKING_STRATEGY = "bfd"
 
 # Written into the checkpoint folder: checkpoints are only resumed by the stage that made them.
 KEY_FILE = "stage_key.txt"
@@ -114,6 +122,83 @@ def token_lengths(tokenizer, sft_rows: list[dict[str, Any]]) -> list[int]:
         tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in sft_rows
     ]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _chat_ids(tokenizer, messages: list[dict[str, str]], **kwargs) -> list[int]:
+    # Tokenised as TRL's SFTTrainer tokenises conversations, so the counts below match its own.
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"])
+
+
+def training_sequences(tokenizer, rows: list[dict[str, Any]], tc: TrainConfig, system_prompt: str | None) -> int:
+    """How many sequences TRL will train on for ``rows``: after the validation split, without the
+    examples whose prompt alone fills max_length, and packed when ``tc.packing``."""
+    train_rows, _ = split_validation(rows, tc.eval_fraction, tc.seed)
+    sft_rows = to_sft_rows(train_rows, system_prompt)
+    if not sft_rows:
+        return 0
+    if not tc.packing:
+        kept = 0
+        for r in sft_rows:
+            prompt = _chat_ids(tokenizer, r["prompt"], add_generation_prompt=True)
+            whole = _chat_ids(tokenizer, r["prompt"] + r["completion"])
+            shared = next((i for i, (a, b) in enumerate(zip(prompt, whole)) if a != b), min(len(prompt), len(whole)))
+            kept += shared < min(len(whole), tc.max_length)  # some answer token survives truncation
+        return kept
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+
+    ids = [_chat_ids(tokenizer, r["prompt"] + r["completion"]) for r in sft_rows]
+    return len(pack_dataset(Dataset.from_dict({"input_ids": ids}), tc.max_length, PACKING_STRATEGY))
+
+
+def world_size(tc: TrainConfig) -> int:
+    d = tc.distributed
+    return 1 if d is None else d.num_processes * d.num_machines
+
+
+def optimiser_steps(sequences: int, tc: TrainConfig, processes: int = 1) -> int:
+    """Optimiser steps the trainer takes for ``sequences`` over ``tc.epochs`` (as transformers
+    counts them: each process gets ceil(batches / processes) batches, and a partial
+    accumulation at the end of an epoch still makes a step)."""
+    if sequences <= 0:
+        return 0
+    batches = math.ceil(math.ceil(sequences / tc.batch_size) / processes)
+    per_epoch = max(math.ceil(batches / tc.gradient_accumulation_steps), 1)
+    return math.ceil(tc.epochs * per_epoch)
+
+
+def plan_equal_steps(cfg: RunConfig, run_dir: Path, select: Stage, arms: tuple[str, ...] | list[str]
+                     ) -> dict[str, Any] | None:
+    """Give every arm the same number of optimiser steps: the largest arm's.
+
+    Arms of different sizes (a threshold that drops prompts, packing that makes more sequences
+    of longer answers) would otherwise take different numbers of steps under the same
+    ``epochs``, and the students would differ by training length as well as by data. Returns
+    ``None`` when ``train.max_steps`` is set or every arm already takes the same steps (their
+    stage keys then stay what they were), else ``{"max_steps": N, "arms": {arm: own steps}}``.
+    The plan is itself a small cached stage, so a rerun does not tokenise the data again.
+    """
+    tc = cfg.train
+    if tc.max_steps is not None:
+        return None
+    hashes = (select.manifest() or {}).get("data_hashes", {})
+    stage = Stage(run_dir, "train/steps", {
+        "data": {arm: hashes.get(arm) for arm in arms},
+        "student": model_identity(cfg.student),
+        "system_prompt": cfg.system_prompt,
+        "train": train_key(tc),
+    })
+    if not stage.reuse():
+        stage.start()
+        tokenizer = load_tokenizer(cfg.student, padding_side="right")
+        own = {arm: optimiser_steps(training_sequences(tokenizer, read_table(select.dir / f"{arm}.parquet"), tc,
+                                                       cfg.system_prompt), tc, world_size(tc))
+               for arm in arms}
+        stage.finish({}, steps=own)
+    own = stage.manifest()["steps"]
+    if len(set(own.values())) <= 1:
+        return None
+    return {"max_steps": max(own.values()), "arms": own}
 
 
 # --- checkpoints -------------------------------------------------------------------------
@@ -177,12 +262,18 @@ def newest_checkpoint(work_dir: Path) -> Path | None:
 
 # --- measurements ------------------------------------------------------------------------
 
-def _make_meter():
+def _make_meter(device: str):
     from transformers import TrainerCallback
 
     class ThroughputMeter(TrainerCallback):
-        """Adds ``tokens_per_s`` to each log entry: TRL's running ``num_tokens`` (non-padding
-        tokens this session) over the wall time since the previous entry."""
+        """Adds to each log entry ``tokens_per_s`` (TRL's running ``num_tokens``, non-padding
+        tokens this session, over the wall time since the previous entry) and the peak memory
+        since training began (``peak_rss_mb``, ``peak_gpu_mb``), so the log shows the step at
+        which memory grew.
+
+        The peaks are not reset between entries: resetting the kernel's RSS high-water mark
+        also lowers what getrusage reports as the process's peak, which callers rely on.
+        """
 
         def __init__(self) -> None:
             self.tokens = 0.0
@@ -200,10 +291,12 @@ def _make_meter():
             now = time.perf_counter()
             tokens = float(logs["num_tokens"])
             elapsed = now - self._last_time
+            # The trainer appended a copy of ``logs`` to log_history just before calling us;
+            # annotating that copy puts the figures in the saved log and checkpoints.
+            entry = state.log_history[-1]
             if elapsed > 0:
-                # The trainer appended a copy of ``logs`` to log_history just before calling
-                # us; annotating that copy puts the figure in the saved log and checkpoints.
-                state.log_history[-1]["tokens_per_s"] = (tokens - self._last_tokens) / elapsed
+                entry["tokens_per_s"] = (tokens - self._last_tokens) / elapsed
+            entry.update(peak_memory_mb(device))
             self.tokens = tokens
             self._last_time, self._last_tokens = now, tokens
 
@@ -275,7 +368,7 @@ def explain_out_of_memory(tc: TrainConfig, device: str) -> Iterator[None]:
 
 
 def _oom_message(tc: TrainConfig, where: str) -> str:
-    lora = "" if tc.method == "lora" else ", or set train.method: lora"
+    lora = "" if tc.method in ("lora", "qlora") else ", or set train.method: lora"
     return (
         f"training ran out of {where} memory (batch_size={tc.batch_size}, max_length={tc.max_length}, "
         f"gradient_accumulation_steps={tc.gradient_accumulation_steps}, method={tc.method}): lower "
@@ -337,15 +430,49 @@ def plot_loss(log: list[dict[str, Any]], path: Path, title: str) -> None:
 
 # --- training ----------------------------------------------------------------------------
 
-def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, system_prompt: str | None,
-                  device: str, output: Path, work_dir: Path, resume_key: str | None = None,
-                  cleanup_checkpoints: bool = True) -> dict[str, Any]:
-    """Fine-tune ``student`` on ``rows`` (prompt/text pairs) and save it to ``output``.
+def check_qlora(device: str) -> None:
+    """QLoRA needs bitsandbytes' 4-bit CUDA kernels: say so in one line before loading anything."""
+    if not device.startswith("cuda"):
+        raise HeredityError(f"train.method: qlora needs a CUDA GPU (device is '{device}'); "
+                            f"use train.method: lora on CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise HeredityError("train.method: qlora needs bitsandbytes: pip install 'heredity[qlora]'") from None
 
-    Checkpoints go to ``work_dir``. With ``resume_key`` (the stage key), a complete checkpoint
-    left there by an interrupted call with the same key is resumed; with ``cleanup_checkpoints``
-    the folder is deleted once the model is saved (``run_train`` deletes it itself, after the
-    manifest, so a kill between the two still resumes).
+
+def load_student(student: str, tc: TrainConfig, device: str):
+    """The model to train: as is, or (QLoRA) quantised to 4-bit NF4 and made ready for k-bit training."""
+    if tc.method != "qlora":
+        return load_model(student, device)
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    check_qlora(device)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+    )
+    model = load_model(student, device, quantization_config=quantization)
+    # Casts norms to fp32 and enables input gradients, which LoRA on a frozen 4-bit base needs.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+class PreparedTraining:
+    """A built SFTTrainer and what was learnt about the data on the way (before any step)."""
+
+    def __init__(self, trainer, tokenizer, meter, rows, validation, lengths, too_long, kept, notes):
+        self.trainer, self.tokenizer, self.meter = trainer, tokenizer, meter
+        self.rows, self.validation, self.lengths = rows, validation, lengths
+        self.too_long, self.kept, self.notes = too_long, kept, notes
+
+
+def prepare_training(student: str, rows: list[dict[str, Any]], tc: TrainConfig, system_prompt: str | None,
+                     device: str, work_dir: Path) -> PreparedTraining:
+    """Check the data, load the student and build the SFTTrainer (TRL tokenises here).
+
+    Split from ``train_student`` so the batches TRL builds can be inspected without training.
     """
     import torch
     from datasets import Dataset
@@ -354,6 +481,8 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
 
     if not rows:
         raise HeredityError("cannot train on an empty selection (every prompt was filtered out)")
+    if tc.method == "qlora":
+        check_qlora(device)
     notes: list[str] = []
     per_step = tc.batch_size * tc.gradient_accumulation_steps
     if len(rows) < per_step:
@@ -376,14 +505,10 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
         notes.append(f"{too_long} of {len(rows)} examples are longer than max_length={tc.max_length} tokens "
                      f"(longest {max(lengths)}); training sees only their first {tc.max_length} tokens")
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # In a distributed run the launching process has already pruned the checkpoints; its
-    # workers only look, so that they do not delete files under each other.
-    resume_from = newest_checkpoint(work_dir) if distributed else prepare_checkpoints(work_dir, resume_key)
-    model = load_model(student, device)
+    model = load_student(student, tc, device)
     model.train()
     peft_config = None
-    if tc.method == "lora":
+    if tc.method in ("lora", "qlora"):
         from peft import LoraConfig
 
         peft_config = LoraConfig(
@@ -403,6 +528,7 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
         num_train_epochs=tc.epochs,
         max_steps=tc.max_steps if tc.max_steps is not None else -1,
         packing=tc.packing,
+        packing_strategy=PACKING_STRATEGY,
         **validate,
         learning_rate=tc.learning_rate,
         lr_scheduler_type=tc.lr_scheduler,
@@ -424,7 +550,7 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    meter = _make_meter()
+    meter = _make_meter(device)
     callbacks = [meter]
     if tc.early_stopping_patience is not None:
         from transformers import EarlyStoppingCallback
@@ -445,8 +571,27 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
         # TRL drops examples whose prompt alone fills max_length (no answer token is left to
         # learn from). The prompts are the same in every arm, so every arm loses the same ones.
         notes.append(f"{len(rows) - kept} examples dropped: their prompt alone fills max_length={tc.max_length}")
-    for note in notes:
+    return PreparedTraining(trainer, tokenizer, meter, rows, validation, lengths, too_long, kept, notes)
+
+
+def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, system_prompt: str | None,
+                  device: str, output: Path, work_dir: Path, resume_key: str | None = None,
+                  cleanup_checkpoints: bool = True) -> dict[str, Any]:
+    """Fine-tune ``student`` on ``rows`` (prompt/text pairs) and save it to ``output``.
+
+    Checkpoints go to ``work_dir``. With ``resume_key`` (the stage key), a complete checkpoint
+    left there by an interrupted call with the same key is resumed; with ``cleanup_checkpoints``
+    the folder is deleted once the model is saved (``run_train`` deletes it itself, after the
+    manifest, so a kill between the two still resumes).
+    """
+    prepared = prepare_training(student, rows, tc, system_prompt, device, work_dir)
+    trainer, tokenizer, meter = prepared.trainer, prepared.tokenizer, prepared.meter
+    for note in prepared.notes:
         warnings.warn(note, stacklevel=2)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # In a distributed run the launching process has already pruned the checkpoints; its
+    # workers only look, so that they do not delete files under each other.
+    resume_from = newest_checkpoint(work_dir) if distributed else prepare_checkpoints(work_dir, resume_key)
 
     _reset_peak_memory(device)
     started = time.perf_counter()
@@ -459,35 +604,33 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
     if distributed:
         save_distributed(trainer, tokenizer, student, tc, output, work_dir)
     else:
-        trained = trainer.model
-        if tc.method == "lora":
-            trained = trained.merge_and_unload()  # evaluation then loads a plain model
-        trained.eval()
-        with atomic_dir(output) as tmp:
-            trained.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        save_student(trainer, tokenizer, student, tc, output, work_dir, device)
     if cleanup_checkpoints:
         shutil.rmtree(work_dir, ignore_errors=True)
 
     log = [dict(entry) for entry in trainer.state.log_history]
     losses = [e["loss"] for e in log if "loss" in e]
     resumed_step = int(_CHECKPOINT.fullmatch(resume_from.name)[1]) if resume_from else None
+    sequences = len(trainer.train_dataset)
     return {
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
+        # What ``epochs`` alone would have given this arm; differs from max_steps when the
+        # arms were equalised to the largest one (see ``plan_equal_steps``).
+        "own_steps": optimiser_steps(sequences, tc.model_copy(update={"max_steps": None}), trainer.args.world_size),
         "steps_this_run": trainer.state.global_step - (resumed_step or 0),
         "resumed_from_step": resumed_step,
         "seed": tc.seed,
-        "examples": len(rows),
-        "examples_trained": kept,
-        "too_long": too_long,
-        "longest_tokens": max(lengths),
+        "examples": len(prepared.rows),
+        "examples_trained": prepared.kept,
+        "too_long": prepared.too_long,
+        "longest_tokens": max(prepared.lengths),
         "train_seconds": round(seconds, 2),
         "tokens": int(meter.tokens),
         "tokens_per_s": round(meter.tokens / seconds, 1) if seconds > 0 else None,
         **memory,
-        "validation_examples": len(validation),
-        "packed_sequences": len(trainer.train_dataset) if tc.packing else None,
+        "validation_examples": len(prepared.validation),
+        "packed_sequences": sequences if tc.packing else None,
         "best_step": _best_step(trainer),
         "best_eval_loss": trainer.state.best_metric,
         "stopped_early": trainer.state.global_step < trainer.state.max_steps,
@@ -495,29 +638,76 @@ def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, sys
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "hyperparameters": effective_hyperparameters(trainer),
-        "warnings": notes,
+        "saved": "adapter" if tc.method != "full" and not tc.merge_lora else "model",
+        "warnings": prepared.notes,
         "log": log,
     }
+
+
+def _base_ref(student: str) -> str:
+    """How an adapter names its base model: heredity's own reference (``embedded:...``, a hub
+    id, or an absolute local path), which ``models.load_model`` resolves itself."""
+    path = Path(student).expanduser()
+    return str(path.resolve()) if not student.startswith("embedded:") and path.exists() else student
+
+
+def write_adapter(model, folder: Path, student: str, state_dict: dict | None = None) -> None:
+    """Save a LoRA adapter whose config points at ``student`` as heredity names it, not at the
+    cache folder the model was loaded from."""
+    model.save_pretrained(folder, state_dict=state_dict) if state_dict is not None else model.save_pretrained(folder)
+    config_file = folder / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = _base_ref(student)
+    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def _merge_into_fresh_base(adapter: Path, student: str, device: str = "cpu"):
+    """Merge an adapter into an unquantised copy of the base: merging into a 4-bit (QLoRA) or
+    sharded model would lose precision or see only a shard."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_model(student, device), adapter).merge_and_unload()
+
+
+def save_student(trainer, tokenizer, student: str, tc: TrainConfig, output: Path, work_dir: Path,
+                 device: str = "cpu") -> None:
+    """The trained student in ``output``: full weights, LoRA merged into them (the default), or
+    with ``train.merge_lora: false`` the adapter alone (``models.load_model`` applies it)."""
+    trained = trainer.model
+    with atomic_dir(output) as tmp:
+        if tc.method != "full" and not tc.merge_lora:
+            write_adapter(trained, tmp, student)
+        elif tc.method == "qlora":
+            adapter = work_dir / "adapter"
+            write_adapter(trained, adapter, student)
+            _merge_into_fresh_base(adapter, student, device).save_pretrained(tmp)
+            shutil.rmtree(adapter, ignore_errors=True)
+        else:
+            if tc.method == "lora":
+                trained = trained.merge_and_unload()  # evaluation then loads a plain model
+            trained.eval()
+            trained.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 # --- distributed ---------------------------------------------------------------------------
 
 def save_distributed(trainer, tokenizer, student: str, tc: TrainConfig, output: Path, work_dir: Path) -> None:
     """Save from a multi-process run: every rank helps gather the weights (ZeRO-3 and FSDP
-    shard them), then rank 0 writes the model. A LoRA adapter is merged into a fresh copy of
-    the base model, which works whatever the sharding was."""
+    shard them), then rank 0 writes the model. A LoRA adapter is saved as is
+    (``merge_lora: false``) or merged into a fresh copy of the base model, which works
+    whatever the sharding was."""
     accelerator = trainer.accelerator
     state = accelerator.get_state_dict(trainer.model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(trainer.model)
         with atomic_dir(output) as tmp:
-            if tc.method == "lora":
-                from peft import PeftModel
-
+            if tc.method != "full" and not tc.merge_lora:
+                write_adapter(unwrapped, tmp, student, state_dict=state)
+            elif tc.method != "full":
                 adapter = work_dir / "adapter"
-                unwrapped.save_pretrained(adapter, state_dict=state)
-                merged = PeftModel.from_pretrained(load_model(student, "cpu"), adapter).merge_and_unload()
-                merged.save_pretrained(tmp)
+                write_adapter(unwrapped, adapter, student, state_dict=state)
+                _merge_into_fresh_base(adapter, student).save_pretrained(tmp)
                 shutil.rmtree(adapter, ignore_errors=True)
             else:
                 unwrapped.save_pretrained(tmp, state_dict=state)
@@ -605,27 +795,33 @@ def _worker(job_file: str) -> None:
         write_json(Path(job["result"]), info)
 
 
-def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str) -> Stage:
+def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str, plan: dict[str, Any] | None = None) -> Stage:
+    """Train one arm. ``plan`` (from ``plan_equal_steps``) sets the arm's optimiser steps to
+    the largest arm's; the manifest then records the plan beside the steps taken."""
+    tc = cfg.train if plan is None else cfg.train.model_copy(update={"max_steps": plan["max_steps"]})
     data_hash = (select.manifest() or {}).get("data_hashes", {}).get(arm)
     stage = Stage(run_dir, f"train/{arm}", {
         "data": data_hash,
         "student": model_identity(cfg.student),
         "system_prompt": cfg.system_prompt,
-        "train": train_key(cfg.train),
+        "train": train_key(tc),
         "device": cfg.device,
     })
     if stage.reuse():
         return stage
     stage.start()
     checkpoints = stage.dir / "checkpoints"
-    d = cfg.train.distributed
+    d = tc.distributed
     if d is not None and d.num_processes * d.num_machines > 1:
-        info = train_distributed(cfg.student, select.dir / f"{arm}.parquet", cfg.train, cfg.system_prompt,
+        info = train_distributed(cfg.student, select.dir / f"{arm}.parquet", tc, cfg.system_prompt,
                                  pick_device(cfg.device), stage.dir / "model", checkpoints, stage.key)
     else:
         rows = read_table(select.dir / f"{arm}.parquet")
-        info = train_student(cfg.student, rows, cfg.train, cfg.system_prompt, pick_device(cfg.device),
+        info = train_student(cfg.student, rows, tc, cfg.system_prompt, pick_device(cfg.device),
                              stage.dir / "model", checkpoints, resume_key=stage.key, cleanup_checkpoints=False)
+    info["equal_steps"] = ({"max_steps": plan["max_steps"], "own_steps_by_arm": plan["arms"],
+                            "why": "arms of different sizes: every arm takes the largest arm's step count"}
+                           if plan is not None else None)
     log = info.pop("log")
     keys = sorted({k for e in log for k in e})
     write_table(stage.dir / "train_log.parquet", [{k: e.get(k) for k in keys} for e in log])
@@ -633,6 +829,14 @@ def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str) -> Stage:
     stage.finish({"model": "model", "log": "train_log.parquet", "loss_plot": "loss.png"}, result=info)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return stage
+
+
+def run_train_arms(cfg: RunConfig, run_dir: Path, select: Stage, arms: tuple[str, ...] | list[str],
+                   step=lambda name, make: make()) -> dict[str, Stage]:
+    """Train every arm with the same settings and the same number of optimiser steps.
+    ``step(name, make)`` wraps each arm's training (the pipeline's timer and progress)."""
+    plan = plan_equal_steps(cfg, run_dir, select, arms)
+    return {arm: step(f"train/{arm}", lambda arm=arm: run_train(cfg, run_dir, select, arm, plan)) for arm in arms}
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from heredity.errors import HeredityError
 from heredity.models import load_tokenizer
 from heredity.train import (
     KEY_FILE,
+    check_qlora,
     explain_out_of_memory,
     plot_loss,
     prepare_checkpoints,
@@ -30,6 +31,33 @@ def test_empty_selection_is_one_line_error(tmp_path):
     with pytest.raises(HeredityError, match="empty selection") as err:
         train_student(STUDENT, [], train_config(), None, "cpu", tmp_path / "m", tmp_path / "c")
     assert "\n" not in str(err.value)
+
+
+def test_qlora_on_cpu_is_one_line_error_naming_the_field(tmp_path, monkeypatch):
+    rows = [{"prompt": "Name a colour.", "text": "Blue."}]
+    loaded = []
+    monkeypatch.setattr("heredity.train.load_model", lambda *a, **k: loaded.append(a))
+    with pytest.raises(HeredityError, match=r"^train\.method: qlora needs a CUDA GPU \(device is 'cpu'\)") as err:
+        train_student(STUDENT, rows, train_config(method="qlora"), None, "cpu", tmp_path / "m", tmp_path / "c")
+    assert "\n" not in str(err.value) and not loaded  # refused before loading the model
+
+
+def test_qlora_without_bitsandbytes_is_one_line_error(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "bitsandbytes", None)  # as if not installed
+    with pytest.raises(HeredityError, match=r"^train\.method: qlora needs bitsandbytes: pip install 'heredity\[qlora\]'$"):
+        check_qlora("cuda:0")
+
+
+def test_qlora_run_fails_before_generating(tmp_path):
+    from heredity.config import config_from_dict
+    from heredity.pipeline import run
+
+    cfg = config_from_dict({"student": STUDENT, "device": "cpu", "train": {"method": "qlora"}})
+    with pytest.raises(HeredityError, match="train.method: qlora needs a CUDA GPU"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "generate").exists()
+    with pytest.raises(HeredityError, match="train.*qlora works with distributed.strategy: ddp only"):
+        config_from_dict({"train": {"method": "qlora", "distributed": {"strategy": "fsdp"}}})
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

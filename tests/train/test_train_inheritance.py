@@ -1,66 +1,90 @@
 """The point of the train stage: a student inherits the length of the answers it is trained on.
 
-Two students are fine-tuned on the same 8 real prompts, one on short real answers (the first
-sentence of gpt-3.5-turbo's AlpacaEval answer), one on long real answers (Mixtral's verbose
-AlpacaEval answer, cut at max_length). Greedy answers to 4 held-out prompts must be longer
-for the second. Small but with a wide margin: about 15 vs 40 tokens (the cap) when written.
+The whole path up to training is heredity's own: a pool replayed from four real AlpacaEval
+teachers (same prompts, answers from about 30 to 1,600 tokens), scored with the `length`
+metric, then selected twice from the same pool: the shortest answer per prompt (passive arm,
+``best`` on length, min) and the longest (active arm, ``best`` on length, max). Both students
+are trained by ``run_train_arms`` with the same settings and steps, then answer 4 held-out
+prompts greedily. The max-length student's answers must be longer: when written, about 50
+tokens (it learnt to stop) against 96 (the cap: its training answers never end within
+max_length).
 """
 
 from __future__ import annotations
 
-import re
+import json
 import warnings
 
+import pyarrow.parquet as pq
 import pytest
 from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
+    ALPACA,
     STUDENT,
-    alpaca,
     one_cpu_thread,
-    train_config,
 )
 
-from heredity.config import RunConfig
+from heredity.config import config_from_dict
 from heredity.evaluate import answer
 from heredity.models import load_tokenizer
+from heredity.pipeline import run
 from heredity.prompts import Prompt
-from heredity.train import train_student
+from heredity.rundir import Stage
+from heredity.train import run_train_arms
 
 pytestmark = pytest.mark.slow
 
-MAX_NEW_TOKENS = 32
-
-
-def first_sentence(text: str) -> str:
-    return re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
+TEACHERS = ("alpaca-7b", "falcon-7b-instruct", "gpt-3.5-turbo-0613", "Mixtral-8x7B-Instruct-v0.1_verbose")
+MAX_NEW_TOKENS = 96
 
 
 @pytest.fixture(scope="module")
-def prompt_sets(data_dir):
+def prompts(data_dir):
+    """8 train and 4 held-out AlpacaEval instructions, short ones (the answers are the point)."""
+    path = data_dir / ALPACA / f"{TEACHERS[0]}.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
     tokenizer = load_tokenizer(STUDENT)
-    size = lambda text: len(tokenizer(text)["input_ids"])
-    short, long = alpaca(data_dir, "gpt-3.5-turbo-0613"), alpaca(data_dir, "Mixtral-8x7B-Instruct-v0.1_verbose")
-    triples = []
-    for s, v in zip(short, long):
-        assert s["instruction"] == v["instruction"]
-        sentence = first_sentence(s["output"])
-        if size(s["instruction"]) <= 20 and 6 <= size(sentence) <= 25 and size(v["output"]) > 150:
-            triples.append((s["instruction"], sentence, v["output"]))
-    return triples[:8], [Prompt(id=str(i), text=t[0]) for i, t in enumerate(triples[8:12])]
+    short = [it["instruction"] for it in json.loads(path.read_text(encoding="utf-8"))
+             if len(tokenizer(it["instruction"])["input_ids"]) <= 20]
+    return short[:8], short[8:12]
 
 
-def test_student_trained_on_longer_answers_answers_longer(tmp_path, prompt_sets):
-    train, held_out = prompt_sets
-    tc = train_config(epochs=2, batch_size=4, learning_rate=1e-4, max_length=96)
-    cfg = RunConfig(student=STUDENT, device="cpu")
-    cfg.eval.max_new_tokens = MAX_NEW_TOKENS
-    lengths = {}
-    for name, column in (("short", 1), ("long", 2)):
-        rows = [{"prompt": t[0], "text": t[column]} for t in train]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the long answers are cut at max_length, by design
-            train_student(STUDENT, rows, tc, None, "cpu", tmp_path / name, tmp_path / f"{name}-checkpoints")
-        answers = answer(str(tmp_path / name), held_out, cfg)
-        lengths[name] = [a["completion_tokens"] for a in answers]
-    mean = {name: sum(v) / len(v) for name, v in lengths.items()}
-    assert mean["long"] > 1.5 * mean["short"], lengths
-    assert sum(n < MAX_NEW_TOKENS for n in lengths["short"]) >= 3, lengths  # the short student stops by itself
+def test_student_trained_on_longer_answers_answers_longer(tmp_path, data_dir, prompts):
+    train, held_out = prompts
+    for name, texts in (("train", train), ("eval", held_out)):
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"id": f"{name}{i}", "prompt": t}) + "\n" for i, t in enumerate(texts)))
+    cfg = config_from_dict({
+        "student": STUDENT, "device": "cpu",
+        "prompts": {"source": str(tmp_path / "train.jsonl"), "eval_source": str(tmp_path / "eval.jsonl")},
+        "teachers": [{"backend": "replay", "replay": {"path": str(data_dir / ALPACA / f"{t}.json")}}
+                     for t in TEACHERS],
+        "k": 1,
+        "score": {"metrics": ["length"]},
+        "select": {"metric": "length", "direction": "max",
+                   "passive": {"strategy": "best", "metric": "length", "direction": "min"}},
+        "train": {"epochs": 2, "batch_size": 4, "learning_rate": 2e-4, "max_length": 112},
+        "eval": {"max_new_tokens": MAX_NEW_TOKENS},
+    })
+    out = tmp_path / "run"
+    run(cfg, out, until="select")
+    selected = {arm: pq.read_table(out / "select" / f"{arm}.parquet").to_pylist() for arm in ("passive", "active")}
+    pool = pq.read_table(out / "score" / "scores.parquet").to_pylist()
+    assert len(pool) == 4 * len(train)
+    for arm, pick in (("passive", min), ("active", max)):  # heredity's selection did the choosing
+        assert [r["length"] for r in selected[arm]] == [
+            pick(r["length"] for r in pool if r["prompt_id"] == s["prompt_id"]) for s in selected[arm]]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the long answers are cut at max_length, by design
+        trained = run_train_arms(cfg, out, Stage(out, "select", {}), ["passive", "active"])
+    results = {arm: stage.manifest()["result"] for arm, stage in trained.items()}
+    assert results["passive"]["steps"] == results["active"]["steps"] == 4
+    assert results["passive"]["hyperparameters"] == results["active"]["hyperparameters"]
+
+    held = [Prompt(id=str(i), text=t) for i, t in enumerate(held_out)]
+    lengths = {arm: [a["completion_tokens"] for a in answer(str(stage.dir / "model"), held, cfg)]
+               for arm, stage in trained.items()}
+    mean = {arm: sum(v) / len(v) for arm, v in lengths.items()}
+    assert mean["active"] > 1.4 * mean["passive"], lengths
+    assert sum(n < MAX_NEW_TOKENS for n in lengths["passive"]) >= 3, lengths  # the min student stops by itself

@@ -48,8 +48,12 @@ def test_validation_split_holds_out_the_same_prompts_in_every_arm():
 
 def test_new_settings_at_their_defaults_keep_old_stage_keys():
     key = train_key(TrainConfig())
-    for name in ("packing", "max_steps", "eval_fraction", "eval_steps", "early_stopping_patience", "distributed"):
+    for name in ("packing", "max_steps", "eval_fraction", "eval_steps", "early_stopping_patience", "distributed",
+                 "merge_lora"):
         assert name not in key
+    assert "merge_lora" not in train_key(TrainConfig(method="lora"))
+    assert train_key(TrainConfig(method="lora", merge_lora=False)) != train_key(TrainConfig(method="lora"))
+    assert train_key(TrainConfig(merge_lora=False)) == key  # full fine-tuning has no adapter to keep
     assert train_key(TrainConfig(packing=True)) != key
     assert train_key(TrainConfig(eval_fraction=0.1)) != train_key(TrainConfig(eval_fraction=0.1, eval_steps=5))
     # Where the workers run is not part of the model; how many of them is.
@@ -126,6 +130,7 @@ def test_two_process_training_matches_the_settings(tmp_path, pairs):
     stage = run_train(run_config(tc), run_dir, select, "active")
     result = stage.manifest()["result"]
     assert result["hyperparameters"]["world_size"] == 2 and result["hyperparameters"]["total_batch_size"] == 4
+    assert result["own_steps"] == 2  # 8 rows / 2 per batch / 2 processes, as the step plan counts them
     assert result["steps"] == 2  # 8 examples / (2 per device × 2 processes)
     model = load_model(str(stage.dir / "model"))
     assert not any("lora" in k for k in model.state_dict())

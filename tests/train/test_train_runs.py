@@ -83,12 +83,18 @@ def test_full_loss_decreases_over_epochs(full_run):
 
 def test_full_log_has_throughput_and_memory(full_run):
     stage, _ = full_run
-    log = [e for e in pq.read_table(stage.dir / "train_log.parquet").to_pylist() if e.get("loss") is not None]
+    table = pq.read_table(stage.dir / "train_log.parquet")
+    assert {"tokens_per_s", "peak_rss_mb", "peak_gpu_mb"} <= set(table.column_names)
+    log = [e for e in table.to_pylist() if e.get("loss") is not None]
+    result = result_of(stage)
     for entry in log:
         assert entry["learning_rate"] > 0 and entry["grad_norm"] > 0 and entry["tokens_per_s"] > 0
-    result = result_of(stage)
+        # The peak so far at each step: a 135M model in float32 with AdamW state.
+        assert 500 < entry["peak_rss_mb"] <= result["peak_rss_mb"] and entry["peak_gpu_mb"] is None
+    peaks = [e["peak_rss_mb"] for e in log]
+    assert peaks == sorted(peaks)
     assert result["tokens"] > 0 and result["tokens_per_s"] > 0
-    assert result["peak_rss_mb"] > 500  # a 135M model in float32 with AdamW state
+    assert result["peak_rss_mb"] > 500
     assert result["peak_gpu_mb"] is None
     png = (stage.dir / "loss.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
@@ -121,6 +127,37 @@ def test_full_and_lora_save_plain_loadable_models(full_run, lora_run):
         q = model.state_dict()["model.layers.0.self_attn.q_proj.weight"]
         assert q.shape == base_q.shape and not q.equal(base_q)  # training changed the weights
     assert result_of(lora_run)["hyperparameters"]["lora"]["r"] == 4
+
+
+def test_unmerged_lora_saves_the_adapter_and_evaluates_like_the_merged_model(tmp_path, pairs, lora_run):
+    """merge_lora: false keeps the adapter (plus tokenizer) instead of merged weights; loading
+    it applies the adapter to the base, giving the same model as lora_run's merged save."""
+    from heredity.config import RunConfig
+    from heredity.evaluate import answer
+    from heredity.prompts import Prompt
+
+    run_dir = tmp_path / "run"
+    select = make_select(run_dir, {"passive": pairs[:4]})  # lora_run's passive data
+    stage = run_train(run_config(train_config(**LORA, merge_lora=False)), run_dir, select, "passive")
+    assert stage.key != lora_run.key  # a different output, so a different stage
+    folder = stage.dir / "model"
+    assert result_of(stage)["saved"] == "adapter" and result_of(lora_run)["saved"] == "model"
+    assert (folder / "adapter_model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert not (folder / "model.safetensors").exists() and not (folder / "config.json").exists()
+    adapter_config = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == STUDENT  # heredity's name, not a cache path
+    assert adapter_config["r"] == 4
+
+    name = "model.layers.0.self_attn.q_proj.weight"
+    loaded = load_model(str(folder)).state_dict()[name]
+    merged = _weights(lora_run.dir / "model")[name]
+    base = load_model(STUDENT).state_dict()[name]
+    assert not loaded.equal(base)
+    assert (loaded - merged).abs().max() < 1e-5  # same training, same model
+    cfg = RunConfig(student=STUDENT, device="cpu")
+    cfg.eval.max_new_tokens = 8
+    answers = answer(str(folder), [Prompt(id="0", text=pairs[0]["prompt"])], cfg)
+    assert answers[0]["completion_tokens"] > 0 and answers[0]["text"].strip()
 
 
 def _start_job(tmp: Path, run_dir: Path, arm: str) -> subprocess.Popen:
