@@ -56,6 +56,19 @@ def test_active_strategy_spec_is_checked_and_its_metrics_scored():
         config_from_dict({"select": {"active": {"strategy": "best", "metrc": "words"}}})
 
 
+def test_variants_are_arms_whose_metrics_are_scored():
+    cfg = config_from_dict({"score": {"metrics": ["length"]}, "select": {"variants": {
+        "short": {"strategy": "best", "metric": "words", "direction": "min"}, "clean": "first"}}})
+    assert cfg.select.arms() == ("passive", "active", "short", "clean")
+    assert set(cfg.score.metrics) == {"length", "words"}
+    assert config_from_dict({}).select.arms() == ("passive", "active")
+    for bad, why in (("active", "taken by a built-in arm"), ("Long Arm", "lower-case letters")):
+        with pytest.raises(HeredityError, match=rf"field 'select.variants'.*{why}"):
+            config_from_dict({"select": {"variants": {bad: "first"}}})
+    with pytest.raises(HeredityError, match=r"field 'select.variants.short'.*unknown parameter 'metrc'"):
+        config_from_dict({"select": {"variants": {"short": {"strategy": "best", "metrc": "words"}}}})
+
+
 def test_readme_config_block_is_a_valid_config(tmp_path):
     """The README's full config (every section) loads as written, once its prompt file exists."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")

@@ -136,3 +136,43 @@ def test_bad_config_is_one_line_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "field 'select.direction'" in lines[0] and "bad.yaml" in lines[0]
+
+
+def test_a_variant_arm_trains_beside_the_others_and_reuses_them(finished_run, tmp_path):
+    _, out = finished_run
+    before = manifests(out)
+    config = tmp_path / "variant.yaml"
+    # the opposite of the active rule as a third steered arm
+    config.write_text(yaml.safe_dump(e2e_config(**{
+        "select.direction": "min", "select.variants": {"long": {"strategy": "best", "metric": "length"}}})))
+    result = heredity("run", str(config), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = manifests(out)
+    for unchanged in ("generate", "score", "train/passive", "evaluate/base", "evaluate/passive",
+                      "profile/base", "profile/passive"):
+        assert after[unchanged] == before[unchanged], unchanged
+    for new in ("train/long", "evaluate/long", "profile/long"):
+        assert new not in before and new in after, new
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["arms"]) == ["base", "passive", "active", "long"]
+    card = summary["selection"]["metrics"]["length"]
+    assert card["active"]["mean"] <= card["passive"]["mean"] <= card["long"]["mean"]
+    selected = {arm: pq.read_table(out / "select" / f"{arm}.parquet").to_pylist() for arm in ("active", "long")}
+    assert card["long"]["mean"] == pytest.approx(sum(r["length"] for r in selected["long"]) / len(selected["long"]))
+    assert {r["prompt_id"] for r in selected["long"]} == {r["prompt_id"] for r in selected["active"]}
+    steps = {arm: r["steps"] for arm, r in summary["training"].items()}
+    assert set(steps) == {"passive", "active", "long"} and len(set(steps.values())) == 1
+    assert summary["training_check"]["same_hyperparameters"]
+
+    # paired differences of the variant against each other model, equal to the direct ones
+    per_prompt = pq.read_table(out / "per_prompt.parquet").to_pylist()
+    length = {(r["arm"], r["prompt_id"]): r["length"] for r in per_prompt}
+    ids = sorted({r["prompt_id"] for r in per_prompt})
+    for other in ("passive", "base", "active"):
+        direct = sum(length["long", i] - length[other, i] for i in ids) / len(ids)
+        assert summary["differences"][f"long_vs_{other}"]["length"]["diff"] == pytest.approx(direct), other
+    assert "long_vs_passive" in summary["profile"]["differences"]
+    assert summary["profile"]["models"] == ["base", "passive", "active", "long"]
+    report = (out / "report.md").read_text()
+    assert "| long mean | long shift |" in report and "| long − passive | length |" in report

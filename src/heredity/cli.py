@@ -39,23 +39,36 @@ def _run(cfg, out: Path, until: str = "report") -> None:
 def _print_card(out: Path) -> None:
     from heredity.rundir import read_json
 
+    from heredity.report import ordered_arms
+
     card = read_json(out / "select" / "card.json")
     table = Table(title=f"selection data card: {card['target']['direction']} {card['target']['metric']}, "
                         f"{card['prompts']} prompts, {card['pool_size']} candidates")
-    for col in ("metric", "pool mean", "passive mean", "active mean", "active shift"):
+    steered = [a for a in ordered_arms(card["teacher_share"]) if a != "passive"]
+    columns = ["metric", "pool mean", "passive mean", *(f"{a} {c}" for a in steered for c in ("mean", "shift"))]
+    for col in columns:
         table.add_column(col, justify="right" if col != "metric" else "left")
+
+    def mean(x: float | None) -> str:
+        return "–" if x is None else f"{x:.4g}"
+
     for metric, e in card["metrics"].items():
-        shift = e["active"]["shift_pct"]
-        table.add_row(metric, f"{e['pool']['mean']:.4g}", f"{e['passive']['mean']:.4g}",
-                      f"{e['active']['mean']:.4g}", "–" if shift is None else f"{shift:+.1f}%")
+        cells = []
+        for a in steered:
+            shift = e[a]["shift_pct"]
+            cells += [mean(e[a]["mean"]), "–" if shift is None else f"{shift:+.1f}%"]
+        table.add_row(metric, mean(e["pool"]["mean"]), mean(e["passive"]["mean"]), *cells)
     Console().print(table)
-    shares = ", ".join(f"{t} {s:.0%}" for t, s in sorted(card["teacher_share"]["active"].items(), key=lambda x: -x[1]) if s)
-    console.print(f"active winners by teacher: {shares}")
+    for arm in steered:
+        shares = ", ".join(f"{t} {s:.0%}" for t, s in sorted(card["teacher_share"][arm].items(), key=lambda x: -x[1]) if s)
+        console.print(f"{arm} winners by teacher: {shares}")
     console.print(f"selected sets: {out / 'select'}")
 
 
 def _print_summary(summary: dict, out: Path) -> None:
-    arms = [a for a in ("base", "passive", "active") if a in summary["arms"]]
+    from heredity.report import ordered_arms
+
+    arms = ordered_arms(summary["arms"])
     table = Table(title=f"held-out means (target: {summary['target']['direction']} {summary['target']['metric']})")
     table.add_column("metric")
     for arm in arms:

@@ -7,6 +7,7 @@ misspelt key is an error, not a silently ignored setting.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -284,11 +285,34 @@ class SelectConfig(_Strict):
     sweep: Literal["off", "sample", "candidate"] = Field(
         "off", description="Also run the active rule on the first k' samples (or candidates) per prompt, "
         "k' = 1..k, and put the dose-response in the data card.")
+    variants: dict[str, StrategySpec] = Field(
+        default_factory=dict, description="More steered arms beside 'active', name -> rule, e.g. {short: {strategy: "
+        "best, metric: length, direction: min}}; each is trained, evaluated and reported like 'active'.")
 
     @field_validator("sweep", mode="before")
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, variants: dict[str, StrategySpec]) -> dict[str, StrategySpec]:
+        for name in variants:
+            # names become folders (train/<arm>) and report columns
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name):
+                raise ValueError(f"variant name {name!r}: use 1-40 lower-case letters, digits, '_' or '-'")
+            if name in ("base", "passive", "active"):
+                raise ValueError(f"variant name {name!r} is taken by a built-in arm")
+        return variants
+
+    def arms(self) -> tuple[str, ...]:
+        """Every trained arm: the passive baseline, the active rule, then the variants."""
+        return ("passive", "active", *self.variants)
+
+    def specs(self) -> dict[str, dict[str, Any]]:
+        """Each arm's selection rule."""
+        return {"passive": self.passive_spec(), "active": self.active_spec(),
+                **{name: spec.as_dict() for name, spec in self.variants.items()}}
 
     def active_spec(self) -> dict[str, Any]:
         if self.active is not None:
@@ -302,7 +326,7 @@ class SelectConfig(_Strict):
         """Every metric the selection reads (the target included), for score.metrics."""
         from heredity.strategies import spec_metrics
 
-        return sorted({self.metric, *spec_metrics(self.active_spec()), *spec_metrics(self.passive_spec())})
+        return sorted({self.metric, *(m for spec in self.specs().values() for m in spec_metrics(spec))})
 
 
 class DistributedConfig(_Strict):

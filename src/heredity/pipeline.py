@@ -24,7 +24,7 @@ from heredity.prompts import load_prompts
 from heredity.report import write_report
 from heredity.rundir import Stage, stable_hash, write_json, write_table
 from heredity.score import run_score
-from heredity.select import ARMS, run_select
+from heredity.select import run_select
 from heredity.train import run_train_arms
 
 
@@ -123,9 +123,9 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
             raise HeredityError("no held-out eval prompts (prompts.eval_every is null): "
                                 "set eval_every or eval_source to train and evaluate students")
         # Same settings and the same number of optimiser steps in every arm (see plan_equal_steps).
-        trained = run_train_arms(cfg, out, select, ARMS, step)
+        trained = run_train_arms(cfg, out, select, cfg.select.arms(), step)
         evaluated = {"base": step("evaluate/base", lambda: run_evaluate(cfg, out, "base", eval_prompts, None, progress))}
-        for arm in ARMS:
+        for arm in cfg.select.arms():
             evaluated[arm] = step(f"evaluate/{arm}", lambda arm=arm: run_evaluate(
                 cfg, out, arm, eval_prompts, trained[arm], progress))
         judged = {}
@@ -141,7 +141,7 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
             from heredity.profile.stage import run_profile, skipped_teachers, teacher_models
 
             models = {"base": (cfg.student, model_identity(cfg.student))}
-            models.update({arm: (str(trained[arm].dir / "model"), trained[arm].key) for arm in ARMS})
+            models.update({arm: (str(trained[arm].dir / "model"), trained[arm].key) for arm in cfg.select.arms()})
             if cfg.eval.profile.teachers:
                 models.update({name: (ref, model_identity(ref)) for name, ref in teacher_models(cfg).items()})
                 profile_skipped = skipped_teachers(cfg)

@@ -7,6 +7,7 @@ prompts jointly (paired), because all arms answer the same prompts.
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,18 @@ from heredity.rundir import read_json, read_table, versions, write_json, write_t
 
 ARM_ORDER = ("base", "passive", "active")
 COMPARISONS = (("active", "passive"), ("active", "base"), ("passive", "base"))
+
+
+def comparisons(variants: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """The paired comparisons of a run: the built-in three, then each variant against the
+    passive baseline, the base student and the active arm."""
+    return [*COMPARISONS, *((v, other) for v in variants for other in ("passive", "base", "active"))]
+
+
+def ordered_arms(names: Iterable[str]) -> list[str]:
+    """base, passive, active, then the variants in the order given."""
+    names = list(names)
+    return [a for a in ARM_ORDER if a in names] + [a for a in names if a not in ARM_ORDER]
 
 
 def bootstrap_mean_ci(values: np.ndarray, samples: int, seed: int) -> tuple[float, float]:
@@ -72,7 +85,7 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
         arms[arm] = {m: float(np.mean([r[m] for r in rows])) for m in metrics}
         ci[arm] = {m: list(bootstrap_mean_ci(np.array([r[m] for r in rows], float), n_boot, 0)) for m in metrics}
     differences: dict[str, Any] = {}
-    for a, b in COMPARISONS:
+    for a, b in comparisons(cfg.select.variants):
         if a in answers and b in answers:
             by_id_b = {r["prompt_id"]: r for r in answers[b]}
             paired = [(r, by_id_b[r["prompt_id"]]) for r in answers[a] if r["prompt_id"] in by_id_b]
@@ -110,7 +123,7 @@ def _fmt(x: float | None) -> str:
 def render_markdown(summary: dict[str, Any]) -> str:
     target = summary["target"]
     metrics = list(next(iter(summary["arms"].values())))
-    arms = [a for a in ARM_ORDER if a in summary["arms"]]
+    arms = ordered_arms(summary["arms"])
     lines = [
         f"# heredity report: {summary['name']}",
         "",
@@ -138,13 +151,17 @@ def render_markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {name.replace('_vs_', ' − ')} | {m} | {_fmt(d['diff'])} | "
                          f"[{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}] | {_fmt(d['ratio'])}× |")
     card = summary["selection"]
+    steered = [a for a in ordered_arms(card["teacher_share"]) if a != "passive"]
     lines += ["", "## Selected training data", "",
               f"{card['prompts']} train prompts, {card['pool_size']} candidates in the pool.", "",
-              "| metric | pool mean | passive mean | active mean | active shift |", "|---|---|---|---|---|"]
+              "| metric | pool mean | passive mean | " + " | ".join(f"{a} mean | {a} shift" for a in steered) + " |",
+              "|---" * (3 + 2 * len(steered)) + "|"]
     for m, e in card["metrics"].items():
-        shift = e["active"]["shift_pct"]
-        lines.append(f"| {m} | {_fmt(e['pool']['mean'])} | {_fmt(e['passive']['mean'])} | "
-                     f"{_fmt(e['active']['mean'])} | {'–' if shift is None else f'{shift:+.1f}%'} |")
+        cells = []
+        for a in steered:
+            shift = e[a]["shift_pct"]
+            cells += [_fmt(e[a]["mean"]), "–" if shift is None else f"{shift:+.1f}%"]
+        lines.append(f"| {m} | {_fmt(e['pool']['mean'])} | {_fmt(e['passive']['mean'])} | " + " | ".join(cells) + " |")
     dropped = card.get("dropped_prompts", {})
     if any(dropped.values()):
         lines += ["", "Prompts dropped by filters: " + ", ".join(f"{a} {n}" for a, n in dropped.items())]
@@ -253,12 +270,13 @@ def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], sel
     if profile_stages:
         from heredity.profile.stage import summarise_profiles
 
-        summary["profile"] = summarise_profiles(profile_stages, cfg.eval.bootstrap_samples, profile_skipped)
+        summary["profile"] = summarise_profiles(profile_stages, cfg.eval.bootstrap_samples, profile_skipped,
+                                                variants=list(cfg.select.variants))
     if judge_stages:
         from heredity.judge import summarise_run_judgments
 
         summary["judge"] = summarise_run_judgments(judge_stages)
-    write_table(run_dir / "per_prompt.parquet", [r for arm in ARM_ORDER if arm in answers for r in answers[arm]])
+    write_table(run_dir / "per_prompt.parquet", [r for arm in ordered_arms(answers) for r in answers[arm]])
     write_json(run_dir / "summary.json", summary)
     write_text(run_dir / "report.md", render_markdown(summary))
     return summary

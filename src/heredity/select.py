@@ -2,7 +2,9 @@
 
 - passive: by default one candidate per prompt uniformly at random (seeded) — what a
   student inherits when nobody steers;
-- active: by default the candidate that maximises (or minimises) the target metric.
+- active: by default the candidate that maximises (or minimises) the target metric;
+- variants (``select.variants``): more steered arms, each with its own rule, e.g. the
+  opposite direction or a constrained rule, trained and evaluated like ``active``.
 
 Both rules are strategy specs (see ``heredity.strategies``): constrained, weighted, Pareto
 and the other strategies plug in through ``select.active`` / ``select.passive``. Each arm's
@@ -18,11 +20,11 @@ from heredity.config import RunConfig
 from heredity.rundir import Stage, read_table, stable_hash, write_json, write_table
 from heredity.strategies import data_card, dose_response, export_selection, group_by_prompt, parse_spec, select, sweep
 
-ARMS = ("passive", "active")
+ARMS = ("passive", "active")  # always present; ``select.variants`` adds more (cfg.select.arms())
 
 
 def run_select(cfg: RunConfig, run_dir: Path, score: Stage) -> Stage:
-    specs = {"passive": parse_spec(cfg.select.passive_spec()), "active": parse_spec(cfg.select.active_spec())}
+    specs = {arm: parse_spec(spec) for arm, spec in cfg.select.specs().items()}
     stage = Stage(run_dir, "select", {
         "scores": score.key,
         "specs": {arm: spec.to_dict() for arm, spec in specs.items()},

@@ -299,12 +299,14 @@ def _difference(pa: Paired | Replicated, pb: Paired | Replicated, a: str, b: str
     return out
 
 
-def summarise_profiles(stages: dict[str, Stage], samples: int, skipped: dict[str, str] | None = None) -> dict[str, Any]:
+def summarise_profiles(stages: dict[str, Stage], samples: int, skipped: dict[str, str] | None = None,
+                       variants: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Every model's suite metrics side by side, and paired differences between the arms.
 
     ``skipped``: models asked for but not profiled (teachers without local weights), with why.
+    ``variants``: the run's extra steered arms (``select.variants``), compared like ``active``.
     """
-    from heredity.report import COMPARISONS
+    from heredity.report import comparisons
 
     summaries = {name: read_json(stage.dir / "summary.json") for name, stage in stages.items()}
     models = list(stages)
@@ -324,7 +326,7 @@ def summarise_profiles(stages: dict[str, Stage], samples: int, skipped: dict[str
                     table.setdefault(f"lm_eval:{task}/{metric}", {})[name] = m
     per_prompt = {name: _per_prompt(name, stages[name].dir, summaries[name]["suites"]) for name in models}
     differences: dict[str, Any] = {}
-    for a, b in COMPARISONS:
+    for a, b in comparisons(variants):
         if a not in per_prompt or b not in per_prompt:
             continue
         diffs = {}
