@@ -151,7 +151,7 @@ def test_a_variant_arm_trains_beside_the_others_and_reuses_them(finished_run, tm
     for unchanged in ("generate", "score", "train/passive", "evaluate/base", "evaluate/passive",
                       "profile/base", "profile/passive"):
         assert after[unchanged] == before[unchanged], unchanged
-    for new in ("train/long", "evaluate/long", "profile/long"):
+    for new in ("train/long", "evaluate/long", "profile/long", "judge/long_vs_passive"):
         assert new not in before and new in after, new
 
     summary = json.loads((out / "summary.json").read_text())
@@ -174,5 +174,6 @@ def test_a_variant_arm_trains_beside_the_others_and_reuses_them(finished_run, tm
         assert summary["differences"][f"long_vs_{other}"]["length"]["diff"] == pytest.approx(direct), other
     assert "long_vs_passive" in summary["profile"]["differences"]
     assert summary["profile"]["models"] == ["base", "passive", "active", "long"]
+    assert summary["judge"]["long_vs_passive"]["pairs"] == len(ids)
     report = (out / "report.md").read_text()
-    assert "| long mean | long shift |" in report and "| long − passive | length |" in report
+    assert "| long mean | long shift |" in report and "| long vs passive |" in report and "| long − passive | length |" in report

@@ -802,6 +802,11 @@ def pair_answers(a: Sequence[tuple[str, str]], b: Sequence[tuple[str, str]], lab
 RUN_COMPARISONS = (("active", "passive"), ("active", "base"))
 
 
+def run_comparisons(variants: Any = ()) -> list[tuple[str, str]]:
+    """RUN_COMPARISONS, then each ``select.variants`` arm against the passive baseline."""
+    return [*RUN_COMPARISONS, *((v, "passive") for v in variants)]
+
+
 def run_judge(cfg: Any, run_dir: Path, eval_stages: dict[str, Any], a: str, b: str) -> Any:
     """The ``judge/<a>_vs_<b>`` stage of a run: the judge compares two arms' held-out answers.
 

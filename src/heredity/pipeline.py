@@ -130,9 +130,9 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
                 cfg, out, arm, eval_prompts, trained[arm], progress))
         judged = {}
         if cfg.eval.judge is not None:
-            from heredity.judge import RUN_COMPARISONS, run_judge
+            from heredity.judge import run_comparisons, run_judge
 
-            for a, b in RUN_COMPARISONS:
+            for a, b in run_comparisons(cfg.select.variants):
                 judged[f"{a}_vs_{b}"] = step(f"judge/{a}_vs_{b}", lambda a=a, b=b: run_judge(cfg, out, evaluated, a, b))
         profiled = {}
         profile_skipped: dict[str, str] = {}
