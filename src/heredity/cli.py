@@ -203,7 +203,7 @@ def judge_cmd(answers_a: str = typer.Argument(..., help="A's answers: .json/.jso
                                                          "answer columns, an evaluate/<arm> folder, or RUN_DIR:ARM."),
               answers_b: str = typer.Argument(..., help="B's answers, the same forms."),
               judge: str = typer.Option("embedded:smollm2-135m-instruct", "--judge", help=_JUDGE_HELP),
-              backend: str = typer.Option("transformers", help="transformers or openai."),
+              backend: str = typer.Option("transformers", help="transformers, openai, llamacpp or vllm."),
               base_url: str | None = typer.Option(None, help="openai: endpoint up to /v1."),
               api_key_env: str | None = typer.Option(None, help="openai: environment variable holding the key."),
               method: str = typer.Option("auto", help="auto, generate or logprob (local judges)."),
@@ -257,7 +257,7 @@ def judge_profile_cmd(judge: list[str] = typer.Option(["embedded:smollm2-135m-in
                       models: list[str] | None = typer.Option(None, "--model", help="AlpacaEval answer files to "
                                                                                    "use (file stems; default all)."),
                       seed: int = typer.Option(0, help="Seed of the pair sample."),
-                      backend: str = typer.Option("transformers", help="transformers or openai."),
+                      backend: str = typer.Option("transformers", help="transformers, openai, llamacpp or vllm."),
                       base_url: str | None = typer.Option(None, help="openai: endpoint up to /v1."),
                       api_key_env: str | None = typer.Option(None, help="openai: environment variable holding the key."),
                       method: str = typer.Option("auto", help="auto, generate or logprob (local judges)."),

@@ -164,3 +164,21 @@ def test_judge_through_transformers_is_in_range_and_reproducible(model_and_token
     assert all(math.isnan(v) or 1 <= v <= 10 for v in first), first
     assert [str(v) for v in first] == [str(v) for v in second]
     assert sum(not math.isnan(v) for v in first) >= 1
+
+
+def test_judge_through_llamacpp_is_reproducible_and_keyed_apart(model_and_tokenizer, monkeypatch):
+    """The judge through llama.cpp (the embedded GGUF): ratings in range, the same twice, and the
+    backend is part of the metric's cache identity, because a quantised decoder can break a
+    near-tie the other way (seen here: 'The answer is 10' vs transformers' 'The answer is 1.')."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is optional (pip install 'heredity[llamacpp]')")
+    monkeypatch.setenv("HEREDITY_SCORE_CACHE", "0")
+    texts = [FLUENT, "I don't know."]
+    judge = get_metric("judge").bind({"max_new_tokens": 6, "backend": "llamacpp"})
+    first, second = judge(texts, context(2)), judge(texts, context(2))
+    assert all(math.isnan(v) or 1 <= v <= 10 for v in first), first
+    assert [str(v) for v in first] == [str(v) for v in second]
+    assert sum(not math.isnan(v) for v in first) >= 1
+    options = judge.options
+    identity = {backend: mm._judge_identity({**options, "backend": backend}, context(2))
+                for backend in ("transformers", "llamacpp")}
+    assert identity["transformers"] != identity["llamacpp"]

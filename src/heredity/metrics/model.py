@@ -185,7 +185,8 @@ def parse_score(reply: str, lo: float = SCALE[0], hi: float = SCALE[1]) -> float
 
 class JudgeOptions(_Options):
     model: str | None = Field(None, description="Judge model; default: the run's student.")
-    backend: Literal["transformers", "openai"] = "transformers"
+    backend: Literal["transformers", "openai", "llamacpp", "vllm"] = Field(
+        "transformers", description="Any generation backend but replay; llamacpp and vllm with their defaults.")
     openai: OpenAIOptions | None = Field(None, description="Endpoint, for backend 'openai'.")
     rubric: str = Field(DEFAULT_RUBRIC, description="Prompt with {answer} and usually {prompt}.")
     system_prompt: str | None = Field(None, description="Judge's system message; None: the template's default.")
@@ -210,7 +211,10 @@ def _judge_identity(options: dict[str, Any], context: MetricContext) -> dict[str
     if options["backend"] == "openai":
         endpoint = options.get("openai") or {}
         return {"model": ref, "endpoint": [endpoint.get("base_url"), endpoint.get("served_model")]}
-    return {"model": model_identity(ref)}
+    identity = {"model": model_identity(ref)}
+    if options["backend"] != "transformers":  # same weights, other decoder: scores may differ
+        identity["backend"] = options["backend"]
+    return identity
 
 
 def fill_rubric(rubric: str, prompt: str, answer: str) -> str:
@@ -246,11 +250,11 @@ def judge_replies(texts: Sequence[str], context: MetricContext, options: dict[st
     from heredity.backends import open_backend
     from heredity.config import TeacherConfig
 
-    if not options.get("openai"):
+    if options["backend"] == "openai" and not options.get("openai"):
         raise HeredityError("metric 'judge': backend 'openai' needs the option 'openai: {base_url: ...}'")
-    teacher = TeacherConfig(model=ref, name="judge", backend="openai", openai=options["openai"],
+    teacher = TeacherConfig(model=ref, name="judge", backend=options["backend"], openai=options.get("openai"),
                             sampling=sampling, batch_size=size)
-    backend = open_backend(teacher, "cpu")
+    backend = open_backend(teacher, _device(context))
     try:
         for lo in range(0, len(requests), size):
             replies += [c.text for c in backend.generate(requests[lo:lo + size], sampling)]
