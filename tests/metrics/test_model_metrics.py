@@ -182,3 +182,61 @@ def test_judge_through_llamacpp_is_reproducible_and_keyed_apart(model_and_tokeni
     identity = {backend: mm._judge_identity({**options, "backend": backend}, context(2))
                 for backend in ("transformers", "llamacpp")}
     assert identity["transformers"] != identity["llamacpp"]
+
+
+# --- the reward model --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reward_model(model_and_tokenizer, tmp_path_factory) -> str:
+    """A sequence-classification reward model folder, as a user's would be: the embedded model's
+    weights with a one-output head (seeded, untrained: tests the mechanics, not the judgement)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from heredity.models import load_tokenizer, resolve
+
+    folder = tmp_path_factory.mktemp("reward-model")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(**resolve(REF), num_labels=1)
+    model.config.pad_token_id = model_and_tokenizer[1].pad_token_id
+    model.save_pretrained(folder)
+    load_tokenizer(REF).save_pretrained(folder)
+    return str(folder)
+
+
+def test_reward_is_the_heads_output_batched_or_alone(reward_model, monkeypatch):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    monkeypatch.setenv("HEREDITY_SCORE_CACHE", "0")
+    texts = [FLUENT, "Paris.", shuffled(FLUENT), "I don't know, sorry."]
+    prompts = [PROMPT, PROMPT, PROMPT, "Name a city in Japan."]
+    ctx = MetricContext(prompts=prompts, model_ref=REF, device="cpu")
+    batched = get_metric("reward").bind({"model": reward_model, "batch_size": 4})(texts, ctx)
+    alone = get_metric("reward").bind({"model": reward_model, "batch_size": 1})(texts, ctx)
+    assert batched == pytest.approx(alone, abs=1e-4)  # right padding leaves every score unchanged
+    assert len(set(round(v, 4) for v in batched)) == 4
+
+    # the same number straight from transformers, on the conversation the chat template writes
+    tokenizer = AutoTokenizer.from_pretrained(reward_model)
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model).eval()
+    for prompt, text, value in zip(prompts, texts, batched):
+        conversation = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}], tokenize=False)
+        with torch.inference_mode():
+            direct = model(**tokenizer(conversation, return_tensors="pt", add_special_tokens=False)).logits[0, 0]
+        assert value == pytest.approx(float(direct), abs=1e-4)
+    # the prompt is part of what is scored
+    other = get_metric("reward").bind({"model": reward_model})([texts[0]], MetricContext(
+        prompts=["Name a city in Japan."], model_ref=REF, device="cpu"))
+    assert other[0] != pytest.approx(batched[0], abs=1e-4)
+
+
+def test_reward_refuses_a_model_without_a_reward_head(model_and_tokenizer, monkeypatch):
+    monkeypatch.setenv("HEREDITY_SCORE_CACHE", "0")
+    with pytest.raises(HeredityError, match=r"metric 'reward': 'embedded:smollm2-135m-instruct' has no trained "
+                                            r"reward head \(missing score\.weight\)"):
+        get_metric("reward").bind({"model": REF})(["Paris."], context(1))
+    with pytest.raises(HeredityError, match=r"field 'score.metrics.*model"):
+        config_from_dict({"score": {"metrics": [{"name": "reward"}]}})

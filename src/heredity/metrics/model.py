@@ -9,11 +9,15 @@ as the model would have produced it; the end-of-turn token is not scored. The re
 is ``model`` (any model reference) or, by default, the run's student. An empty answer, or
 one with no token left after ``max_length``, scores NaN.
 
-``judge`` asks a model, through any generation backend (``transformers`` locally, or
-``openai`` for any OpenAI-compatible server), to rate each answer with a rubric that holds
+``judge`` asks a model, through any generation backend (``transformers``, ``llamacpp`` or
+``vllm`` locally, or ``openai`` for any OpenAI-compatible server), to rate each answer with a rubric that holds
 ``{answer}`` and usually ``{prompt}``; the reply is parsed by :func:`parse_score`. A reply
 with no number from 1 to 10 scores NaN and is counted (a warning, and ``notes`` in the score
 stage's manifest). Decoding is greedy by default, so scores are reproducible.
+
+``reward`` scores the (prompt, answer) conversation, written by the reward model's own chat
+template, with a sequence-classification reward model (the head's output ``label``); a model
+without a trained head (a plain causal LM) is refused rather than scored with a random head.
 
 Options (in a config: ``{name: judge, model: ..., rubric: ...}``) are part of each metric's
 cache namespace; so is the identity of the reference model (its files, or its endpoint).
@@ -277,4 +281,81 @@ def judge(texts: Sequence[str], context: MetricContext) -> list[float]:
         example = next(r for r, s in zip(replies, scores) if math.isnan(s))
         print(f"heredity: metric 'judge': {bad} of {len(replies)} replies had no rating from 1 to 10 "
               f"(scored NaN), e.g. {example[:80]!r}", file=sys.stderr)
+    return scores
+
+
+# --------------------------------------------------------------------------- reward model
+
+
+class RewardOptions(_Options):
+    model: str = Field(..., description="A reward model: a sequence classifier with a trained head (hub id or "
+                       "local folder), e.g. Skywork/Skywork-Reward-V2-Llama-3.1-8B.")
+    label: int = Field(0, ge=0, description="Which output of the head is the reward (0 for one-output models).")
+    max_length: int = Field(4096, ge=16, description="Tokens of the conversation kept (the end of a long answer is cut).")
+    batch_size: int = Field(8, ge=1, description="Conversations per forward pass (speed only).")
+
+
+@lru_cache(maxsize=1)
+def _load_reward_model(ref: str, device: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from heredity.models import load_tokenizer, resolve
+
+    # right padding: a plain forward numbers positions from the left, so left padding would
+    # shift a padded row's positions and change its score
+    tokenizer = load_tokenizer(ref, padding_side="right")
+    dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            **resolve(ref), dtype=dtype, output_loading_info=True)
+    except (OSError, ValueError) as exc:
+        raise HeredityError(f"metric 'reward': cannot load '{ref}' as a reward model: {str(exc).splitlines()[0]}") from None
+    if info.get("missing_keys"):
+        # a causal LM loads as a classifier with a random head: its "rewards" would be noise
+        raise HeredityError(f"metric 'reward': '{ref}' has no trained reward head (missing "
+                            f"{sorted(info['missing_keys'])[0]}); use a sequence-classification reward model")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def _reward_identity(options: dict[str, Any], context: MetricContext) -> dict[str, Any]:
+    from heredity.models import model_identity
+
+    return {"model": model_identity(options["model"]), "system_prompt": context.system_prompt}
+
+
+@register("reward", version="1", better="higher", needs_prompts=True, options=RewardOptions,
+          identity=_reward_identity,
+          description="A reward model's score of the (prompt, answer) conversation (sequence-classification head)")
+def reward(texts: Sequence[str], context: MetricContext) -> list[float]:
+    import torch
+
+    from heredity.models import chat_messages
+
+    if not texts:
+        return []
+    if context.prompts is None:
+        raise HeredityError("metric 'reward' needs the prompts the texts answer")
+    options = context.options
+    model, tokenizer = _load_reward_model(options["model"], _device(context))
+    if options["label"] >= model.config.num_labels:
+        raise HeredityError(f"metric 'reward': option label={options['label']} but '{options['model']}' has "
+                            f"{model.config.num_labels} output(s)")
+    conversations = [tokenizer.apply_chat_template(
+        [*chat_messages(p, context.system_prompt), {"role": "assistant", "content": t}], tokenize=False)
+        for p, t in zip(context.prompts, texts)]
+    order = sorted(range(len(texts)), key=lambda i: len(conversations[i]))  # less padding per batch
+    scores = [math.nan] * len(texts)
+    size = options["batch_size"]
+    with torch.inference_mode():
+        for lo in range(0, len(order), size):
+            idx = order[lo:lo + size]
+            batch = tokenizer([conversations[i] for i in idx], add_special_tokens=False, padding=True,
+                              truncation=True, max_length=options["max_length"], return_tensors="pt").to(model.device)
+            logits = model(**batch).logits[:, options["label"]].float().tolist()
+            for i, value in zip(idx, logits):
+                scores[i] = value
     return scores
