@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from heredity.errors import HeredityError
 from heredity.models import load_model
 from heredity.profile import scoring_tokenizer
 from heredity.profile.lm_eval_tasks import run_lm_eval
+from heredity.report import bootstrap_mean_ci
 from heredity.profile.loglik import TokenSequence, score_groups
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is optional (pip install 'heredity[lm-eval]')")
@@ -48,8 +50,13 @@ def test_task_metrics_with_intervals(result):
     assert task["n"] == LIMIT == len(samples)
     acc = task["metrics"]["acc"]
     assert acc["value"] == pytest.approx(sum(s["acc"] for s in samples) / LIMIT)
+    # accuracy is a mean over documents: a percentile bootstrap over them, as every heredity figure
+    per_doc = task["per_doc"]["acc"]
+    assert per_doc == {str(s["doc_id"]): float(s["acc"]) for s in samples}
+    assert acc["ci_method"] == "bootstrap"
+    assert acc["ci95"] == list(bootstrap_mean_ci(np.array(list(per_doc.values())), 1000, 0))
     lo, hi = acc["ci95"]
-    assert lo < acc["value"] < hi
+    assert lo <= acc["value"] <= hi and lo < hi
     assert result["protocol"]["chat_template"] is False and "lm_eval" in result["versions"]
 
 
@@ -70,6 +77,25 @@ def test_heredity_batched_loglik_matches_the_harness(result):
     mine = [ll.total for g in score_groups(model, groups, batch_size=8) for ll in g]
     assert len(mine) == len(expected) == 4 * LIMIT
     assert mine == pytest.approx(expected, abs=2e-3)
+
+
+def test_two_models_results_pair_by_document(result, tmp_path):
+    """Inside a run, harness accuracies of two models are compared document by document."""
+    from heredity.profile.stage import _difference, _per_prompt
+    from heredity.rundir import write_json
+
+    other = json.loads(json.dumps({k: v for k, v in result.items() if k != "samples"}))
+    docs = other["tasks"]["hellaswag_local"]["per_doc"]["acc"]
+    first = sorted(docs)[0]
+    docs[first] = 1.0 - docs[first]  # the other model flips one answer
+    for name, r in (("a", result), ("b", other)):
+        (tmp_path / name).mkdir()
+        write_json(tmp_path / name / "lm_eval.json", {k: v for k, v in r.items() if k != "samples"})
+    pa = _per_prompt("a", tmp_path / "a", {})["lm_eval:hellaswag_local/acc"]
+    pb = _per_prompt("b", tmp_path / "b", {})["lm_eval:hellaswag_local/acc"]
+    d = _difference(pa, pb, "a", "b", 500)
+    original = result["tasks"]["hellaswag_local"]["per_doc"]["acc"][first]
+    assert d["diff"] == pytest.approx((original - docs[first]) / LIMIT) and d["n"] == LIMIT
 
 
 def test_unknown_task_and_missing_folder_are_one_line_errors(tmp_path):

@@ -260,6 +260,10 @@ def _per_prompt(name: str, folder: Path, suites: dict[str, Any]) -> dict[str, Pa
     for suite, items in _ITEMS.items():
         if suite in suites and (folder / f"{suite}.parquet").is_file():
             out.update(items(read_table(folder / f"{suite}.parquet")))
+    if (folder / "lm_eval.json").is_file():  # harness tasks: paired by document
+        for task, t in read_json(folder / "lm_eval.json")["tasks"].items():
+            for metric, values in t.get("per_doc", {}).items():
+                out[f"lm_eval:{task}/{metric}"] = Paired(values)
     return out
 
 
