@@ -16,15 +16,9 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
     train_config,
 )
 
-from heredity.models import load_tokenizer
 from heredity.train import prepare_training, training_sequences
 
 SYSTEM = "Answer in plain English."
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(STUDENT)
 
 
 @pytest.fixture(scope="module")

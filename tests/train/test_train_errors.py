@@ -15,7 +15,6 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 )
 
 from heredity.errors import HeredityError
-from heredity.models import load_tokenizer
 from heredity.train import (
     KEY_FILE,
     check_qlora,
@@ -122,11 +121,6 @@ def test_loss_plot_is_a_png(tmp_path):
     log = [{"step": i, "loss": 2.0 / i} for i in range(1, 6)] + [{"step": 5, "train_runtime": 1.0}]
     plot_loss(log, tmp_path / "loss.png", "train/active")
     assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(STUDENT)
 
 
 def test_fewer_examples_than_one_batch_trains_one_step_per_epoch_and_warns(tmp_path, data_dir, tokenizer):

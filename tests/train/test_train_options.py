@@ -20,13 +20,8 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 
 from heredity.config import DistributedConfig, TrainConfig
 from heredity.errors import HeredityError
-from heredity.models import load_model, load_tokenizer
+from heredity.models import load_model
 from heredity.train import launch_command, run_train, split_validation, train_key
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(STUDENT)
 
 
 @pytest.fixture(scope="module")

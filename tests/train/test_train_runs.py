@@ -24,7 +24,7 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
     train_config,
 )
 
-from heredity.models import load_model, load_tokenizer
+from heredity.models import load_model
 from heredity.rundir import Stage
 from heredity.train import run_train
 
@@ -34,11 +34,6 @@ HERE = Path(__file__).parent
 LORA = {"method": "lora", "epochs": 2, "batch_size": 2, "learning_rate": 1e-3, "max_length": 96,
         "lora_r": 4, "lora_alpha": 8, "save_steps": 1, "save_total_limit": 1}
 LORA_STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(STUDENT)
 
 
 @pytest.fixture(scope="module")
