@@ -108,17 +108,24 @@ def test_rerun_reuses_every_stage(finished_run):
     assert manifests(out) == before
 
 
-def test_new_target_reruns_only_what_depends_on_it(finished_run, tmp_path):
-    _, out = finished_run
+def rerun_with(out: Path, tmp_path: Path, **overrides) -> tuple[dict, dict]:
+    """Run the finished run again with ``overrides``; the manifests before and after. Whatever
+    the change to selection, the pool, its scores and the passive and base models are reused."""
     before = manifests(out)
-    config = tmp_path / "min.yaml"
-    config.write_text(yaml.safe_dump(e2e_config(**{"select.direction": "min"})))
+    config = tmp_path / "changed.yaml"
+    config.write_text(yaml.safe_dump(e2e_config(**overrides)))
     result = heredity("run", str(config), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     after = manifests(out)
     for unchanged in ("generate", "score", "train/passive", "evaluate/base", "evaluate/passive",
                       "profile/base", "profile/passive"):
         assert after[unchanged] == before[unchanged], unchanged
+    return before, after
+
+
+def test_new_target_reruns_only_what_depends_on_it(finished_run, tmp_path):
+    _, out = finished_run
+    before, after = rerun_with(out, tmp_path, **{"select.direction": "min"})
     for rerun in ("select", "train/active", "evaluate/active", "profile/active", "judge/active_vs_passive",
                   "judge/active_vs_base"):
         assert after[rerun]["key"] != before[rerun]["key"], rerun
@@ -140,17 +147,9 @@ def test_bad_config_is_one_line_without_traceback(tmp_path):
 
 def test_a_variant_arm_trains_beside_the_others_and_reuses_them(finished_run, tmp_path):
     _, out = finished_run
-    before = manifests(out)
-    config = tmp_path / "variant.yaml"
     # the opposite of the active rule as a third steered arm
-    config.write_text(yaml.safe_dump(e2e_config(**{
-        "select.direction": "min", "select.variants": {"long": {"strategy": "best", "metric": "length"}}})))
-    result = heredity("run", str(config), "--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    after = manifests(out)
-    for unchanged in ("generate", "score", "train/passive", "evaluate/base", "evaluate/passive",
-                      "profile/base", "profile/passive"):
-        assert after[unchanged] == before[unchanged], unchanged
+    before, after = rerun_with(out, tmp_path, **{
+        "select.direction": "min", "select.variants": {"long": {"strategy": "best", "metric": "length"}}})
     for new in ("train/long", "evaluate/long", "profile/long", "judge/long_vs_passive"):
         assert new not in before and new in after, new
 
