@@ -62,7 +62,8 @@ def test_variants_are_arms_whose_metrics_are_scored():
     assert cfg.select.arms() == ("passive", "active", "short", "clean")
     assert set(cfg.score.metrics) == {"length", "words"}
     assert config_from_dict({}).select.arms() == ("passive", "active")
-    for bad, why in (("active", "taken by a built-in arm"), ("Long Arm", "lower-case letters")):
+    for bad, why in (("active", "taken by a built-in arm"), ("Long Arm", "lower-case letters"),
+                     ("teacher-x", "profiled teachers")):
         with pytest.raises(HeredityError, match=rf"field 'select.variants'.*{why}"):
             config_from_dict({"select": {"variants": {bad: "first"}}})
     with pytest.raises(HeredityError, match=r"field 'select.variants.short'.*unknown parameter 'metrc'"):

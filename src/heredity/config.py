@@ -303,6 +303,8 @@ class SelectConfig(_Strict):
                 raise ValueError(f"variant name {name!r}: use 1-40 lower-case letters, digits, '_' or '-'")
             if name in ("base", "passive", "active"):
                 raise ValueError(f"variant name {name!r} is taken by a built-in arm")
+            if name.startswith("teacher-"):  # profile/teacher-<label> holds the profiled teachers
+                raise ValueError(f"variant name {name!r}: 'teacher-' names are the profiled teachers'")
         return variants
 
     def arms(self) -> tuple[str, ...]:
