@@ -37,13 +37,13 @@ def _run(cfg, out: Path, until: str = "report") -> None:
 
 
 def _print_card(out: Path) -> None:
-    from heredity.report import ordered_arms
+    from heredity.report import steered_arms
     from heredity.rundir import read_json
 
     card = read_json(out / "select" / "card.json")
     table = Table(title=f"selection data card: {card['target']['direction']} {card['target']['metric']}, "
                         f"{card['prompts']} prompts, {card['pool_size']} candidates")
-    steered = [a for a in ordered_arms(card["teacher_share"]) if a != "passive"]
+    steered = steered_arms(card)
     # one row per arm, one column per metric: stays readable however many variants there are
     table.add_column("selection")
     for metric in card["metrics"]:

@@ -167,11 +167,17 @@ def adapter_base(folder: Path) -> str | None:
     return base
 
 
+def model_dtype(device: str):
+    """bf16 on a GPU that has it, else fp32."""
+    import torch
+
+    return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+
+
 def load_model(ref: str, device: str = "cpu", quantization_config: Any = None):
     """Load ``ref`` for ``device`` (bf16 on a GPU that has it). An adapter folder loads its base
     and merges the adapter in memory: generation then runs at the plain model's speed.
     ``quantization_config`` (QLoRA's 4-bit) places the model through ``device_map``."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     path = Path(ref).expanduser()
@@ -183,8 +189,7 @@ def load_model(ref: str, device: str = "cpu", quantization_config: Any = None):
         model.eval()
         return model
     kwargs = resolve(ref)
-    on_gpu = device.startswith("cuda")
-    dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = model_dtype(device)
     if quantization_config is not None:
         kwargs.update(quantization_config=quantization_config, device_map={"": device})
     try:

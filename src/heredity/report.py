@@ -6,8 +6,8 @@ prompts jointly (paired), because all arms answer the same prompts.
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,11 @@ def ordered_arms(names: Iterable[str]) -> list[str]:
     """base, passive, active, then the variants in the order given."""
     names = list(names)
     return [a for a in ARM_ORDER if a in names] + [a for a in names if a not in ARM_ORDER]
+
+
+def steered_arms(card: dict[str, Any]) -> list[str]:
+    """The arms of a selection data card other than the passive baseline: active, then variants."""
+    return [a for a in ordered_arms(card["teacher_share"]) if a != "passive"]
 
 
 def bootstrap_mean_ci(values: np.ndarray, samples: int, seed: int) -> tuple[float, float]:
@@ -151,7 +156,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {name.replace('_vs_', ' − ')} | {m} | {_fmt(d['diff'])} | "
                          f"[{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}] | {_fmt(d['ratio'])}× |")
     card = summary["selection"]
-    steered = [a for a in ordered_arms(card["teacher_share"]) if a != "passive"]
+    steered = steered_arms(card)
     lines += ["", "## Selected training data", "",
               f"{card['prompts']} train prompts, {card['pool_size']} candidates in the pool.", "",
               "| metric | pool mean | passive mean | " + " | ".join(f"{a} mean | {a} shift" for a in steered) + " |",

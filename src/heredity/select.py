@@ -20,9 +20,6 @@ from heredity.config import RunConfig
 from heredity.rundir import Stage, read_table, stable_hash, write_json, write_table
 from heredity.strategies import data_card, dose_response, export_selection, group_by_prompt, parse_spec, select, sweep
 
-ARMS = ("passive", "active")  # always present; ``select.variants`` adds more (cfg.select.arms())
-
-
 def run_select(cfg: RunConfig, run_dir: Path, score: Stage) -> Stage:
     specs = {arm: parse_spec(spec) for arm, spec in cfg.select.specs().items()}
     stage = Stage(run_dir, "select", {

@@ -661,14 +661,6 @@ def write_adapter(model, folder: Path, student: str, state_dict: dict | None = N
     config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
-def _merge_into_fresh_base(adapter: Path, student: str, device: str = "cpu"):
-    """Merge an adapter into an unquantised copy of the base: merging into a 4-bit (QLoRA) or
-    sharded model would lose precision or see only a shard."""
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(load_model(student, device), adapter).merge_and_unload()
-
-
 def save_student(trainer, tokenizer, student: str, tc: TrainConfig, output: Path, work_dir: Path,
                  device: str = "cpu") -> None:
     """The trained student in ``output``: full weights, LoRA merged into them (the default), or
@@ -680,7 +672,8 @@ def save_student(trainer, tokenizer, student: str, tc: TrainConfig, output: Path
         elif tc.method == "qlora":
             adapter = work_dir / "adapter"
             write_adapter(trained, adapter, student)
-            _merge_into_fresh_base(adapter, student, device).save_pretrained(tmp)
+            # merged into an unquantised copy of the base: merging into the 4-bit model would lose precision
+            load_model(str(adapter), device).save_pretrained(tmp)
             shutil.rmtree(adapter, ignore_errors=True)
         else:
             if tc.method == "lora":
@@ -707,7 +700,8 @@ def save_distributed(trainer, tokenizer, student: str, tc: TrainConfig, output: 
             elif tc.method != "full":
                 adapter = work_dir / "adapter"
                 write_adapter(unwrapped, adapter, student, state_dict=state)
-                _merge_into_fresh_base(adapter, student).save_pretrained(tmp)
+                # merged into a fresh copy of the base: the trained one may be sharded
+                load_model(str(adapter)).save_pretrained(tmp)
                 shutil.rmtree(adapter, ignore_errors=True)
             else:
                 unwrapped.save_pretrained(tmp, state_dict=state)

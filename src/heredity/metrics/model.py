@@ -297,18 +297,16 @@ class RewardOptions(_Options):
 
 @lru_cache(maxsize=1)
 def _load_reward_model(ref: str, device: str) -> tuple[Any, Any]:
-    import torch
     from transformers import AutoModelForSequenceClassification
 
-    from heredity.models import load_tokenizer, resolve
+    from heredity.models import load_tokenizer, model_dtype, resolve
 
     # right padding: a plain forward numbers positions from the left, so left padding would
     # shift a padded row's positions and change its score
     tokenizer = load_tokenizer(ref, padding_side="right")
-    dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            **resolve(ref), dtype=dtype, output_loading_info=True)
+            **resolve(ref), dtype=model_dtype(device), output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise HeredityError(f"metric 'reward': cannot load '{ref}' as a reward model: {str(exc).splitlines()[0]}") from None
     if info.get("missing_keys"):

@@ -75,14 +75,18 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float | None], n: int, samples: in
     if n == 0:
         return [None, None]
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(samples):
-        v = _clean(stat(rng.integers(0, n, size=n)))
-        if v is not None:
-            values.append(v)
-    if len(values) < samples / 2:
+    # dtype=float turns an undefined (None) figure into NaN
+    replicates = np.array([stat(rng.integers(0, n, size=n)) for _ in range(samples)], dtype=float)
+    return percentile_ci(replicates, samples)
+
+
+def percentile_ci(replicates: np.ndarray, samples: int) -> list[float | None]:
+    """Percentile 95% interval of bootstrap replicates, NaN (undefined) ones dropped;
+    [None, None] when fewer than half of the ``samples`` are defined."""
+    defined = replicates[~np.isnan(replicates)]
+    if len(defined) < samples / 2:
         return [None, None]
-    return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]
+    return [float(np.quantile(defined, 0.025)), float(np.quantile(defined, 0.975))]
 
 
 def estimate(stat: Callable[[np.ndarray], float | None], n: int, samples: int, seed: int) -> dict[str, Any]:

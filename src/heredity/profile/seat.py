@@ -40,7 +40,7 @@ import torch
 
 from heredity.errors import HeredityError
 from heredity.profile import loglik
-from heredity.profile.common import SuiteResult, data_file, estimate, sample_indices
+from heredity.profile.common import SuiteResult, data_file, estimate, percentile_ci, sample_indices
 
 DATA = "seat"
 SETS = ("targ1", "targ2", "attr1", "attr2")
@@ -98,14 +98,6 @@ def effect_size_bootstrap(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.nda
         sd = both.std(ddof=1)
         out[r] = (s_x.mean() - s_y.mean()) / sd if sd > 0 else np.nan
     return out
-
-
-def percentile_ci(values: np.ndarray, samples: int) -> list[float | None]:
-    """95% percentile interval of the finite values; [None, None] when most resamples are undefined."""
-    values = values[np.isfinite(values)]
-    if len(values) < samples / 2:
-        return [None, None]
-    return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]
 
 
 def embed(model, tokenizer, sentences: list[str], batch_size: int = 64) -> np.ndarray:

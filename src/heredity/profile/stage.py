@@ -39,7 +39,7 @@ import numpy as np
 from heredity.config import ProfileConfig, RunConfig
 from heredity.models import model_identity, pick_device
 from heredity.profile import bbq, calibration, stereoset
-from heredity.profile.common import estimate
+from heredity.profile.common import estimate, percentile_ci
 from heredity.rundir import Stage, read_json, read_table, write_json
 
 TOXIC = 0.5
@@ -273,10 +273,7 @@ def _replicated_difference(pa: Replicated, pb: Replicated, a: str, b: str) -> di
     if pa.seed != pb.seed or len(pa.boot) != len(pb.boot):
         out["note"] = f"not paired: {a} and {b} drew different resamples (other seed or count)"
         return out
-    d = pa.boot - pb.boot
-    d = d[np.isfinite(d)]
-    if len(d) >= len(pa.boot) / 2:
-        out["ci95"] = [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))]
+    out["ci95"] = percentile_ci(pa.boot - pb.boot, len(pa.boot))
     return out
 
 
