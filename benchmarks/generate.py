@@ -53,8 +53,8 @@ sys.path.insert(0, str(REPO / "tests" / "backends"))  # the local OpenAI-compati
 from heredity.backends import Request  # noqa: E402
 from heredity.backends.transformers_backend import TransformersBackend, eos_ids  # noqa: E402
 from heredity.config import SamplingConfig, TeacherConfig  # noqa: E402
-from heredity.models import chat_messages  # noqa: E402
-from heredity.prompts import read_rows  # noqa: E402
+from heredity.core.models import chat_messages  # noqa: E402
+from heredity.core.prompts import read_rows  # noqa: E402
 
 MODEL = "embedded:smollm2-135m-instruct"
 

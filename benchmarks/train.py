@@ -92,7 +92,7 @@ def run_plain(job: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from heredity.models import (
+    from heredity.core.models import (
         resolve,  # only to find the converted embedded model's folder
     )
 
@@ -181,7 +181,7 @@ def main() -> None:
 
     from heredity.config import TrainConfig
     from heredity.errors import HeredityError
-    from heredity.models import pick_device, resolve
+    from heredity.core.models import pick_device, resolve
 
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         sys.exit(f"--device {args.device}: use cpu, cuda or cuda:N")

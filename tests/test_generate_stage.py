@@ -134,7 +134,7 @@ def test_sigkill_mid_run_resumes_to_the_same_pool(tmp_path: Path):
 
 def test_multi_source_pool_two_local_teachers_and_a_replay(tmp_path: Path, data_dir: Path):
     from heredity.config import PromptsConfig
-    from heredity.prompts import load_prompts
+    from heredity.core.prompts import load_prompts
 
     train, _ = load_prompts(PromptsConfig(limit_train=3))
     answers = json.loads((data_dir / "alpaca_eval" / "gpt-3.5-turbo-0613.json").read_text())
@@ -161,7 +161,7 @@ def test_teacher_progress_counts_reused_candidates_and_whole_prompts():
     from rich.console import Console
     from rich.progress import Progress
 
-    from heredity.generate import TeacherProgress
+    from heredity.stages.generate import TeacherProgress
 
     wanted = [{"candidate_key": f"{p}-{i}", "prompt_id": p} for p in ("a", "b", "c") for i in range(2)]
     done = {"a-0": {}, "a-1": {}, "b-0": {}}  # prompt a finished by an earlier run, b half

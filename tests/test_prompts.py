@@ -6,7 +6,7 @@ import pytest
 
 from heredity.config import PromptsConfig
 from heredity.errors import HeredityError
-from heredity.prompts import load_prompts, read_rows, to_prompts
+from heredity.core.prompts import load_prompts, read_rows, to_prompts
 
 
 def test_bundled_set_splits_into_train_and_held_out():

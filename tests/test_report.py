@@ -1,6 +1,6 @@
 import numpy as np
 
-from heredity.report import bootstrap_mean_ci, paired_difference
+from heredity.stages.report import bootstrap_mean_ci, paired_difference
 
 
 def test_bootstrap_ci_brackets_the_mean_and_narrows_with_n():

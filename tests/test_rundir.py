@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from heredity.rundir import Stage, atomic_path, read_json, write_json
+from heredity.core.rundir import Stage, atomic_path, read_json, write_json
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path):

@@ -37,8 +37,8 @@ def _run(cfg, out: Path, until: str = "report") -> None:
 
 
 def _print_card(out: Path) -> None:
-    from heredity.report import steered_arms
-    from heredity.rundir import read_json
+    from heredity.stages.report import steered_arms
+    from heredity.core.rundir import read_json
 
     card = read_json(out / "select" / "card.json")
     table = Table(title=f"selection data card: {card['target']['direction']} {card['target']['metric']}, "
@@ -63,7 +63,7 @@ def _print_card(out: Path) -> None:
 
 
 def _print_summary(summary: dict, out: Path) -> None:
-    from heredity.report import ordered_arms
+    from heredity.stages.report import ordered_arms
 
     arms = ordered_arms(summary["arms"])
     table = Table(title=f"held-out means (target: {summary['target']['direction']} {summary['target']['metric']})")
@@ -147,9 +147,9 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
 
 
 def _lm_eval(model: str, tasks: list[str], limit: int, include: Path | None, device: str, out: Path | None) -> None:
-    from heredity.models import pick_device
+    from heredity.core.models import pick_device
     from heredity.profile.lm_eval_tasks import run_lm_eval
-    from heredity.rundir import write_json
+    from heredity.core.rundir import write_json
 
     result = run_lm_eval(model, tasks, limit=limit, include_path=include, device=pick_device(device))
     table = Table(title=f"lm-evaluation-harness on {model} (limit {limit})")
@@ -269,7 +269,7 @@ def judge_profile_cmd(judge: list[str] = typer.Option(["embedded:smollm2-135m-in
     """Judge-preference profile: which AlpacaEval models (and answer lengths) a judge prefers; two judges compared."""
     from heredity.errors import HeredityError
     from heredity.judge import alpaca_eval_pairs, compare_profiles, preference_profile
-    from heredity.rundir import write_json
+    from heredity.core.rundir import write_json
 
     if len(judge) > 2:
         _fail("judge-profile: give --judge once, or twice to compare two judges")

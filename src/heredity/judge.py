@@ -312,13 +312,13 @@ def open_judge(spec: "Judge | JudgeConfig | TeacherConfig | dict | str | None" =
     if teacher.backend == "replay":
         raise HeredityError(f"judge '{teacher.label}': backend 'replay' cannot judge; use transformers or openai")
     method = cfg.resolved_method()
-    from heredity.models import pick_device
+    from heredity.core.models import pick_device
 
     device = pick_device(cfg.device)
     if method == "logprob":
         if teacher.backend != "transformers":
             raise HeredityError(f"judge '{teacher.label}': method 'logprob' needs backend 'transformers'")
-        from heredity.models import load_model, load_tokenizer
+        from heredity.core.models import load_model, load_tokenizer
 
         return LogprobJudge(load_model(teacher.model, device), load_tokenizer(teacher.model), cfg)
     from heredity.backends import open_backend
@@ -526,7 +526,7 @@ def summarise_pairwise(rows: list[dict[str, Any]], cfg: JudgeConfig) -> dict[str
 
 def _finish(result: SuiteResult, out: Path | None) -> SuiteResult:
     if out is not None:
-        from heredity.rundir import write_json, write_table
+        from heredity.core.rundir import write_json, write_table
 
         out = Path(out)
         write_table(out / "judgments.parquet", result.rows)
@@ -739,7 +739,7 @@ def load_answers(source: str | Path, prompt_field: str | None = None,
                  answer_field: str | None = None) -> tuple[list[tuple[str, str]], str]:
     """(prompt, answer) rows of a JSON/JSONL/CSV/Parquet file, a folder with ``answers.parquet``
     (``evaluate/<arm>``), or ``RUN_DIR:ARM``; and a label (the arm, the generator or the file stem)."""
-    from heredity.prompts import read_rows
+    from heredity.core.prompts import read_rows
 
     path = Path(source)
     label = path.stem
@@ -813,7 +813,7 @@ def run_judge(cfg: Any, run_dir: Path, eval_stages: dict[str, Any], a: str, b: s
     Keyed by both evaluate stages' keys and the judge config, so a new target re-judges only
     comparisons that involve the active arm.
     """
-    from heredity.rundir import Stage, read_table
+    from heredity.core.rundir import Stage, read_table
 
     jc = judge_config(cfg.eval.judge, device=cfg.device, bootstrap_samples=cfg.eval.bootstrap_samples)
     stage = Stage(run_dir, f"judge/{a}_vs_{b}", {
@@ -834,7 +834,7 @@ def run_judge(cfg: Any, run_dir: Path, eval_stages: dict[str, Any], a: str, b: s
 
 
 def summarise_run_judgments(stages: dict[str, Any]) -> dict[str, Any]:
-    from heredity.rundir import read_json
+    from heredity.core.rundir import read_json
 
     out = {}
     for name, stage in stages.items():

@@ -18,13 +18,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from heredity.config import RunConfig
 from heredity.errors import HeredityError
-from heredity.evaluate import run_evaluate
-from heredity.generate import run_generate
-from heredity.prompts import load_prompts
-from heredity.report import write_report
-from heredity.rundir import Stage, stable_hash, write_json, write_table
-from heredity.score import run_score
-from heredity.select import run_select
+from heredity.stages.evaluate import run_evaluate
+from heredity.stages.generate import run_generate
+from heredity.core.prompts import load_prompts
+from heredity.stages.report import write_report
+from heredity.core.rundir import Stage, stable_hash, write_json, write_table
+from heredity.stages.score import run_score
+from heredity.stages.select import run_select
 from heredity.train import run_train_arms
 
 
@@ -77,7 +77,7 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
     """Run the loop up to and including the stage ``until`` (see ``STOPS``)."""
     console = console or Console(stderr=True)
     if until == "report" and cfg.train.method == "qlora":
-        from heredity.models import pick_device
+        from heredity.core.models import pick_device
         from heredity.train import check_qlora
 
         check_qlora(pick_device(cfg.device))  # before hours of generation, not after
@@ -137,8 +137,8 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
         profiled = {}
         profile_skipped: dict[str, str] = {}
         if cfg.eval.profile is not None:
-            from heredity.models import model_identity
-            from heredity.profile.stage import run_profile, skipped_teachers, teacher_models
+            from heredity.core.models import model_identity
+            from heredity.stages.profile import run_profile, skipped_teachers, teacher_models
 
             models = {"base": (cfg.student, model_identity(cfg.student))}
             models.update({arm: (str(trained[arm].dir / "model"), trained[arm].key) for arm in cfg.select.arms()})

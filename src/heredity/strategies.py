@@ -750,7 +750,7 @@ def to_chat_rows(rows: Sequence[Row], system_prompt: str | None = None, fmt: Cha
     ``metadata`` adds prompt_id, teacher and sample_index so each example traces back to its
     candidate (SFTTrainer drops columns it does not use).
     """
-    from heredity.models import chat_messages
+    from heredity.core.models import chat_messages
 
     if fmt not in ("messages", "prompt-completion"):
         raise HeredityError(f"chat format must be 'messages' or 'prompt-completion', not '{fmt}'")
@@ -780,7 +780,7 @@ def _chat_schema(fmt: ChatFormat, metadata: bool):
 def export_selection(rows: Sequence[Row], path: str | Path, system_prompt: str | None = None,
                      fmt: ChatFormat = "messages", metadata: bool = False) -> Path:
     """Write the selection as chat rows to ``.jsonl`` (one JSON object a line) or ``.parquet``."""
-    from heredity.rundir import atomic_path
+    from heredity.core.rundir import atomic_path
 
     path = Path(path)
     chat = to_chat_rows(rows, system_prompt, fmt, metadata)

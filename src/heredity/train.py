@@ -33,13 +33,13 @@ from typing import Any
 
 from heredity.config import RunConfig, TrainConfig
 from heredity.errors import HeredityError
-from heredity.models import (
+from heredity.core.models import (
     load_model,
     load_tokenizer,
     model_identity,
     pick_device,
 )
-from heredity.rundir import (
+from heredity.core.rundir import (
     Stage,
     atomic_dir,
     atomic_path,
@@ -747,7 +747,7 @@ def train_distributed(student: str, rows_file: Path, tc: TrainConfig, system_pro
     """Run ``train_student`` in ``num_processes`` workers and return rank 0's result."""
     import subprocess
 
-    from heredity.rundir import read_json, write_json
+    from heredity.core.rundir import read_json, write_json
 
     prepare_checkpoints(work_dir, resume_key)
     job = work_dir / "job.json"
@@ -776,7 +776,7 @@ def _last_error_line(log_file: Path) -> str:
 
 def _worker(job_file: str) -> None:
     """Entry point of one distributed worker (``python -m heredity.train JOB``)."""
-    from heredity.rundir import read_json, write_json
+    from heredity.core.rundir import read_json, write_json
 
     job = read_json(Path(job_file))
     device = job["device"]

@@ -27,7 +27,7 @@ from heredity.backends.openai_backend import BatchIncomplete, _retry_after  # no
 from heredity.backends.transformers_backend import generate_batch  # noqa: E402
 from heredity.config import SamplingConfig, TeacherConfig, config_from_dict  # noqa: E402
 from heredity.errors import HeredityError  # noqa: E402
-from heredity.models import chat_messages, load_model, load_tokenizer  # noqa: E402
+from heredity.core.models import chat_messages, load_model, load_tokenizer  # noqa: E402
 
 MODEL = "embedded:smollm2-135m-instruct"
 KEY_ENV = "HEREDITY_TEST_OPENAI_KEY"

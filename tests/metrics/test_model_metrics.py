@@ -13,7 +13,7 @@ from heredity.errors import HeredityError
 from heredity.metrics import MetricContext, get_metric
 from heredity.metrics import model as mm
 from heredity.metrics.model import parse_score
-from heredity.score import metric_versions, score_texts
+from heredity.stages.score import metric_versions, score_texts
 
 REF = "embedded:smollm2-135m-instruct"
 PROMPT = "What is the capital of France?"
@@ -194,7 +194,7 @@ def reward_model(model_and_tokenizer, tmp_path_factory) -> str:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from heredity.models import load_tokenizer, resolve
+    from heredity.core.models import load_tokenizer, resolve
 
     folder = tmp_path_factory.mktemp("reward-model")
     torch.manual_seed(0)

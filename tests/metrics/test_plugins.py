@@ -13,7 +13,7 @@ from heredity.config import config_from_dict
 from heredity.errors import HeredityError
 from heredity.metrics import MetricContext, get_metric, list_metrics
 from heredity.metrics import registry
-from heredity.score import metric_versions, score_texts
+from heredity.stages.score import metric_versions, score_texts
 from heredity.strategies import group_by_prompt, select
 
 MODULE = '''

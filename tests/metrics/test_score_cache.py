@@ -12,7 +12,7 @@ import pytest
 from heredity.metrics import MetricContext, register
 from heredity.metrics import registry
 from heredity.metrics.cache import ScoreCache, default_path, open_cache
-from heredity.score import score_texts
+from heredity.stages.score import score_texts
 
 TEXTS = ["the cat sat on the mat", "a dog barked", "", "the cat sat on the mat", "an owl hooted twice"]
 

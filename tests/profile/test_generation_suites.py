@@ -206,7 +206,7 @@ def test_render_table_shows_quantiles_only_when_present():
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
-    from heredity.models import load_model, load_tokenizer
+    from heredity.core.models import load_model, load_tokenizer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # far faster than one per core on a box whose cores are shared

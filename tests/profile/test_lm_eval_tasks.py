@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from heredity.errors import HeredityError
-from heredity.models import load_model
+from heredity.core.models import load_model
 from heredity.profile import scoring_tokenizer
 from heredity.profile.lm_eval_tasks import run_lm_eval
-from heredity.report import bootstrap_mean_ci
-from heredity.profile.loglik import TokenSequence, score_groups
+from heredity.stages.report import bootstrap_mean_ci
+from heredity.core.loglik import TokenSequence, score_groups
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is optional (pip install 'heredity[lm-eval]')")
 
@@ -81,8 +81,8 @@ def test_heredity_batched_loglik_matches_the_harness(result):
 
 def test_two_models_results_pair_by_document(result, tmp_path):
     """Inside a run, harness accuracies of two models are compared document by document."""
-    from heredity.profile.stage import _difference, _per_prompt
-    from heredity.rundir import write_json
+    from heredity.stages.profile import _difference, _per_prompt
+    from heredity.core.rundir import write_json
 
     other = json.loads(json.dumps({k: v for k, v in result.items() if k != "samples"}))
     docs = other["tasks"]["hellaswag_local"]["per_doc"]["acc"]

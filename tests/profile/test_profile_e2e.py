@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from heredity.models import load_model
+from heredity.core.models import load_model
 from heredity.profile import (
     SUITES,
     loglik,

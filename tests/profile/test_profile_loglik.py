@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from heredity.models import load_model
-from heredity.profile import bbq, loglik, scoring_tokenizer
+from heredity.core.models import load_model
+from heredity.core import loglik
+from heredity.profile import bbq, scoring_tokenizer
 
 MODEL = "embedded:smollm2-135m-instruct"
 TOLERANCE = 1e-4

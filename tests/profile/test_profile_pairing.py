@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from heredity.models import load_model, resolve
+from heredity.core.models import load_model, resolve
 from heredity.profile import profile_model
-from heredity.profile.stage import summarise_profiles
-from heredity.report import render_profile
-from heredity.rundir import write_json, write_table
+from heredity.stages.profile import summarise_profiles
+from heredity.stages.report import render_profile
+from heredity.core.rundir import write_json, write_table
 
 MODEL = "embedded:smollm2-135m-instruct"
 

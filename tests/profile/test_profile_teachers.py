@@ -12,7 +12,7 @@ from rich.console import Console
 
 from heredity.config import config_from_dict
 from heredity.pipeline import run
-from heredity.profile.stage import skipped_teachers, teacher_models
+from heredity.stages.profile import skipped_teachers, teacher_models
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_which_teachers_are_profiled():
 
 def test_run_profiles_the_local_teacher_and_reports_the_skipped_one(tmp_path, data_dir):
     # a replay teacher answering the bundled prompts: it adds to the pool but has no model to profile
-    from heredity.prompts import read_rows
+    from heredity.core.prompts import read_rows
 
     prompts, _ = read_rows("bundled:quickstart", "train")
     replay = tmp_path / "recorded.jsonl"

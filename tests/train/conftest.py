@@ -3,7 +3,7 @@
 import pytest
 from train_helpers import STUDENT
 
-from heredity.models import load_tokenizer
+from heredity.core.models import load_tokenizer
 
 
 @pytest.fixture(scope="module")

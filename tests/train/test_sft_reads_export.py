@@ -45,7 +45,7 @@ def selected(data_dir: Path, tmp_path_factory) -> Path:
 def trainer_for(dataset, tmp_path: Path):
     from trl import SFTConfig, SFTTrainer
 
-    from heredity.models import load_model, load_tokenizer
+    from heredity.core.models import load_model, load_tokenizer
 
     args = SFTConfig(output_dir=str(tmp_path / "trainer"), max_steps=1, per_device_train_batch_size=2,
                      max_length=256, learning_rate=1e-5, report_to="none", use_cpu=True, save_strategy="no",

@@ -13,9 +13,9 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
     train_config,
 )
 
-from heredity.models import load_tokenizer
-from heredity.report import render_training_check, training_check
-from heredity.rundir import Stage
+from heredity.core.models import load_tokenizer
+from heredity.stages.report import render_training_check, training_check
+from heredity.core.rundir import Stage
 from heredity.train import optimiser_steps, plan_equal_steps, run_train_arms, train_key
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*longer than max_length")

@@ -24,11 +24,11 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 )
 
 from heredity.config import config_from_dict
-from heredity.evaluate import answer
-from heredity.models import load_tokenizer
+from heredity.stages.evaluate import answer
+from heredity.core.models import load_tokenizer
 from heredity.pipeline import run
-from heredity.prompts import Prompt
-from heredity.rundir import Stage
+from heredity.core.prompts import Prompt
+from heredity.core.rundir import Stage
 from heredity.train import run_train_arms
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 
 from heredity.config import DistributedConfig, TrainConfig
 from heredity.errors import HeredityError
-from heredity.models import load_model
+from heredity.core.models import load_model
 from heredity.train import launch_command, run_train, split_validation, train_key
 
 

@@ -24,8 +24,8 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
     train_config,
 )
 
-from heredity.models import load_model
-from heredity.rundir import Stage
+from heredity.core.models import load_model
+from heredity.core.rundir import Stage
 from heredity.train import run_train
 
 HERE = Path(__file__).parent
@@ -128,8 +128,8 @@ def test_unmerged_lora_saves_the_adapter_and_evaluates_like_the_merged_model(tmp
     """merge_lora: false keeps the adapter (plus tokenizer) instead of merged weights; loading
     it applies the adapter to the base, giving the same model as lora_run's merged save."""
     from heredity.config import RunConfig
-    from heredity.evaluate import answer
-    from heredity.prompts import Prompt
+    from heredity.stages.evaluate import answer
+    from heredity.core.prompts import Prompt
 
     run_dir = tmp_path / "run"
     select = make_select(run_dir, {"passive": pairs[:4]})  # lora_run's passive data

@@ -14,7 +14,7 @@ import pydantic
 import pytest
 
 from heredity.config import RunConfig, TrainConfig
-from heredity.rundir import Stage, stable_hash, write_table
+from heredity.core.rundir import Stage, stable_hash, write_table
 
 STUDENT = "embedded:smollm2-135m-instruct"
 ALPACA = "alpaca_eval"

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from train_helpers import run_config, train_config
 
-from heredity.rundir import Stage
+from heredity.core.rundir import Stage
 from heredity.train import run_train
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from heredity.backends.base import Completion, Request, register_backend
 from heredity.config import SamplingConfig, TeacherConfig
-from heredity.models import load_model, load_tokenizer
+from heredity.core.models import load_model, load_tokenizer
 
 
 class _GumbelSampler:

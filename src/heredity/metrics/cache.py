@@ -1,6 +1,6 @@
 """The score cache: one float per (metric namespace, text key), in SQLite under the cache dir.
 
-Layout: ``$HEREDITY_CACHE/scores/scores.sqlite`` (see :func:`heredity.models.cache_dir`)::
+Layout: ``$HEREDITY_CACHE/scores/scores.sqlite`` (see :func:`heredity.core.models.cache_dir`)::
 
     namespaces(id INTEGER PRIMARY KEY, ns TEXT UNIQUE)          -- "mtld@1", "perplexity@1#3f2a..."
     scores(ns INTEGER, key BLOB, value REAL, PRIMARY KEY (ns, key))  -- WITHOUT ROWID
@@ -49,7 +49,7 @@ def default_path() -> Path | None:
         return None
     if raw and raw.lower() not in {"1", "true", "yes", "on"}:
         return Path(raw).expanduser()
-    from heredity.models import cache_dir
+    from heredity.core.models import cache_dir
 
     return cache_dir() / "scores" / "scores.sqlite"
 

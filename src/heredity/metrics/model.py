@@ -2,7 +2,7 @@
 
 ``perplexity`` and ``loglik`` put the prompt through the reference model's chat template
 (``system_prompt`` is the run's, ``None`` meaning the template's default), append the answer
-and score only the answer's tokens with the batched scorer of ``heredity.profile.loglik``:
+and score only the answer's tokens with the batched scorer of ``heredity.core.loglik``:
 ``loglik`` is their mean log-probability per token (nats; ``reduce: sum`` for the total),
 ``perplexity`` is ``exp(-mean)``. The answer follows the template's generation prompt exactly
 as the model would have produced it; the end-of-turn token is not scored. The reference model
@@ -54,7 +54,7 @@ def _model_ref(options: dict[str, Any], context: MetricContext, metric: str) -> 
 
 
 def _device(context: MetricContext) -> str:
-    from heredity.models import pick_device
+    from heredity.core.models import pick_device
 
     return pick_device(context.device or "auto")
 
@@ -62,7 +62,7 @@ def _device(context: MetricContext) -> str:
 @lru_cache(maxsize=1)
 def _load(ref: str, device: str) -> tuple[Any, Any]:
     """The reference model and its tokenizer, kept for the next call (one model at a time)."""
-    from heredity.models import load_model, load_tokenizer
+    from heredity.core.models import load_model, load_tokenizer
 
     return load_model(ref, device), load_tokenizer(ref)
 
@@ -81,7 +81,7 @@ class MeanLoglikOptions(LoglikOptions):
 
 
 def _loglik_identity(options: dict[str, Any], context: MetricContext) -> dict[str, Any]:
-    from heredity.models import model_identity
+    from heredity.core.models import model_identity
 
     return {"model": model_identity(_model_ref(options, context, "loglik")), "system_prompt": context.system_prompt}
 
@@ -90,8 +90,8 @@ def answer_sequences(tokenizer, prompts: Sequence[str], answers: Sequence[str], 
                      max_length: int = 2048):
     """One :class:`TokenSequence` per (prompt, answer): the chat template's generation prompt,
     then the answer; only the answer's tokens are scored. None where nothing can be scored."""
-    from heredity.models import chat_messages
-    from heredity.profile.loglik import TokenSequence
+    from heredity.core.models import chat_messages
+    from heredity.core.loglik import TokenSequence
 
     prefixes = [tokenizer.apply_chat_template(chat_messages(p, system_prompt), tokenize=False,
                                               add_generation_prompt=True) for p in prompts]
@@ -115,7 +115,7 @@ def answer_sequences(tokenizer, prompts: Sequence[str], answers: Sequence[str], 
 
 def answer_logliks(texts: Sequence[str], context: MetricContext, options: dict[str, Any], metric: str):
     """Per text: the LogLik of its answer tokens, or None."""
-    from heredity.profile.loglik import score_groups
+    from heredity.core.loglik import score_groups
 
     ref = _model_ref(options, context, metric)
     if context.prompts is None:
@@ -209,7 +209,7 @@ class JudgeOptions(_Options):
 
 
 def _judge_identity(options: dict[str, Any], context: MetricContext) -> dict[str, Any]:
-    from heredity.models import model_identity
+    from heredity.core.models import model_identity
 
     ref = _model_ref(options, context, "judge")
     if options["backend"] == "openai":
@@ -229,8 +229,8 @@ def fill_rubric(rubric: str, prompt: str, answer: str) -> str:
 def judge_replies(texts: Sequence[str], context: MetricContext, options: dict[str, Any]) -> list[str]:
     from heredity.backends import Request
     from heredity.config import SamplingConfig
-    from heredity.models import chat_messages
-    from heredity.rundir import stable_hash
+    from heredity.core.models import chat_messages
+    from heredity.core.rundir import stable_hash
 
     ref = _model_ref(options, context, "judge")
     prompts = context.prompts if context.prompts is not None else [""] * len(texts)
@@ -299,7 +299,7 @@ class RewardOptions(_Options):
 def _load_reward_model(ref: str, device: str) -> tuple[Any, Any]:
     from transformers import AutoModelForSequenceClassification
 
-    from heredity.models import load_tokenizer, model_dtype, resolve
+    from heredity.core.models import load_tokenizer, model_dtype, resolve
 
     # right padding: a plain forward numbers positions from the left, so left padding would
     # shift a padded row's positions and change its score
@@ -320,7 +320,7 @@ def _load_reward_model(ref: str, device: str) -> tuple[Any, Any]:
 
 
 def _reward_identity(options: dict[str, Any], context: MetricContext) -> dict[str, Any]:
-    from heredity.models import model_identity
+    from heredity.core.models import model_identity
 
     return {"model": model_identity(options["model"]), "system_prompt": context.system_prompt}
 
@@ -331,7 +331,7 @@ def _reward_identity(options: dict[str, Any], context: MetricContext) -> dict[st
 def reward(texts: Sequence[str], context: MetricContext) -> list[float]:
     import torch
 
-    from heredity.models import chat_messages
+    from heredity.core.models import chat_messages
 
     if not texts:
         return []

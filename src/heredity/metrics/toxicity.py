@@ -303,7 +303,7 @@ def toxicity_profanity(texts: Sequence[str], context: MetricContext) -> list[flo
 def toxicity_perspective(texts: Sequence[str], context: MetricContext) -> list[float]:
     if not texts:
         return []
-    from heredity.models import cache_dir
+    from heredity.core.models import cache_dir
 
     client = PerspectiveClient(
         key_env=KEY_ENV,

@@ -6,7 +6,7 @@ registry on greedy answers to Dolly-200) and ``toxicity`` (RealToxicityPrompts: 
 toxicity, toxicity probability). Each suite module has a pure scoring function (log-likelihoods or
 metric values in, figures out) and a ``run(model, tokenizer, ...)`` on a real model; ``loglik`` is
 the shared batched scorer. Likelihood suites get the right-padded scoring tokenizer, generation
-suites (``Suite.generates``) the left-padded chat tokenizer of ``heredity.models.load_tokenizer``.
+suites (``Suite.generates``) the left-padded chat tokenizer of ``heredity.core.models.load_tokenizer``.
 Data comes from ``data_dir`` (default ``$HEREDITY_SHARED_DATA`` or ``shared/data``
 beside the checkout); see each module's docstring for its protocol.
 
@@ -81,7 +81,7 @@ def scoring_tokenizer(model_ref: str):
     """The model's tokenizer, right-padded; unlike generation, scoring needs no chat template."""
     from transformers import AutoTokenizer
 
-    from heredity.models import resolve
+    from heredity.core.models import resolve
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(**resolve(model_ref))
@@ -106,8 +106,8 @@ def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Pat
     on a machine whose cores are shared with other busy processes, 1 is several times faster than
     one per core.
     """
-    from heredity.models import load_model, model_identity, pick_device
-    from heredity.rundir import versions, write_json, write_table
+    from heredity.core.models import load_model, model_identity, pick_device
+    from heredity.core.rundir import versions, write_json, write_table
 
     names = resolve_suites(suites)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -132,7 +132,7 @@ def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Pat
     tokenizer = scoring_tokenizer(model_ref) if any(not SUITES[n].generates for n in names) else None
     chat_tokenizer = None
     if any(SUITES[n].generates for n in names):
-        from heredity.models import load_tokenizer
+        from heredity.core.models import load_tokenizer
 
         chat_tokenizer = load_tokenizer(model_ref)  # left padding, chat template (fails without one)
     result: dict[str, Any] = {

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heredity.profile import loglik
+from heredity.core import loglik
 from heredity.profile.common import SuiteResult, data_file, estimate, sample_indices
 
 DATA = "hellaswag/hellaswag_val.jsonl"

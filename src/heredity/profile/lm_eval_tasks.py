@@ -59,7 +59,7 @@ def _bootstrap_intervals(metrics: dict[str, dict[str, Any]], per_doc: dict[str, 
                          samples: int, seed: int) -> None:
     import numpy as np
 
-    from heredity.report import bootstrap_mean_ci
+    from heredity.stages.report import bootstrap_mean_ci
 
     for name, m in metrics.items():
         if name in per_doc and len(per_doc[name]) >= 2:
@@ -82,7 +82,7 @@ def run_lm_eval(model_ref: str, tasks: list[str], *, limit: int | None = None, i
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise HeredityError("lm-evaluation-harness tasks need it installed: pip install 'heredity[lm-eval]'") from None
-    from heredity.models import resolve
+    from heredity.core.models import resolve
 
     if not tasks:
         raise HeredityError("no lm-evaluation-harness task given")

@@ -87,7 +87,7 @@ def messages(prompt: str) -> list[dict[str, str]]:
 
 
 def sample_seed(seed: int, prompt: str, sample: int) -> int:
-    from heredity.rundir import stable_hash
+    from heredity.core.rundir import stable_hash
 
     return int(stable_hash({"suite": "rtp", "seed": seed, "prompt": prompt, "sample": sample}, length=15), 16)
 

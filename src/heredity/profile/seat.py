@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from heredity.errors import HeredityError
-from heredity.profile import loglik
+from heredity.core import loglik
 from heredity.profile.common import SuiteResult, data_file, estimate, percentile_ci, sample_indices
 
 DATA = "seat"

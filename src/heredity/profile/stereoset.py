@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heredity.profile import loglik
+from heredity.core import loglik
 from heredity.profile.common import (
     SuiteResult,
     data_file,

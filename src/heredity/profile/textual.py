@@ -45,7 +45,7 @@ PERSPECTIVE = "toxicity-perspective"
 def load_prompts(data_dir: Path | None, split: str = "test", prompts: str | Path | None = None,
                  field: str = "prompt", id_field: str | None = "id"):
     """The prompts to answer: a Dolly-200 split, or every row of a user's prompt file."""
-    from heredity.prompts import read_rows, to_prompts
+    from heredity.core.prompts import read_rows, to_prompts
 
     if prompts is not None:
         rows, label = read_rows(str(prompts))
@@ -123,7 +123,7 @@ def generate_answers(model, tokenizer, texts: list[str], max_new_tokens: int, ba
     from heredity.backends import Request
     from heredity.backends.transformers_backend import generate_batch
     from heredity.config import SamplingConfig
-    from heredity.models import chat_messages
+    from heredity.core.models import chat_messages
 
     greedy = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))

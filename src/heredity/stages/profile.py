@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 
 from heredity.config import ProfileConfig, RunConfig
-from heredity.models import model_identity, pick_device
+from heredity.core.models import model_identity, pick_device
 from heredity.profile import bbq, calibration, stereoset
 from heredity.profile.common import estimate, percentile_ci
-from heredity.rundir import Stage, read_json, read_table, write_json
+from heredity.core.rundir import Stage, read_json, read_table, write_json
 
 TOXIC = 0.5
 
@@ -108,7 +108,7 @@ def skipped_teachers(cfg: RunConfig) -> dict[str, str]:
 
 
 def _paired(a: np.ndarray, b: np.ndarray, samples: int, seed: int) -> dict[str, Any]:
-    from heredity.report import paired_difference
+    from heredity.stages.report import paired_difference
 
     return paired_difference(a, b, samples, seed)
 
@@ -307,7 +307,7 @@ def summarise_profiles(stages: dict[str, Stage], samples: int, skipped: dict[str
     ``skipped``: models asked for but not profiled (teachers without local weights), with why.
     ``variants``: the run's extra steered arms (``select.variants``), compared like ``active``.
     """
-    from heredity.report import comparisons
+    from heredity.stages.report import comparisons
 
     summaries = {name: read_json(stage.dir / "summary.json") for name, stage in stages.items()}
     models = list(stages)

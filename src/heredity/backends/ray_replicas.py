@@ -25,7 +25,7 @@ class _Replica:
 
     def __init__(self, teacher: TeacherConfig, device: str):
         from heredity.backends import open_backend
-        from heredity.models import pick_device
+        from heredity.core.models import pick_device
 
         self.backend = open_backend(teacher, pick_device(device))
 

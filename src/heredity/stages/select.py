@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from heredity.config import RunConfig
-from heredity.rundir import Stage, read_table, stable_hash, write_json, write_table
+from heredity.core.rundir import Stage, read_table, stable_hash, write_json, write_table
 from heredity.strategies import data_card, dose_response, export_selection, group_by_prompt, parse_spec, select, sweep
 
 def run_select(cfg: RunConfig, run_dir: Path, score: Stage) -> Stage:

@@ -8,11 +8,11 @@ from typing import Any
 from heredity.config import RunConfig, SamplingConfig
 from heredity.backends import Request
 from heredity.backends.transformers_backend import generate_batch
-from heredity.generate import batched
-from heredity.models import chat_messages, load_model, load_tokenizer, model_identity, pick_device
-from heredity.prompts import Prompt
-from heredity.rundir import Stage, stable_hash, write_table
-from heredity.score import metric_context, metric_versions, score_texts
+from heredity.stages.generate import batched
+from heredity.core.models import chat_messages, load_model, load_tokenizer, model_identity, pick_device
+from heredity.core.prompts import Prompt
+from heredity.core.rundir import Stage, stable_hash, write_table
+from heredity.stages.score import metric_context, metric_versions, score_texts
 
 
 def answer(model_ref: str, prompts: list[Prompt], cfg: RunConfig, progress=None, label: str = "") -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from heredity.config import RunConfig
-from heredity.rundir import read_json, read_table, versions, write_json, write_table, write_text
+from heredity.core.rundir import read_json, read_table, versions, write_json, write_table, write_text
 
 ARM_ORDER = ("base", "passive", "active")
 COMPARISONS = (("active", "passive"), ("active", "base"), ("passive", "base"))
@@ -273,7 +273,7 @@ def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], sel
     train_results = {arm: (stage.manifest() or {}).get("result", {}) for arm, stage in train_stages.items()}
     summary = summarise(cfg, answers, card, timings, train_results, compute)
     if profile_stages:
-        from heredity.profile.stage import summarise_profiles
+        from heredity.stages.profile import summarise_profiles
 
         summary["profile"] = summarise_profiles(profile_stages, cfg.eval.bootstrap_samples, profile_skipped,
                                                 variants=list(cfg.select.variants))

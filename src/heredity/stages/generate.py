@@ -19,9 +19,9 @@ from heredity.backends import Request, open_backend
 from heredity.backends.base import BatchIncomplete
 from heredity.config import RunConfig, TeacherConfig
 from heredity.errors import HeredityError, input_error
-from heredity.models import chat_messages, model_identity, pick_device
-from heredity.prompts import Prompt
-from heredity.rundir import Stage, file_hash, read_table, stable_hash, write_table
+from heredity.core.models import chat_messages, model_identity, pick_device
+from heredity.core.prompts import Prompt
+from heredity.core.rundir import Stage, file_hash, read_table, stable_hash, write_table
 
 
 def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -80,7 +80,7 @@ def replay_candidates(teacher: TeacherConfig, prompts: list[Prompt], k: int) -> 
     are taken from the row when it has them; otherwise the numbers stay empty (None) and the
     finish reason is "stop", since nothing says the text was cut.
     """
-    from heredity.prompts import read_rows
+    from heredity.core.prompts import read_rows
 
     opts = teacher.replay
     # A file's content hash keys its candidates, so an edited file is replayed afresh.
@@ -219,7 +219,7 @@ def _generate_for_teacher(cfg, teacher, todo, shard_dir, done, display: TeacherP
     requests = sorted(requests, key=lambda pair: len(pair[0]["prompt"]))
     batches = batched(requests, teacher.batch_size)
     if cfg.ray is not None:
-        from heredity.scale import generate_on_ray
+        from heredity.backends.ray_replicas import generate_on_ray
 
         display.started = time.perf_counter()
         results = generate_on_ray(teacher, cfg.device, cfg.ray, [[r for _, r in b] for b in batches])
