@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from heredity.config import bundled_config, config_from_dict, load_config
+from heredity.plan import bundled_config, config_from_dict, load_config
 from heredity.errors import HeredityError
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from heredity.config import config_from_dict
+from heredity.plan import config_from_dict
 from heredity.pipeline import run
 
 pytestmark = pytest.mark.slow
@@ -105,7 +105,7 @@ def test_adding_prompts_generates_only_their_candidates(tmp_path: Path, sent_see
 
 def test_sigkill_mid_run_resumes_to_the_same_pool(tmp_path: Path):
     cfg = gen_config(k=2, train=6, batch_size=2)  # 12 candidates in 6 shards
-    script = ("import sys, json; from heredity.config import config_from_dict; from heredity.pipeline import run; "
+    script = ("import sys, json; from heredity.plan import config_from_dict; from heredity.pipeline import run; "
               "run(config_from_dict(json.loads(sys.argv[1])), sys.argv[2], until='generate')")
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(cfg), str(killed)],

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from heredity.config import config_from_dict
+from heredity.plan import config_from_dict
 from heredity.errors import HeredityError
 from heredity.pipeline import run
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from heredity.config import config_from_dict
+from heredity.plan import config_from_dict
 from heredity.errors import HeredityError
 from heredity.pipeline import run
 

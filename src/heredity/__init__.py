@@ -1,6 +1,7 @@
 """heredity: measure and steer what a student model inherits from its teachers' synthetic data."""
 
-from heredity.config import RunConfig, load_config
+from heredity.config import RunConfig
+from heredity.plan import load_config
 from heredity.errors import HeredityError
 
 __version__ = "0.1.0"

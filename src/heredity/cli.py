@@ -78,7 +78,7 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 def _config(path: Path | None):
     """The config at ``path``, or the bundled quickstart; a bad config ends the command in one line."""
-    from heredity.config import bundled_config, load_config
+    from heredity.plan import bundled_config, load_config
     from heredity.errors import HeredityError
 
     try:

@@ -1,27 +1,26 @@
-"""Typed run configuration.
+"""Typed run configuration: the schema layer.
 
 One YAML file describes a whole experiment: prompts, teachers, student, selection target,
 training and evaluation. Every model is a pydantic model with ``extra="forbid"`` so a
 misspelt key is an error, not a silently ignored setting.
+
+This module checks shapes, types and ranges only and imports nothing of heredity's but its
+error type, so every layer can read a config. Whether a metric, strategy or judge named in a
+config exists is checked one layer up, by ``heredity.plan`` (``load_config`` and
+``config_from_dict`` there do both).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from heredity.errors import HeredityError
 
@@ -161,21 +160,24 @@ class TeacherConfig(_Strict):
 
 
 def _metric_error(message: str) -> Any:
-    from pydantic_core import PydanticCustomError
-
     # "{msg}" as template: the message itself may hold braces
     return PydanticCustomError("metric", "{msg}", {"msg": message})
 
 
-def _check_metric_column(column: str, info: ValidationInfo) -> str:
-    """Each score.metrics entry must resolve (import, options) when the config is read."""
-    from heredity.metrics import resolve
-
-    try:
-        resolve(column, info.data.get("metric_options") or {})
-    except HeredityError as exc:
-        raise _metric_error(str(exc)) from None
-    return column
+def split_metric_entry(entry: str | Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """``"mtld"`` or ``{name: perplexity, as: ppl, model: ...}`` → (column, registry name, options)."""
+    if isinstance(entry, str):
+        return entry, entry, {}
+    if not isinstance(entry, Mapping):
+        raise HeredityError(f"a metric is a name or a mapping with 'name', not {type(entry).__name__}")
+    options = dict(entry)
+    name = options.pop("name", None)
+    if not isinstance(name, str) or not name:
+        raise HeredityError(f"a metric mapping needs 'name: METRIC'; got keys {sorted(entry)}")
+    column = options.pop("as", None) or name
+    if not isinstance(column, str):
+        raise HeredityError(f"metric '{name}': 'as' must be a column name")
+    return column, name, options
 
 
 class ScoreConfig(_Strict):
@@ -190,7 +192,7 @@ class ScoreConfig(_Strict):
         default_factory=dict,
         description="Column → options ({name: METRIC, ...} when the column is not the metric's name).",
     )
-    metrics: list[Annotated[str, AfterValidator(_check_metric_column)]] = Field(
+    metrics: list[str] = Field(
         default_factory=lambda: ["length", "mtld"],
         description="Registry names (see `heredity metrics`), 'module:function', or "
         "{name: METRIC, as: COLUMN, option: value, ...}.",
@@ -203,8 +205,6 @@ class ScoreConfig(_Strict):
     def _mappings_to_options(cls, data: Any) -> Any:
         if not isinstance(data, dict) or not isinstance(data.get("metrics"), list):
             return data
-        from heredity.metrics.registry import split_entry
-
         data = dict(data)
         options = dict(data.get("metric_options") or {})
         columns = []
@@ -213,7 +213,7 @@ class ScoreConfig(_Strict):
                 columns.append(entry)
                 continue
             try:
-                column, name, opts = split_entry(entry)
+                column, name, opts = split_metric_entry(entry)
             except HeredityError as exc:
                 raise _metric_error(f"metrics[{i}]: {exc}") from None
             if column in columns:
@@ -226,20 +226,6 @@ class ScoreConfig(_Strict):
         data["metrics"] = columns
         data["metric_options"] = options
         return data
-
-    @model_validator(mode="after")
-    def _unlisted_options_resolve(self) -> "ScoreConfig":
-        """Options of columns not in ``metrics`` (e.g. only in eval.metrics) are checked too;
-        listed ones were checked with their entry."""
-        from heredity.metrics import resolve
-
-        for column in self.metric_options:
-            if column not in self.metrics:
-                try:
-                    resolve(column, self.metric_options)
-                except HeredityError as exc:
-                    raise _metric_error(f"metric_options.{column}: {exc}") from None
-        return self
 
 
 class StrategySpec(BaseModel):
@@ -258,13 +244,6 @@ class StrategySpec(BaseModel):
     @classmethod
     def _bare_name(cls, data: Any) -> Any:
         return {"strategy": data} if isinstance(data, str) else data
-
-    @model_validator(mode="after")
-    def _valid_for_its_strategy(self) -> "StrategySpec":
-        from heredity.strategies import parse_spec
-
-        parse_spec(self.as_dict())  # SpecError is a ValueError: reported under this field
-        return self
 
     def as_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, **(self.model_extra or {})}
@@ -323,12 +302,6 @@ class SelectConfig(_Strict):
 
     def passive_spec(self) -> dict[str, Any]:
         return self.passive.as_dict() if self.passive is not None else {"strategy": "random", "seed": self.seed}
-
-    def metrics(self) -> list[str]:
-        """Every metric the selection reads (the target included), for score.metrics."""
-        from heredity.strategies import spec_metrics
-
-        return sorted({self.metric, *(m for spec in self.specs().values() for m in spec_metrics(spec))})
 
 
 class DistributedConfig(_Strict):
@@ -494,19 +467,12 @@ class RunConfig(_Strict):
             raise ValueError(f"teacher names must be unique; repeated: {', '.join(dupes)} (set 'name')")
         return teachers
 
-    @model_validator(mode="after")
-    def _selection_metrics_are_scored(self) -> "RunConfig":
-        missing = [m for m in self.select.metrics() if m not in self.score.metrics]
-        if missing:
-            self.score.metrics = [*self.score.metrics, *missing]
-        return self
-
     @property
     def eval_metrics(self) -> list[str]:
         return self.eval.metrics or self.score.metrics
 
 
-def _format_validation_error(source: str, exc: ValidationError) -> str:
+def format_validation_error(source: str, exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -517,14 +483,16 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
     return f"{source}: invalid config: " + "; ".join(parts)
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """The config's shape checked (types, ranges, unknown keys); see ``heredity.plan`` for the rest."""
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise HeredityError(_format_validation_error(source, exc)) from None
+        raise HeredityError(format_validation_error(source, exc)) from None
 
 
-def load_config(path: str | Path) -> RunConfig:
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's mapping; a missing file or bad YAML is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise HeredityError(f"{path}: config file not found")
@@ -539,13 +507,12 @@ def load_config(path: str | Path) -> RunConfig:
         data = {}
     if not isinstance(data, dict):
         raise HeredityError(f"{path}: a config must be a mapping of keys to values")
-    return config_from_dict(data, str(path))
+    return data
 
 
-def bundled_config(name: str) -> RunConfig:
-    from importlib.resources import files
-
+def bundled_config_data(name: str) -> dict[str, Any]:
+    """The mapping of a config shipped in ``heredity/data/configs``."""
     resource = files("heredity.data.configs").joinpath(f"{name}.yaml")
     if not resource.is_file():
         raise HeredityError(f"no bundled config named '{name}'")
-    return config_from_dict(yaml.safe_load(resource.read_text(encoding="utf-8")), f"bundled:{name}")
+    return yaml.safe_load(resource.read_text(encoding="utf-8"))

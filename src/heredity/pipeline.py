@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from heredity.config import RunConfig
 from heredity.errors import HeredityError
+from heredity.plan import check_config
 from heredity.stages.evaluate import run_evaluate
 from heredity.stages.generate import run_generate
 from heredity.core.prompts import load_prompts
@@ -76,6 +77,7 @@ STOPS = ("generate", "score", "select", "report")
 def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = "report") -> dict[str, Any]:
     """Run the loop up to and including the stage ``until`` (see ``STOPS``)."""
     console = console or Console(stderr=True)
+    check_config(cfg)  # a config built in Python, not read through heredity.plan, is checked here
     if until == "report" and cfg.train.method == "qlora":
         from heredity.core.models import pick_device
         from heredity.train import check_qlora

@@ -25,7 +25,8 @@ from openai_server import Faults, LocalChatServer, request_id  # noqa: E402
 from heredity.backends import Request, open_backend  # noqa: E402
 from heredity.backends.openai_backend import BatchIncomplete, _retry_after  # noqa: E402
 from heredity.backends.transformers_backend import generate_batch  # noqa: E402
-from heredity.config import SamplingConfig, TeacherConfig, config_from_dict  # noqa: E402
+from heredity.config import SamplingConfig, TeacherConfig  # noqa: E402
+from heredity.plan import config_from_dict  # noqa: E402
 from heredity.errors import HeredityError  # noqa: E402
 from heredity.core.models import chat_messages, load_model, load_tokenizer  # noqa: E402
 

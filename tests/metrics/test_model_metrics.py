@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from heredity.config import config_from_dict
+from heredity.plan import config_from_dict
 from heredity.errors import HeredityError
 from heredity.metrics import MetricContext, get_metric
 from heredity.metrics import model as mm

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from heredity import strategies
-from heredity.config import config_from_dict
+from heredity.plan import config_from_dict
 from heredity.errors import HeredityError
 from heredity.metrics import MetricContext, get_metric, list_metrics
 from heredity.metrics import registry

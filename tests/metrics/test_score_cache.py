@@ -129,7 +129,7 @@ def test_disabled_by_argument_or_environment(cache_home, counting, monkeypatch):
 
 
 def test_config_switch(cache_home):
-    from heredity.config import config_from_dict
+    from heredity.plan import config_from_dict
 
     assert config_from_dict({}).score.cache is True
     assert config_from_dict({"score": {"cache": False}}).score.cache is False

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 from rich.console import Console
 
-from heredity.config import config_from_dict
+from heredity.plan import config_from_dict
 from heredity.pipeline import run
 from heredity.stages.profile import skipped_teachers, teacher_models
 

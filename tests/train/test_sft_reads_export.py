@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from heredity.config import config_from_dict
+from heredity.plan import config_from_dict
 from heredity.pipeline import run
 from heredity.strategies import export_selection
 

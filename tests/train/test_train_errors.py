@@ -48,7 +48,7 @@ def test_qlora_without_bitsandbytes_is_one_line_error(monkeypatch):
 
 
 def test_qlora_run_fails_before_generating(tmp_path):
-    from heredity.config import config_from_dict
+    from heredity.plan import config_from_dict
     from heredity.pipeline import run
 
     cfg = config_from_dict({"student": STUDENT, "device": "cpu", "train": {"method": "qlora"}})

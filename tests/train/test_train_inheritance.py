@@ -23,7 +23,7 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
     one_cpu_thread,
 )
 
-from heredity.config import config_from_dict
+from heredity.plan import config_from_dict
 from heredity.stages.evaluate import answer
 from heredity.core.models import load_tokenizer
 from heredity.pipeline import run
