@@ -17,7 +17,7 @@ import numpy as np
 from heredity.config import RunConfig
 from heredity.core.arms import comparisons, ordered_arms, steered_arms
 from heredity.core.rundir import read_json, read_table, versions, write_json, write_table, write_text
-from heredity.core.stats import mean_ci, paired_difference
+from heredity.core.stats import as_array, mean_ci, paired_difference
 from heredity.stages.judge import summarise_run_judgments
 from heredity.stages.profile import summarise_profiles
 
@@ -44,11 +44,6 @@ def training_check(train_results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _values(values: list[Any]) -> np.ndarray:
-    """Per-answer metric values as floats, None (undefined) as NaN."""
-    return np.array([np.nan if v is None else v for v in values], dtype=float)
-
-
 def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: dict[str, Any],
               timings: dict[str, float], train_results: dict[str, Any],
               compute: dict[str, float | None] | None = None) -> dict[str, Any]:
@@ -70,7 +65,7 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
             by_id_b = {r["prompt_id"]: r for r in answers[b]}
             paired = [(r, by_id_b[r["prompt_id"]]) for r in answers[a] if r["prompt_id"] in by_id_b]
             differences[f"{a}_vs_{b}"] = {
-                m: paired_difference(_values([x[m] for x, _ in paired]), _values([y[m] for _, y in paired]), n_boot, 1)
+                m: paired_difference(as_array([x[m] for x, _ in paired]), as_array([y[m] for _, y in paired]), n_boot, 1)
                 for m in metrics
             }
     return {
