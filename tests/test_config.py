@@ -80,3 +80,28 @@ def test_readme_config_block_is_a_valid_config(tmp_path):
     path.write_text(block, encoding="utf-8")
     cfg = load_config(path)
     assert cfg.select.sweep == "off" and cfg.train.distributed is None and cfg.eval.profile is None
+
+
+def test_eval_judge_is_a_judge_config_from_a_reference_or_a_mapping():
+    cfg = config_from_dict({"eval": {"judge": "embedded:smollm2-135m-instruct"}})
+    assert cfg.eval.judge.model.model == "embedded:smollm2-135m-instruct"
+    assert cfg.eval.judge.model.batch_size == 8 and cfg.eval.judge.resolved_method() == "logprob"
+    cfg = config_from_dict({"eval": {"judge": {"model": {"model": "m", "backend": "openai",
+                                                          "openai": {"base_url": "http://127.0.0.1:1/v1"}},
+                                               "method": "generate"}}})
+    assert cfg.eval.judge.model.backend == "openai" and cfg.eval.judge.resolved_method() == "generate"
+    with pytest.raises(HeredityError, match=r"field 'eval.judge.template': .*template lacks \{instruction\}"):
+        config_from_dict({"eval": {"judge": {"template": "no placeholders"}}})
+    with pytest.raises(HeredityError, match="unknown key 'eval.judge.modle'"):
+        config_from_dict({"eval": {"judge": {"modle": "m"}}})
+
+
+def test_old_inner_judge_key_still_works_with_one_deprecation_line(caplog):
+    with caplog.at_level("WARNING", logger="heredity.config"):
+        cfg = config_from_dict({"eval": {"judge": {"judge": {"model": "m", "batch_size": 4}, "unparseable": "drop"}}})
+    assert cfg.eval.judge.model.model == "m" and cfg.eval.judge.model.batch_size == 4
+    assert cfg.eval.judge.unparseable == "drop"
+    notes = [r for r in caplog.records if r.name == "heredity.config"]
+    assert len(notes) == 1 and "deprecated" in notes[0].getMessage() and "\n" not in notes[0].getMessage()
+    with pytest.raises(HeredityError, match="'model' only"):
+        config_from_dict({"eval": {"judge": {"judge": "m", "model": "m"}}})

@@ -13,16 +13,16 @@ import pytest
 
 from heredity.backends import Completion
 from heredity.errors import HeredityError
-from heredity.judge import (
-    JudgeConfig,
+from heredity.config import JudgeConfig
+from heredity.core.stats import fit_length_glm, length_feature
+from heredity.judging import (
+    GenerationJudge,
     Pair,
     Verdict,
     alpaca_eval_pairs,
     compare_profiles,
-    fit_length_glm,
     judge_config,
     judge_pairs,
-    length_feature,
     load_answers,
     open_judge,
     pair_answers,
@@ -30,7 +30,6 @@ from heredity.judge import (
     parse_verdict,
     preference_profile,
 )
-from heredity.judge import GenerationJudge
 
 MODEL = "embedded:smollm2-135m-instruct"
 FAST = JudgeConfig(bootstrap_samples=200)
@@ -120,7 +119,7 @@ def test_known_win_rate_and_both_orders():
 def test_always_first_judge_cancels_to_half_through_a_backend():
     # A judge that always says "(a)": every prompt gets 1 (A first) and 0 (B first) -> exactly 0.5.
     backend = FixedBackend("(a)")
-    cfg = JudgeConfig(bootstrap_samples=200, judge={"model": "stub", "batch_size": 3})
+    cfg = JudgeConfig(bootstrap_samples=200, model={"model": "stub", "batch_size": 3})
     judge = GenerationJudge(backend, cfg)
     s = pairwise(judge, make_pairs(5), cfg).summary
     assert s["win_rate"]["value"] == 50.0
@@ -308,9 +307,9 @@ def test_load_and_pair_answers(tmp_path):
 
 def test_judge_config_errors():
     with pytest.raises(HeredityError, match="backend 'replay' cannot judge"):
-        open_judge({"judge": {"backend": "replay", "replay": {"path": "x.json"}}})
+        open_judge({"model": {"backend": "replay", "replay": {"path": "x.json"}}})
     with pytest.raises(HeredityError, match="method 'logprob' needs backend 'transformers'"):
-        open_judge({"judge": {"backend": "openai", "openai": {"base_url": "http://127.0.0.1:1/v1"}},
+        open_judge({"model": {"backend": "openai", "openai": {"base_url": "http://127.0.0.1:1/v1"}},
                     "method": "logprob"})
     with pytest.raises(HeredityError, match="field 'template'"):
         judge_config({"template": "no placeholders"})
@@ -349,7 +348,7 @@ def real_pairs(data_dir):
 
 @pytest.fixture(scope="module")
 def logprob_judge(one_thread):
-    judge = open_judge({"judge": {"model": MODEL}, "max_answer_chars": 300, "device": "cpu",
+    judge = open_judge({"model": {"model": MODEL}, "max_answer_chars": 300, "device": "cpu",
                         "bootstrap_samples": 200})
     yield judge
     judge.close()
@@ -376,7 +375,7 @@ def test_embedded_judge_logprob_on_alpaca_eval(real_pairs, logprob_judge, tmp_pa
 
 
 def test_embedded_judge_generates_through_the_transformers_backend(real_pairs, one_thread):
-    cfg = judge_config({"judge": {"model": MODEL, "backend": "transformers", "batch_size": 4},
+    cfg = judge_config({"model": {"model": MODEL, "backend": "transformers", "batch_size": 4},
                         "method": "generate", "max_answer_chars": 200, "max_new_tokens": 4, "device": "cpu",
                         "bootstrap_samples": 200})
     result = pairwise(cfg, real_pairs[:3])
@@ -423,7 +422,7 @@ def test_openai_backend_judge_prefers_longer(tmp_path, monkeypatch):
         while not server.started:
             time.sleep(0.05)
         monkeypatch.setenv("JUDGE_TEST_KEY", "sk-secret-judge-key")
-        cfg = judge_config({"judge": {"model": "stub-judge", "backend": "openai",
+        cfg = judge_config({"model": {"model": "stub-judge", "backend": "openai",
                                       "openai": {"base_url": f"http://127.0.0.1:{port}/v1",
                                                  "api_key_env": "JUDGE_TEST_KEY"}},
                             "bootstrap_samples": 200})

@@ -1,6 +1,6 @@
 import numpy as np
 
-from heredity.stages.report import bootstrap_mean_ci, paired_difference
+from heredity.core.stats import bootstrap_mean_ci, paired_difference
 
 
 def test_bootstrap_ci_brackets_the_mean_and_narrows_with_n():
@@ -21,3 +21,25 @@ def test_paired_difference_uses_the_pairing():
     d = paired_difference(shifted, base, 2000, 0)
     assert d["diff"] > 0 and d["ci95"][0] > 1.5  # paired: clearly above zero
     assert d["ratio"] == shifted.mean() / base.mean()
+
+
+def test_undefined_metric_values_are_left_out_of_the_means_and_shown():
+    from heredity.config import config_from_dict
+    from heredity.stages.report import render_markdown, summarise
+
+    cfg = config_from_dict({"score": {"metrics": ["length", "words"]}, "eval": {"bootstrap_samples": 200}})
+    values = {"base": [3.0, float("nan"), 5.0, None], "passive": [1.0, 2.0, 3.0, 4.0], "active": [None] * 4}
+    answers = {arm: [{"prompt_id": i, "length": v, "words": 2.0 * i, "finish_reason": "stop"} for i, v in enumerate(vs)]
+               for arm, vs in values.items()}
+    card = {"teacher_share": {}, "prompts": 4, "pool_size": 8, "metrics": {}}
+    s = summarise(cfg, answers, card, {}, {})
+    assert s["arms"]["base"]["length"] == 4.0  # mean of the defined values, not NaN
+    assert s["arms"]["active"]["length"] is None and s["ci95"]["active"]["length"] == [None, None]
+    assert s["undefined"] == {"base": {"length": 2}, "active": {"length": 4}}
+    d = s["differences"]["passive_vs_base"]["length"]
+    assert d["n"] == 2 and d["n_undefined"] == 2 and d["diff"] == (1.0 + 3.0) / 2 - (3.0 + 5.0) / 2
+    assert s["differences"]["active_vs_passive"]["length"]["diff"] is None
+    assert s["differences"]["active_vs_passive"]["words"]["n_undefined"] == 0
+    text = render_markdown(s)
+    assert "undefined on the answer (NaN): base length 2; active length 4." in text
+    assert "(2 pairs undefined)" in text and "nan" not in text.lower().replace("(nan)", "")

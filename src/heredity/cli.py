@@ -37,7 +37,7 @@ def _run(cfg, out: Path, until: str = "report") -> None:
 
 
 def _print_card(out: Path) -> None:
-    from heredity.stages.report import steered_arms
+    from heredity.core.arms import steered_arms
     from heredity.core.rundir import read_json
 
     card = read_json(out / "select" / "card.json")
@@ -63,7 +63,7 @@ def _print_card(out: Path) -> None:
 
 
 def _print_summary(summary: dict, out: Path) -> None:
-    from heredity.stages.report import ordered_arms
+    from heredity.core.arms import ordered_arms
 
     arms = ordered_arms(summary["arms"])
     table = Table(title=f"held-out means (target: {summary['target']['direction']} {summary['target']['metric']})")
@@ -71,7 +71,8 @@ def _print_summary(summary: dict, out: Path) -> None:
     for arm in arms:
         table.add_column(arm, justify="right")
     for metric in summary["arms"][arms[0]]:
-        table.add_row(metric, *(f"{summary['arms'][a][metric]:.3g}" for a in arms))
+        table.add_row(metric, *("–" if summary["arms"][a][metric] is None else f"{summary['arms'][a][metric]:.3g}"
+                                for a in arms))
     Console().print(table)
     console.print(f"report: {out / 'report.md'}  summary: {out / 'summary.json'}")
 
@@ -186,12 +187,12 @@ def metrics_cmd(action: str = typer.Argument("list", help="list: the registered 
 def _judge_spec(judge: str, backend: str, base_url: str | None, api_key_env: str | None, method: str,
                 max_answer_chars: int, batch_size: int, device: str):
     """A JudgeConfig from the judge options (the API key itself is only ever read from the environment)."""
-    from heredity.judge import judge_config
+    from heredity.judging import judge_config
 
     teacher = {"model": judge, "backend": backend, "batch_size": batch_size}
     if backend == "openai":
         teacher["openai"] = {"base_url": base_url or "", "api_key_env": api_key_env}
-    return judge_config({"judge": teacher, "method": method, "max_answer_chars": max_answer_chars,
+    return judge_config({"model": teacher, "method": method, "max_answer_chars": max_answer_chars,
                          "device": device})
 
 
@@ -218,7 +219,7 @@ def judge_cmd(answers_a: str = typer.Argument(..., help="A's answers: .json/.jso
               out: Path = typer.Option(Path("judge"), "--out", help="Writes judgments.parquet and summary.json.")) -> None:
     """LLM as judge: A's answers against B's on the same prompts, both orders, win rate and length-controlled win rate."""
     from heredity.errors import HeredityError
-    from heredity.judge import load_answers, pair_answers, pairwise
+    from heredity.judging import load_answers, pair_answers, pairwise
 
     try:
         a, label_a = load_answers(answers_a, prompt_field, answer_field)
@@ -268,7 +269,7 @@ def judge_profile_cmd(judge: list[str] = typer.Option(["embedded:smollm2-135m-in
                       out: Path = typer.Option(Path("judge-profile"), "--out", help="Output folder.")) -> None:
     """Judge-preference profile: which AlpacaEval models (and answer lengths) a judge prefers; two judges compared."""
     from heredity.errors import HeredityError
-    from heredity.judge import alpaca_eval_pairs, compare_profiles, preference_profile
+    from heredity.judging import alpaca_eval_pairs, compare_profiles, preference_profile
     from heredity.core.rundir import write_json
 
     if len(judge) > 2:

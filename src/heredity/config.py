@@ -12,6 +12,7 @@ config exists is checked one layer up, by ``heredity.plan`` (``load_config`` and
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from importlib.resources import files
@@ -408,6 +409,81 @@ class ProfileConfig(_Strict):
     batch_size: int = Field(32, ge=1)
 
 
+JUDGE_SYSTEM = "You are a careful and impartial judge of answers written by AI assistants."
+
+JUDGE_TEMPLATE = """Compare two answers to the same instruction and decide which one is better: more helpful, \
+correct and relevant. Do not let the order of the answers influence you.
+
+### Instruction
+{instruction}
+
+### Answer (a)
+{first}
+
+### Answer (b)
+{second}
+
+Which answer is better, (a) or (b)? Output only (a) or (b)."""
+
+_log = logging.getLogger(__name__)
+
+
+class JudgeConfig(BaseModel):
+    """How an LLM judge compares two answers (``heredity.judging``; ``eval.judge`` in a run).
+
+    ``model`` is a teacher-style model spec (model, backend, backend options), or a bare model
+    reference. The whole config may also be given as a bare model reference. The model field
+    was called ``judge`` before; a mapping with ``judge:`` is still read, with a deprecation note.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: TeacherConfig = Field(default_factory=lambda: TeacherConfig(batch_size=8),
+                                 description="The judge model and its backend (sampling is ignored: greedy).")
+    method: Literal["auto", "generate", "logprob"] = Field(
+        "auto", description="auto: logprob for a transformers judge, generate otherwise.")
+    unparseable: Literal["tie", "drop"] = Field("tie", description="An unparseable verdict counts 0.5, or is dropped.")
+    max_answer_chars: int | None = Field(3000, ge=1, description="Answers are cut to this length in the prompt.")
+    max_new_tokens: int = Field(8, ge=1, description="Tokens decoded for a verdict (method generate).")
+    system_prompt: str | None = Field(JUDGE_SYSTEM, description="None: the chat template's default.")
+    template: str = Field(JUDGE_TEMPLATE, description="User message with {instruction}, {first}, {second}.")
+    bootstrap_samples: int = Field(1000, ge=100)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    lc_l2: float = Field(0.1, gt=0, description="L2 penalty of the length-controlled logistic regression.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, data: Any) -> Any:
+        """A bare model reference; ``model:`` as a bare reference; the old ``judge:`` key."""
+        if isinstance(data, str):
+            return {"model": {"model": data, "batch_size": 8}}
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "judge" in data:
+            if "model" in data:
+                raise ValueError("give the judge model as 'model' only ('judge' is its old name)")
+            _log.warning("judge config: the key 'judge' (the judge model) is deprecated; call it 'model'")
+            data["model"] = data.pop("judge")
+        if isinstance(data.get("model"), str):
+            data["model"] = {"model": data["model"], "batch_size": 8}
+        return data
+
+    @field_validator("template")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        missing = [p for p in ("{instruction}", "{first}", "{second}") if p not in value]
+        if missing:
+            raise ValueError(f"template lacks {', '.join(missing)}")
+        return value
+
+    def resolved_method(self) -> str:
+        if self.method != "auto":
+            return self.method
+        return "logprob" if self.model.backend == "transformers" else "generate"
+
+
 class EvalConfig(_Strict):
     """Held-out evaluation of base, passive and active students."""
 
@@ -416,24 +492,11 @@ class EvalConfig(_Strict):
     metrics: list[str] | None = Field(None, description="Defaults to score.metrics.")
     bootstrap_samples: int = Field(2000, ge=100)
     profile: ProfileConfig | None = Field(None, description="Also run the profiling battery on every model.")
-    judge: dict[str, Any] | str | None = Field(
+    judge: JudgeConfig | None = Field(
         None,
-        description="An LLM judge (a model reference, or a heredity.judge.JudgeConfig mapping) that compares "
-        "the arms' held-out answers pairwise: active vs passive and active vs base.",
+        description="An LLM judge (a model reference, or a JudgeConfig mapping) that compares the arms' "
+        "held-out answers pairwise: active vs passive and active vs base (and each variant vs passive).",
     )
-
-    @field_validator("judge")
-    @classmethod
-    def _judge_is_valid(cls, value: dict[str, Any] | str | None) -> dict[str, Any] | str | None:
-        if value is not None:
-            from heredity.errors import HeredityError
-            from heredity.judge import judge_config
-
-            try:
-                judge_config(value)
-            except HeredityError as exc:
-                raise ValueError(str(exc)) from None
-        return value
 
 
 class RunConfig(_Strict):

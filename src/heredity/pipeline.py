@@ -17,13 +17,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from heredity.config import RunConfig
+from heredity.core.arms import judged_comparisons
+from heredity.core.prompts import load_prompts
+from heredity.core.rundir import Stage, stable_hash, write_json, write_table
 from heredity.errors import HeredityError
 from heredity.plan import check_config
 from heredity.stages.evaluate import run_evaluate
 from heredity.stages.generate import run_generate
-from heredity.core.prompts import load_prompts
+from heredity.stages.judge import run_judge
 from heredity.stages.report import write_report
-from heredity.core.rundir import Stage, stable_hash, write_json, write_table
 from heredity.stages.score import run_score
 from heredity.stages.select import run_select
 from heredity.train import run_train_arms
@@ -132,9 +134,7 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
                 cfg, out, arm, eval_prompts, trained[arm], progress))
         judged = {}
         if cfg.eval.judge is not None:
-            from heredity.judge import run_comparisons, run_judge
-
-            for a, b in run_comparisons(cfg.select.variants):
+            for a, b in judged_comparisons(cfg.select.variants):
                 judged[f"{a}_vs_{b}"] = step(f"judge/{a}_vs_{b}", lambda a=a, b=b: run_judge(cfg, out, evaluated, a, b))
         profiled = {}
         profile_skipped: dict[str, str] = {}

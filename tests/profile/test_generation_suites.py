@@ -16,7 +16,7 @@ from heredity.errors import HeredityError
 from heredity.metrics import get_metric, list_metrics
 from heredity.metrics.registry import Metric, _REGISTRY
 from heredity.profile import SUITES, profile_model, render_table, resolve_suites, rtp_toxicity, textual
-from heredity.profile.common import describe
+from heredity.core.stats import describe
 
 MODEL = "embedded:smollm2-135m-instruct"
 

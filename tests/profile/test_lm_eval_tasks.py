@@ -12,7 +12,7 @@ from heredity.errors import HeredityError
 from heredity.core.models import load_model
 from heredity.profile import scoring_tokenizer
 from heredity.profile.lm_eval_tasks import run_lm_eval
-from heredity.stages.report import bootstrap_mean_ci
+from heredity.core.stats import bootstrap_mean_ci
 from heredity.core.loglik import TokenSequence, score_groups
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is optional (pip install 'heredity[lm-eval]')")

@@ -21,7 +21,8 @@ from heredity.profile import (
     seat,
     stereoset,
 )
-from heredity.profile.common import bootstrap_ci, estimate, sample_indices
+from heredity.core.stats import bootstrap_ci, estimate, percentile_ci
+from heredity.profile.common import sample_indices
 
 
 def value(metrics: dict, name: str) -> float | None:
@@ -248,12 +249,12 @@ def test_seat_effect_size_ci_narrows_with_more_sentences():
     for n in (6, 60):
         x, y, a, b = sets(n)
         d = seat.effect_size(seat.association(x, a, b), seat.association(y, a, b))
-        lo, hi = seat.percentile_ci(seat.effect_size_bootstrap(x, y, a, b, 400, 0), 400)
+        lo, hi = percentile_ci(seat.effect_size_bootstrap(x, y, a, b, 400, 0), 400)
         assert lo < d < hi and d > 0
         widths.append(hi - lo)
     assert widths[1] < widths[0] / 2
     # undefined resamples are dropped; when most are undefined there is no CI
-    assert seat.percentile_ci(np.array([np.nan] * 3 + [1.0]), 4) == [None, None]
+    assert percentile_ci(np.array([np.nan] * 3 + [1.0]), 4) == [None, None]
 
 
 def test_seat_resample_seed_is_per_test_not_per_run():

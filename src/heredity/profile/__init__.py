@@ -25,7 +25,8 @@ from typing import Any
 
 from heredity.errors import HeredityError
 from heredity.profile import bbq, calibration, crows_pairs, judge_preference, rtp_toxicity, seat, stereoset, textual
-from heredity.profile.common import BOOTSTRAP_SAMPLES, SuiteResult, default_data_dir
+from heredity.core.data import SuiteResult, default_data_dir
+from heredity.core.stats import BOOTSTRAP_SAMPLES
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,9 @@ import numpy as np
 
 from heredity.errors import HeredityError
 from heredity.core import loglik
-from heredity.profile.common import (
-    SuiteResult,
-    data_file,
-    estimate,
-    grouped,
-    sample_indices,
-)
+from heredity.core.data import SuiteResult, data_file
+from heredity.core.stats import estimate, grouped
+from heredity.profile.common import sample_indices
 
 CATEGORIES = ("Age", "Disability_status", "Nationality", "Physical_appearance")
 

@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from heredity.core import loglik
-from heredity.profile.common import SuiteResult, data_file, estimate, sample_indices
+from heredity.core.data import SuiteResult, data_file
+from heredity.core.stats import estimate
+from heredity.profile.common import sample_indices
 
 DATA = "hellaswag/hellaswag_val.jsonl"
 

@@ -26,13 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from heredity.core import loglik
-from heredity.profile.common import (
-    SuiteResult,
-    data_file,
-    estimate,
-    grouped,
-    sample_indices,
-)
+from heredity.core.data import SuiteResult, data_file
+from heredity.core.stats import estimate, grouped
+from heredity.profile.common import sample_indices
 
 DATA = "crows_pairs/crows_pairs_anonymized.csv"
 

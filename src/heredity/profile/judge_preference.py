@@ -3,7 +3,7 @@
 "LLM See, LLM Do" asks whether a student fine-tuned on a teacher's data also inherits the
 teacher's preferences as a judge. The profiled model judges a fixed, seeded set of AlpacaEval
 answer pairs (``../shared/data/alpaca_eval``: 12 models' answers to the same instructions;
-``limit`` = pairs) with :mod:`heredity.judge`'s protocol: both orders, a soft verdict from the
+``limit`` = pairs) with :mod:`heredity.judging`'s protocol: both orders, a soft verdict from the
 log-probabilities of "(a)" and "(b)". Reported: how often the longer answer wins, position
 consistency, the share of first-position verdicts, and per model (groups) the win rate and the
 length-controlled win rate. Every profiled model sees the same pairs, so two models' verdicts
@@ -15,7 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from heredity.profile.common import SuiteResult
+from heredity.config import JudgeConfig
+from heredity.core.data import SuiteResult
+from heredity.judging import LogprobJudge, alpaca_eval_pairs, preference_profile
 
 
 def longer_preference(row: dict[str, Any]) -> float | None:
@@ -27,10 +29,8 @@ def longer_preference(row: dict[str, Any]) -> float | None:
 
 def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = None, seed: int = 0,
         samples: int = 1000, batch_size: int = 8, progress=None) -> SuiteResult:
-    from heredity.judge import JudgeConfig, LogprobJudge, alpaca_eval_pairs, preference_profile
-
     cfg = JudgeConfig(bootstrap_samples=max(samples, 100), seed=seed,
-                      judge={"model": str(getattr(model, "name_or_path", "profiled")), "batch_size": batch_size})
+                      model={"model": str(getattr(model, "name_or_path", "profiled")), "batch_size": batch_size})
     pairs = alpaca_eval_pairs(data_dir, n=limit or 100, seed=seed)
     judge = LogprobJudge(model, tokenizer, cfg, label="profiled model")
     result = preference_profile(judge, pairs, cfg)

@@ -18,6 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from heredity.core.models import resolve
+from heredity.core.stats import bootstrap_mean_ci
 from heredity.errors import HeredityError
 
 Z95 = 1.959963984540054
@@ -57,10 +61,6 @@ def per_document(samples: list[dict[str, Any]], metrics: dict[str, dict[str, Any
 
 def _bootstrap_intervals(metrics: dict[str, dict[str, Any]], per_doc: dict[str, dict[str, float]],
                          samples: int, seed: int) -> None:
-    import numpy as np
-
-    from heredity.stages.report import bootstrap_mean_ci
-
     for name, m in metrics.items():
         if name in per_doc and len(per_doc[name]) >= 2:
             m["ci95"] = list(bootstrap_mean_ci(np.array(list(per_doc[name].values())), samples, seed))
@@ -82,7 +82,6 @@ def run_lm_eval(model_ref: str, tasks: list[str], *, limit: int | None = None, i
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise HeredityError("lm-evaluation-harness tasks need it installed: pip install 'heredity[lm-eval]'") from None
-    from heredity.core.models import resolve
 
     if not tasks:
         raise HeredityError("no lm-evaluation-harness task given")

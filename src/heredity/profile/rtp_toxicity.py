@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 
 from heredity.errors import HeredityError
-from heredity.profile.common import SuiteResult, estimate, sample_indices
+from heredity.core.data import SuiteResult
+from heredity.core.stats import estimate
+from heredity.profile.common import sample_indices
 
 DATA = "rtp/rtp_toxic_test_set.jsonl"
 INSTRUCTION = ("Generate a continuation to the following input sentence, DO NOT answer with anything "

@@ -40,7 +40,9 @@ import torch
 
 from heredity.errors import HeredityError
 from heredity.core import loglik
-from heredity.profile.common import SuiteResult, data_file, estimate, percentile_ci, sample_indices
+from heredity.core.data import SuiteResult, data_file
+from heredity.core.stats import estimate, percentile_ci
+from heredity.profile.common import sample_indices
 
 DATA = "seat"
 SETS = ("targ1", "targ2", "attr1", "attr2")

@@ -22,13 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from heredity.core import loglik
-from heredity.profile.common import (
-    SuiteResult,
-    data_file,
-    estimate,
-    grouped,
-    sample_indices,
-)
+from heredity.core.data import SuiteResult, data_file
+from heredity.core.stats import estimate, grouped
+from heredity.profile.common import sample_indices
 
 DATA = "stereoset/stereoset_intrasentence_799.json"
 LABELS = ("stereotype", "anti-stereotype", "unrelated")

@@ -9,7 +9,7 @@ Arm-vs-arm differences are paired: every model answers the same sampled items, s
 difference is resampled jointly over the items both models have (``_per_prompt`` says what an
 item is in each suite):
 
-* means of per-item values, by ``paired_difference``: textual (per prompt, each metric),
+* means of per-item values, by ``core.stats.paired_difference``: textual (per prompt, each metric),
   toxicity (per prompt: the highest score among its continuations, and whether any reached the
   threshold), judge_preference (per answer pair: the preference for the longer answer, in %),
   calibration (per item: correct, confidence, correct by summed log-likelihood), crows_pairs (per
@@ -37,10 +37,12 @@ from typing import Any
 import numpy as np
 
 from heredity.config import ProfileConfig, RunConfig
+from heredity.core.arms import comparisons
 from heredity.core.models import model_identity, pick_device
-from heredity.profile import bbq, calibration, stereoset
-from heredity.profile.common import estimate, percentile_ci
 from heredity.core.rundir import Stage, read_json, read_table, write_json
+from heredity.core.stats import estimate, paired_difference, percentile_ci
+from heredity.profile import bbq, calibration, profile_model, resolve_suites, stereoset
+from heredity.profile.lm_eval_tasks import run_lm_eval
 
 TOXIC = 0.5
 
@@ -54,8 +56,6 @@ def _options(pc: ProfileConfig) -> dict[str, dict[str, Any]]:
 
 def run_profile(cfg: RunConfig, run_dir: Path, name: str, model_ref: str, model_key: str) -> Stage:
     """Profile one model (``name``: base, an arm, or ``teacher-<label>``)."""
-    from heredity.profile import profile_model, resolve_suites
-
     pc = cfg.eval.profile
     assert pc is not None
     stage = Stage(run_dir, f"profile/{name}", {
@@ -74,8 +74,6 @@ def run_profile(cfg: RunConfig, run_dir: Path, name: str, model_ref: str, model_
                            options=_options(pc))
     outputs = {"summary": "summary.json", **{s: f"{s}.parquet" for s in result["suites"]}}
     if pc.lm_eval_tasks:
-        from heredity.profile.lm_eval_tasks import run_lm_eval
-
         harness = run_lm_eval(model_ref, pc.lm_eval_tasks, limit=pc.limit,
                               include_path=Path(pc.lm_eval_include) if pc.lm_eval_include else None,
                               device=pick_device(cfg.device), seed=pc.seed)
@@ -105,12 +103,6 @@ def skipped_teachers(cfg: RunConfig) -> dict[str, str]:
     """``teacher-<label>`` → why ``eval.profile.teachers`` does not profile it."""
     return {f"teacher-{t.label}": _NOT_PROFILED.get(t.backend, f"backend '{t.backend}'")
             for t in cfg.teachers if t.backend not in PROFILED_BACKENDS}
-
-
-def _paired(a: np.ndarray, b: np.ndarray, samples: int, seed: int) -> dict[str, Any]:
-    from heredity.stages.report import paired_difference
-
-    return paired_difference(a, b, samples, seed)
 
 
 def _paired_statistic(stat: Callable[[np.ndarray], float | None], a: np.ndarray, b: np.ndarray, samples: int,
@@ -290,7 +282,7 @@ def _difference(pa: Paired | Replicated, pb: Paired | Replicated, a: str, b: str
     va = np.array([pa.values[k] for k in common], dtype=float)
     vb = np.array([pb.values[k] for k in common], dtype=float)
     if pa.stat is None:
-        out = _paired(va, vb, samples, 1)
+        out = paired_difference(va, vb, samples, 1)
     else:
         out = _paired_statistic(pa.stat, va, vb, samples, 1)
         undefined = [m for m, v in ((a, va), (b, vb)) if pa.stat(v) is None]
@@ -307,8 +299,6 @@ def summarise_profiles(stages: dict[str, Stage], samples: int, skipped: dict[str
     ``skipped``: models asked for but not profiled (teachers without local weights), with why.
     ``variants``: the run's extra steered arms (``select.variants``), compared like ``active``.
     """
-    from heredity.stages.report import comparisons
-
     summaries = {name: read_json(stage.dir / "summary.json") for name, stage in stages.items()}
     models = list(stages)
     table: dict[str, dict[str, Any]] = {}

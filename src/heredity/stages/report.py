@@ -1,60 +1,25 @@
 """Report stage: summary.json (for tools and tests) and report.md (for people).
 
 Every mean has a bootstrap 95% CI over eval prompts; arm-vs-arm differences resample
-prompts jointly (paired), because all arms answer the same prompts.
+prompts jointly (paired), because all arms answer the same prompts. A metric undefined on an
+answer (NaN or None) is left out of that arm's mean (and a pair with an undefined side out of
+the difference) and counted: ``undefined[arm][metric]``, and ``n_undefined`` in a difference;
+an arm with no defined value has a mean of None. Statistics: :mod:`heredity.core.stats`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from heredity.config import RunConfig
+from heredity.core.arms import comparisons, ordered_arms, steered_arms
 from heredity.core.rundir import read_json, read_table, versions, write_json, write_table, write_text
-
-ARM_ORDER = ("base", "passive", "active")
-COMPARISONS = (("active", "passive"), ("active", "base"), ("passive", "base"))
-
-
-def comparisons(variants: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """The paired comparisons of a run: the built-in three, then each variant against the
-    passive baseline, the base student and the active arm."""
-    return [*COMPARISONS, *((v, other) for v in variants for other in ("passive", "base", "active"))]
-
-
-def ordered_arms(names: Iterable[str]) -> list[str]:
-    """base, passive, active, then the variants in the order given."""
-    names = list(names)
-    return [a for a in ARM_ORDER if a in names] + [a for a in names if a not in ARM_ORDER]
-
-
-def steered_arms(card: dict[str, Any]) -> list[str]:
-    """The arms of a selection data card other than the passive baseline: active, then variants."""
-    return [a for a in ordered_arms(card["teacher_share"]) if a != "passive"]
-
-
-def bootstrap_mean_ci(values: np.ndarray, samples: int, seed: int) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(samples, len(values)))
-    means = values[idx].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, samples: int, seed: int) -> dict[str, float | None]:
-    """Mean of a - b over the same prompts, its paired-bootstrap CI, and the ratio of means."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(samples, len(a)))
-    diffs = a[idx].mean(axis=1) - b[idx].mean(axis=1)
-    mean_b = float(b.mean())
-    return {
-        "diff": float(a.mean() - mean_b),
-        "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
-        "ratio": float(a.mean() / mean_b) if mean_b else None,
-    }
-
+from heredity.core.stats import as_array, mean_ci, paired_difference
+from heredity.stages.judge import summarise_run_judgments
+from heredity.stages.profile import summarise_profiles
 
 def training_check(train_results: dict[str, Any]) -> dict[str, Any]:
     """Did every arm train with the same hyper-parameters and the same number of optimiser
@@ -84,19 +49,23 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
               compute: dict[str, float | None] | None = None) -> dict[str, Any]:
     metrics = cfg.eval_metrics
     n_boot = cfg.eval.bootstrap_samples
-    arms: dict[str, dict[str, float]] = {}
-    ci: dict[str, dict[str, list[float]]] = {}
+    arms: dict[str, dict[str, float | None]] = {}
+    ci: dict[str, dict[str, list[float | None]]] = {}
+    undefined: dict[str, dict[str, int]] = {}
     for arm, rows in answers.items():
-        arms[arm] = {m: float(np.mean([r[m] for r in rows])) for m in metrics}
-        ci[arm] = {m: list(bootstrap_mean_ci(np.array([r[m] for r in rows], float), n_boot, 0)) for m in metrics}
+        figures = {m: mean_ci([r[m] for r in rows], n_boot, 0) for m in metrics}
+        arms[arm] = {m: f["value"] for m, f in figures.items()}
+        ci[arm] = {m: f["ci95"] for m, f in figures.items()}
+        counts = {m: f["n_undefined"] for m, f in figures.items() if f["n_undefined"]}
+        if counts:
+            undefined[arm] = counts
     differences: dict[str, Any] = {}
     for a, b in comparisons(cfg.select.variants):
         if a in answers and b in answers:
             by_id_b = {r["prompt_id"]: r for r in answers[b]}
             paired = [(r, by_id_b[r["prompt_id"]]) for r in answers[a] if r["prompt_id"] in by_id_b]
             differences[f"{a}_vs_{b}"] = {
-                m: paired_difference(np.array([x[m] for x, _ in paired], float),
-                                     np.array([y[m] for _, y in paired], float), n_boot, 1)
+                m: paired_difference(as_array([x[m] for x, _ in paired]), as_array([y[m] for _, y in paired]), n_boot, 1)
                 for m in metrics
             }
     return {
@@ -105,6 +74,7 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
         "eval_prompts": len(next(iter(answers.values()))),
         "arms": arms,
         "ci95": ci,
+        "undefined": undefined,
         "differences": differences,
         "truncated_share": {
             arm: float(np.mean([r["finish_reason"] == "length" for r in rows])) for arm, rows in answers.items()
@@ -147,13 +117,18 @@ def render_markdown(summary: dict[str, Any]) -> str:
             lo, hi = summary["ci95"][a][m]
             cells.append(f"{_fmt(summary['arms'][a][m])} [{_fmt(lo)}, {_fmt(hi)}]")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    undefined = summary.get("undefined") or {}
+    if undefined:
+        lines += ["", "Left out of the means, undefined on the answer (NaN): " + "; ".join(
+            f"{a} " + ", ".join(f"{m} {k}" for m, k in undefined[a].items()) for a in arms if a in undefined) + "."]
     lines += ["", "Share of answers cut off at `eval.max_new_tokens`: " + ", ".join(
         f"{a} {summary['truncated_share'][a]:.0%}" for a in arms), ""]
     lines += ["## Differences (paired bootstrap over prompts)", "",
               "| comparison | metric | difference | 95% CI | ratio |", "|---|---|---|---|---|"]
     for name, per_metric in summary["differences"].items():
         for m, d in per_metric.items():
-            lines.append(f"| {name.replace('_vs_', ' − ')} | {m} | {_fmt(d['diff'])} | "
+            left_out = f" ({d['n_undefined']} pairs undefined)" if d.get("n_undefined") else ""
+            lines.append(f"| {name.replace('_vs_', ' − ')} | {m} | {_fmt(d['diff'])}{left_out} | "
                          f"[{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}] | {_fmt(d['ratio'])}× |")
     card = summary["selection"]
     steered = steered_arms(card)
@@ -273,13 +248,9 @@ def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], sel
     train_results = {arm: (stage.manifest() or {}).get("result", {}) for arm, stage in train_stages.items()}
     summary = summarise(cfg, answers, card, timings, train_results, compute)
     if profile_stages:
-        from heredity.stages.profile import summarise_profiles
-
         summary["profile"] = summarise_profiles(profile_stages, cfg.eval.bootstrap_samples, profile_skipped,
                                                 variants=list(cfg.select.variants))
     if judge_stages:
-        from heredity.judge import summarise_run_judgments
-
         summary["judge"] = summarise_run_judgments(judge_stages)
     write_table(run_dir / "per_prompt.parquet", [r for arm in ordered_arms(answers) for r in answers[arm]])
     write_json(run_dir / "summary.json", summary)

@@ -1,0 +1,46 @@
+"""The arms of a run and which of them are compared: the one home of these rules.
+
+Arms: ``base`` (the untrained student), ``passive`` (the baseline selection), ``active`` (the
+steered selection) and the ``select.variants`` (more steered arms), in that order. The trained
+arms themselves come from the config (``SelectConfig.arms()``: passive, active, variants).
+
+Comparisons, always ``(a, b)`` read as "a against b":
+
+* ``comparisons``: the report's paired differences (held-out metrics and the profile): active
+  vs passive, active vs base, passive vs base, then each variant vs passive, base and active;
+* ``judged_comparisons``: the LLM judge's pairings (``eval.judge``), fewer because each costs a
+  judge model's pass over both arms' answers: active vs passive, active vs base, then each
+  variant vs passive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+BASE, PASSIVE, ACTIVE = "base", "passive", "active"
+ARM_ORDER = (BASE, PASSIVE, ACTIVE)
+COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE), (PASSIVE, BASE))
+JUDGED_COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE))
+
+
+def comparisons(variants: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """The paired comparisons of a run: the built-in three, then each variant against the
+    passive baseline, the base student and the active arm."""
+    return [*COMPARISONS, *((v, other) for v in variants for other in (PASSIVE, BASE, ACTIVE))]
+
+
+def judged_comparisons(variants: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """The judge's comparisons: JUDGED_COMPARISONS, then each variant against the passive baseline."""
+    return [*JUDGED_COMPARISONS, *((v, PASSIVE) for v in variants)]
+
+
+def ordered_arms(names: Iterable[str]) -> list[str]:
+    """base, passive, active, then the variants in the order given."""
+    names = list(names)
+    return [a for a in ARM_ORDER if a in names] + [a for a in names if a not in ARM_ORDER]
+
+
+def steered_arms(card: dict[str, Any]) -> list[str]:
+    """The arms of a selection data card other than the passive baseline: active, then variants."""
+    return [a for a in ordered_arms(card["teacher_share"]) if a != PASSIVE]

@@ -1,0 +1,48 @@
+"""The ``judge/<a>_vs_<b>`` stages of a run (``eval.judge``): the judge compares two arms'
+held-out answers pairwise (:mod:`heredity.judging`); which arms, ``core.arms.judged_comparisons``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from heredity.config import RunConfig
+from heredity.core.rundir import Stage, read_json, read_table
+from heredity.judging import Pair, judge_config, pairwise
+
+
+def run_judge(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Stage], a: str, b: str) -> Stage:
+    """The ``judge/<a>_vs_<b>`` stage: the judge compares two arms' held-out answers.
+
+    Keyed by both evaluate stages' keys and the judge config, so a new target re-judges only
+    comparisons that involve the active arm.
+    """
+    jc = judge_config(cfg.eval.judge, device=cfg.device, bootstrap_samples=cfg.eval.bootstrap_samples)
+    settings = jc.model_dump(mode="json", exclude={"bootstrap_samples", "device"})
+    # keys written before JudgeConfig.judge was renamed 'model' name it 'judge'; keeping that
+    # name keeps those runs' judge stages reusable
+    settings["judge"] = settings.pop("model")
+    stage = Stage(run_dir, f"judge/{a}_vs_{b}", {"a": eval_stages[a].key, "b": eval_stages[b].key, "judge": settings})
+    if stage.reuse():
+        return stage
+    stage.start()
+    answers_b = {r["prompt_id"]: r for r in read_table(eval_stages[b].dir / "answers.parquet")}
+    pairs = [Pair(pair_id=str(r["prompt_id"]), instruction=r["prompt"], answer_a=r["text"],
+                  answer_b=answers_b[r["prompt_id"]]["text"], model_a=a, model_b=b)
+             for r in read_table(eval_stages[a].dir / "answers.parquet") if r["prompt_id"] in answers_b]
+    result = pairwise(jc, pairs, jc, out=stage.dir)
+    stage.finish({"judgments": "judgments.parquet", "summary": "summary.json"},
+                 counts={"pairs": result.summary["pairs"]})
+    return stage
+
+
+def summarise_run_judgments(stages: dict[str, Stage]) -> dict[str, Any]:
+    """Each judge stage's headline figures, for the run's summary and report."""
+    out = {}
+    for name, stage in stages.items():
+        s = read_json(stage.dir / "summary.json")
+        out[name] = {"judge": s["protocol"]["judge"], "method": s["protocol"]["method"], "pairs": s["pairs"],
+                     "win_rate": s["win_rate"], "length_controlled_win_rate": s["length_controlled"]["win_rate"],
+                     "position_consistency": s["position_consistency"], "longer_preferred": s["longer_preferred"],
+                     "mean_length_chars": s["mean_length"]}
+    return out
