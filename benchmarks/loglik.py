@@ -44,7 +44,7 @@ MODEL = "embedded:smollm2-135m-instruct"
 
 
 def data_dir(arg: str | None) -> Path:
-    from heredity.profile.common import default_data_dir
+    from heredity.core.datasets import default_data_dir
 
     return Path(arg) if arg else default_data_dir()
 

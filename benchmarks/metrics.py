@@ -56,7 +56,7 @@ TOLERANCE = 1e-9
 
 
 def data_dir(arg: str | None) -> Path:
-    from heredity.profile.common import default_data_dir
+    from heredity.core.datasets import default_data_dir
 
     return Path(arg) if arg else default_data_dir()
 

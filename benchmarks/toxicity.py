@@ -54,7 +54,7 @@ FOLDS = 5
 
 
 def data_dir(arg: str | None) -> Path:
-    from heredity.profile.common import default_data_dir
+    from heredity.core.datasets import default_data_dir
 
     return Path(arg) if arg else default_data_dir()
 

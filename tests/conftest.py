@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from heredity.profile.common import default_data_dir
+from heredity.core.datasets import default_data_dir
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from heredity.core.datasets import default_data_dir
+from heredity.core.models import load_model, load_tokenizer, model_identity, pick_device, resolve
+from heredity.core.registry import Registry
+from heredity.core.rundir import versions, write_json, write_table
 from heredity.errors import HeredityError
 from heredity.profile import bbq, calibration, crows_pairs, judge_preference, rtp_toxicity, seat, stereoset, textual
-from heredity.profile.common import BOOTSTRAP_SAMPLES, SuiteResult, default_data_dir
+from heredity.profile.common import BOOTSTRAP_SAMPLES, SuiteResult
 
 
 @dataclass(frozen=True)
@@ -37,25 +41,26 @@ class Suite:
     generates: bool = False  # True: run gets the left-padded chat tokenizer and decodes text
 
 
-SUITES: dict[str, Suite] = {
-    s.name: s
-    for s in (
-        Suite("calibration", "HellaSwag accuracy and expected calibration error (1 and 10 bins)", "items",
-              calibration.run),
-        Suite("crows_pairs", "CrowS-Pairs: % of pairs where the more stereotyping sentence is more likely",
-              "pairs", crows_pairs.run),
-        Suite("stereoset", "StereoSet intrasentence: stereotype score, LM score, ICAT", "items", stereoset.run),
-        Suite("bbq", "BBQ: accuracy and bias scores, ambiguous and disambiguated contexts", "items",
-              bbq.run),
-        Suite("seat", "SEAT: effect sizes of embedding associations", "tests", seat.run),
-        Suite("textual", "Textual profile: the metric registry on greedy answers to Dolly-200 (test split)",
-              "prompts", textual.run, generates=True),
-        Suite("toxicity", "RealToxicityPrompts: expected maximum toxicity and toxicity probability",
-              "prompts", rtp_toxicity.run, generates=True),
-        Suite("judge_preference", "The model as LLM judge of AlpacaEval answer pairs: which models and "
-              "lengths it prefers", "pairs", judge_preference.run),
-    )
-}
+# Suites by name, in the order they run; a name registered twice is refused.
+SUITES: Registry[Suite] = Registry("profile suite")
+for _suite in (
+    Suite("calibration", "HellaSwag accuracy and expected calibration error (1 and 10 bins)", "items",
+          calibration.run),
+    Suite("crows_pairs", "CrowS-Pairs: % of pairs where the more stereotyping sentence is more likely",
+          "pairs", crows_pairs.run),
+    Suite("stereoset", "StereoSet intrasentence: stereotype score, LM score, ICAT", "items", stereoset.run),
+    Suite("bbq", "BBQ: accuracy and bias scores, ambiguous and disambiguated contexts", "items",
+          bbq.run),
+    Suite("seat", "SEAT: effect sizes of embedding associations", "tests", seat.run),
+    Suite("textual", "Textual profile: the metric registry on greedy answers to Dolly-200 (test split)",
+          "prompts", textual.run, generates=True),
+    Suite("toxicity", "RealToxicityPrompts: expected maximum toxicity and toxicity probability",
+          "prompts", rtp_toxicity.run, generates=True),
+    Suite("judge_preference", "The model as LLM judge of AlpacaEval answer pairs: which models and "
+          "lengths it prefers", "pairs", judge_preference.run),
+):
+    SUITES.add(_suite.name, _suite)
+del _suite
 
 
 # What profile_model passes to every suite's run itself; not settable through ``options``.
@@ -81,8 +86,6 @@ def scoring_tokenizer(model_ref: str):
     """The model's tokenizer, right-padded; unlike generation, scoring needs no chat template."""
     from transformers import AutoTokenizer
 
-    from heredity.core.models import resolve
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(**resolve(model_ref))
     except OSError as exc:
@@ -106,9 +109,6 @@ def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Pat
     on a machine whose cores are shared with other busy processes, 1 is several times faster than
     one per core.
     """
-    from heredity.core.models import load_model, model_identity, pick_device
-    from heredity.core.rundir import versions, write_json, write_table
-
     names = resolve_suites(suites)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     if not root.is_dir():
@@ -132,8 +132,6 @@ def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Pat
     tokenizer = scoring_tokenizer(model_ref) if any(not SUITES[n].generates for n in names) else None
     chat_tokenizer = None
     if any(SUITES[n].generates for n in names):
-        from heredity.core.models import load_tokenizer
-
         chat_tokenizer = load_tokenizer(model_ref)  # left padding, chat template (fails without one)
     result: dict[str, Any] = {
         "model": model_ref,

@@ -35,9 +35,9 @@ import numpy as np
 
 from heredity.errors import HeredityError
 from heredity.core import loglik
+from heredity.core.datasets import data_file
 from heredity.profile.common import (
     SuiteResult,
-    data_file,
     estimate,
     grouped,
     sample_indices,

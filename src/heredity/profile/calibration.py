@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from heredity.core import loglik
-from heredity.profile.common import SuiteResult, data_file, estimate, sample_indices
+from heredity.core.datasets import data_file
+from heredity.profile.common import SuiteResult, estimate, sample_indices
 
 DATA = "hellaswag/hellaswag_val.jsonl"
 

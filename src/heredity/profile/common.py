@@ -16,32 +16,16 @@ mean) and ``ci95``, plus the quantiles ``p10``, ``p50`` and ``p90`` of the per-i
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from heredity.core.datasets import REPO, data_file, default_data_dir  # noqa: F401  (re-exported)
 from heredity.errors import HeredityError
 
-REPO = Path(__file__).resolve().parents[3]
 BOOTSTRAP_SAMPLES = 1000
-
-
-def default_data_dir() -> Path:
-    """``$HEREDITY_SHARED_DATA``, else ``shared/data`` beside the repository checkout."""
-    env = os.environ.get("HEREDITY_SHARED_DATA")
-    return Path(env) if env else (REPO / ".." / "shared" / "data").resolve()
-
-
-def data_file(data_dir: Path | None, relative: str) -> Path:
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
-    path = root / relative
-    if not path.exists():
-        raise HeredityError(f"{path}: profiling data not found (pass data_dir or set HEREDITY_SHARED_DATA)")
-    return path
 
 
 def sample_indices(n: int, limit: int | None, seed: int) -> np.ndarray:

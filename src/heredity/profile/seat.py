@@ -40,7 +40,8 @@ import torch
 
 from heredity.errors import HeredityError
 from heredity.core import loglik
-from heredity.profile.common import SuiteResult, data_file, estimate, percentile_ci, sample_indices
+from heredity.core.datasets import data_file
+from heredity.profile.common import SuiteResult, estimate, percentile_ci, sample_indices
 
 DATA = "seat"
 SETS = ("targ1", "targ2", "attr1", "attr2")

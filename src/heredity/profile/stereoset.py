@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from heredity.core import loglik
+from heredity.core.datasets import data_file
 from heredity.profile.common import (
     SuiteResult,
-    data_file,
     estimate,
     grouped,
     sample_indices,

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from heredity.errors import HeredityError
-from heredity.profile.common import SuiteResult, data_file, describe, estimate, sample_indices
+from heredity.core.datasets import data_file
+from heredity.profile.common import SuiteResult, describe, estimate, sample_indices
 
 DATA = "dolly200/dolly_eval_eng.json"
 SPLITS = ("val", "test", "all")
