@@ -35,6 +35,7 @@ def test_register_get_and_mapping_view():
     assert reg.get("double").fn is double and reg["triple"].fn is triple
     assert list(reg) == ["double", "triple"] and len(reg) == 2 and "double" in reg
     assert [w.name for w in reg.listed()] == ["double", "triple"]
+    assert reg.get("nothing", None) is None  # with a default: dict.get
     del reg["double"]
     assert "double" not in reg
 

@@ -6,7 +6,8 @@ A :class:`Registry` maps names to objects, in registration order. It reads like 
 
 - ``add(name, obj)`` / ``@reg.register(name)``: a name already taken by a different object is
   refused with a one-line HeredityError (the same object again is a no-op);
-- ``get(name)``: the object, else a one-line error that lists the known names; with plugins
+- ``get(name)``: the object, else a one-line error that lists the known names (``get(name,
+  default)`` is ``dict.get``); with plugins
   enabled, a ``heredity.<kind>`` entry point group is loaded on the first miss and
   ``package.module:function`` is imported;
 - ``load_entry_points()``: import every entry point of the group once; a broken plugin is
@@ -164,8 +165,11 @@ class Registry(MutableMapping, Generic[T]):
 
     # -- lookup
 
-    def get(self, name: str) -> T:  # type: ignore[override]  (raises instead of a default)
-        """The object registered as ``name``, from a plugin, or ``module:function`` imported."""
+    def get(self, name: str, *default: Any) -> T:  # type: ignore[override]
+        """The object registered as ``name``, from a plugin, or ``module:function`` imported;
+        else a one-line error. With a ``default`` it is ``dict.get`` (registered names only)."""
+        if default:
+            return self._items.get(name, *default)
         if name in self._items:
             return self._items[name]
         self.load_entry_points()
