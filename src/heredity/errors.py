@@ -35,3 +35,9 @@ def describe_validation(exc, model, noun: str = "option") -> str:
             msg = err["msg"].removeprefix("Value error, ")
             parts.append(f"{noun} '{loc}': {msg}" if loc else msg)
     return "; ".join(parts)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as ``Type: first line of its message``, for one-line error reports."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

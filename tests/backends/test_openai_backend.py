@@ -23,7 +23,7 @@ pytest.importorskip("uvicorn")
 from openai_server import Faults, LocalChatServer, request_id  # noqa: E402
 
 from heredity.backends import Request, open_backend  # noqa: E402
-from heredity.backends.openai_backend import BatchIncomplete, _retry_after  # noqa: E402
+from heredity.backends import BatchIncomplete  # noqa: E402
 from heredity.backends.transformers_backend import generate_batch  # noqa: E402
 from heredity.config import SamplingConfig, TeacherConfig  # noqa: E402
 from heredity.plan import config_from_dict  # noqa: E402
@@ -206,14 +206,6 @@ def test_retry_after_longer_than_the_cap_waits_the_cap(fresh):
     assert out[0].text and out[0].extra["retries"] == 1
     first, second = fresh.stats.attempt_times[sent_id(reqs[0], sampling)]
     assert 0.5 <= second - first < 1.5
-
-
-def test_retry_after_header_in_seconds():
-    import httpx
-
-    assert _retry_after(httpx.Response(429, headers={"Retry-After": "2.5"})) == 2.5
-    assert _retry_after(httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None
-    assert _retry_after(httpx.Response(503)) is None
 
 
 # ------------------------------------------------------------------- (d) in the pipeline

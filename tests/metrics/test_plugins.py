@@ -86,15 +86,14 @@ def plugin(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(tmp_path))
-    saved_metrics, saved_strategies = dict(registry._REGISTRY), dict(strategies.STRATEGIES)
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
-    monkeypatch.setattr(registry, "_PLUGIN_ERRORS", {})
-    monkeypatch.setattr(strategies, "_entry_points_loaded", False)
-    monkeypatch.setattr(strategies, "_PLUGIN_ERRORS", {})
+    saved_metrics, saved_strategies = dict(registry.METRICS), dict(strategies.STRATEGIES)
+    for reg in (registry.METRICS, strategies.STRATEGIES):
+        monkeypatch.setattr(reg, "entry_points_loaded", False)
+        monkeypatch.setattr(reg, "plugin_errors", {})
     monkeypatch.setenv("HEREDITY_SCORE_CACHE", "0")
     yield tmp_path
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved_metrics)
+    registry.METRICS.clear()
+    registry.METRICS.update(saved_metrics)
     strategies.STRATEGIES.clear()
     strategies.STRATEGIES.update(saved_strategies)
     for name in [m for m in sys.modules if m == "myplug" or m.startswith("myplug.")]:

@@ -30,6 +30,8 @@ def counting():
     calls: list[list[str]] = []
 
     def install(version: str = "1", name: str = "test-count", **kw):
+        registry.METRICS.pop(name, None)  # a name is registered once; replace the earlier one
+
         @register(name, version=version, **kw)
         def count(texts, context):
             calls.append(list(texts))
@@ -40,7 +42,7 @@ def counting():
     install()
     yield calls, install
     for name in ("test-count", "test-prompted", "test-tokens"):
-        registry._REGISTRY.pop(name, None)
+        registry.METRICS.pop(name, None)
 
 
 def scored(calls) -> int:
@@ -104,8 +106,8 @@ def test_prompt_and_tokenizer_are_part_of_the_key_only_when_used(cache_home, cou
 
 def test_options_are_part_of_the_key(cache_home, counting):
     calls, _ = counting
-    registry._REGISTRY["test-count"] = registry._metric_from_function(
-        "test-count", registry._REGISTRY["test-count"].fn, "user")  # FreeOptions: takes any option
+    registry.METRICS["test-count"] = registry.metric_from_function(
+        "test-count", registry.METRICS["test-count"].fn, "user")  # FreeOptions: takes any option
     score_texts(TEXTS, [{"name": "test-count", "flavour": "a"}], MetricContext())
     score_texts(TEXTS, [{"name": "test-count", "flavour": "a"}], MetricContext())
     assert scored(calls) == 4

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from heredity.errors import HeredityError
 from heredity.metrics import get_metric, list_metrics
-from heredity.metrics.registry import Metric, _REGISTRY
+from heredity.metrics.registry import METRICS, Metric
 from heredity.profile import SUITES, profile_model, render_table, resolve_suites, rtp_toxicity, textual
 from heredity.core.stats import describe
 
@@ -136,7 +136,7 @@ def test_textual_metric_choice(monkeypatch):
     def missing_dependency(texts, context):
         raise HeredityError("metric 'needs-x' needs package x: pip install x")
 
-    monkeypatch.setitem(_REGISTRY, "needs-x", Metric("needs-x", missing_dependency))
+    monkeypatch.setitem(METRICS, "needs-x", Metric("needs-x", missing_dependency))
     monkeypatch.setattr(textual, "default_metrics", lambda: (["words", "needs-x", "chars"], {}))
     values, skipped = textual.measure(["one two three", ""], ["p1", "p2"], tokenizer=None)
     assert values == {"words": [3.0, 0.0], "chars": [13.0, 0.0]}

@@ -5,6 +5,14 @@ Each lives in ``heredity/backends/<name>_backend.py`` and registers a factory wi
 dependencies (vLLM, an HTTP client) are needed only by those who use them.
 """
 
-from heredity.backends.base import Backend, BatchIncomplete, Completion, Request, open_backend, register_backend
+from heredity.backends.base import (
+    BACKENDS,
+    Backend,
+    BatchIncomplete,
+    Completion,
+    Request,
+    open_backend,
+    register_backend,
+)
 
-__all__ = ["Backend", "BatchIncomplete", "Completion", "Request", "open_backend", "register_backend"]
+__all__ = ["BACKENDS", "Backend", "BatchIncomplete", "Completion", "Request", "open_backend", "register_backend"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
+from heredity.core.registry import Registry
 from heredity.errors import HeredityError
 
 if TYPE_CHECKING:
@@ -50,26 +52,22 @@ class Backend(Protocol):
 
 
 BackendFactory = Callable[["TeacherConfig", str], Backend]
-_BACKENDS: dict[str, BackendFactory] = {}
+# name -> factory; each ``heredity/backends/<name>_backend.py`` registers its own on import
+BACKENDS: Registry[BackendFactory] = Registry("backend")
 
 
 def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
-    def decorate(factory: BackendFactory) -> BackendFactory:
-        _BACKENDS[name] = factory
-        return factory
-
-    return decorate
+    """Decorator: register a backend factory (a class) under ``name``; a taken name is refused."""
+    return BACKENDS.register(name)
 
 
 def open_backend(teacher: "TeacherConfig", device: str) -> Backend:
     """Start the backend a teacher names (imports optional dependencies only now)."""
-    import importlib
-
-    if teacher.backend not in _BACKENDS:
+    if teacher.backend not in BACKENDS:
         try:
             importlib.import_module(f"heredity.backends.{teacher.backend}_backend")
         except ImportError as exc:
             raise HeredityError(f"teacher '{teacher.label}': backend '{teacher.backend}' unavailable: {exc}") from None
-    if teacher.backend not in _BACKENDS:
+    if teacher.backend not in BACKENDS:
         raise HeredityError(f"teacher '{teacher.label}': unknown backend '{teacher.backend}'")
-    return _BACKENDS[teacher.backend](teacher, device)
+    return BACKENDS[teacher.backend](teacher, device)

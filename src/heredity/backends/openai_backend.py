@@ -2,8 +2,8 @@
 
 vLLM, llama.cpp, TGI, Ollama and hosted APIs all speak this protocol. One ``generate`` call
 sends its batch with at most ``concurrency`` requests in flight and retries what is worth
-retrying (429, 5xx, timeouts, dropped connections) with exponential backoff and full jitter,
-waiting as long as a ``Retry-After`` header asks. Each request yields exactly one completion:
+retrying (429, 5xx, timeouts, dropped connections) with exponential backoff and jitter,
+waiting as long as a ``Retry-After`` header asks (the policy of ``heredity.core.http``). Each request yields exactly one completion:
 a request is only retried after its previous attempt has failed, so the retries of one
 request can never both succeed (a timed-out attempt may still run on the server, but its
 answer is never read).
@@ -17,15 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from heredity.backends.base import BatchIncomplete, Completion, Request, register_backend
 from heredity.config import SamplingConfig, TeacherConfig
+from heredity.core.http import (
+    RetriesExhausted,
+    Retryable,
+    RetryPolicy,
+    acall_with_retries,
+    error_text,
+    is_retryable,
+    public_url,
+    retry_after,
+)
 from heredity.errors import HeredityError
 
 if TYPE_CHECKING:
@@ -33,45 +42,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
-MAX_ERROR_TEXT = 200  # characters of a server's error body quoted in an exception
-
 
 class _Fatal(Exception):
     """A failure retrying cannot fix (a 4xx other than 429, a malformed answer)."""
-
-
-class _Exhausted(Exception):
-    """A request that still failed after ``max_retries`` retries."""
-
-
-def _one_line(text: str, secret: str | None) -> str:
-    """A server's error text fit for an exception: one line, short, without the API key."""
-    if secret:
-        text = text.replace(secret, "[redacted]")
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
-
-
-def _public_url(url: str) -> str:
-    """The URL without any ``user:password@`` part, for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def _retry_after(response: "httpx.Response") -> float | None:
-    """The ``Retry-After`` header in seconds, if it is given as a number (dates are ignored)."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return max(seconds, 0.0) if seconds == seconds else None  # NaN is not a delay
 
 
 def _run_sync(make: Callable[[], Awaitable[T]]) -> T:
@@ -106,7 +79,7 @@ class OpenAIBackend:
         self.options = teacher.openai
         self.served_model = self.options.served_model or teacher.model
         self.url = self.options.base_url.rstrip("/") + "/chat/completions"
-        self._where = _public_url(self.url)
+        self._where = public_url(self.url)
         if urlsplit(self.url).scheme not in ("http", "https"):
             raise HeredityError(
                 f"teacher '{self.teacher}': openai.base_url must start with http:// or https://, "
@@ -121,8 +94,10 @@ class OpenAIBackend:
                     "(openai.api_key_env) is not set or empty"
                 )
             self._key = key
-        # jitter only spreads retries out in time; it never touches what is generated
-        self._jitter = random.Random()
+        self._policy = RetryPolicy(max_retries=self.options.max_retries,
+                                   backoff_initial_s=self.options.backoff_initial_s,
+                                   backoff_max_s=self.options.backoff_max_s,
+                                   retry_after_max_s=self.options.retry_after_max_s)
 
     def __repr__(self) -> str:  # the default repr is harmless, but say so explicitly: no key here
         return f"OpenAIBackend(teacher={self.teacher!r}, url={self._where!r})"
@@ -196,7 +171,7 @@ class OpenAIBackend:
                     exc = task.exception()
                     if isinstance(exc, _Fatal):
                         raise HeredityError(f"teacher '{self.teacher}': {exc}") from None
-                    if exc is not None and not isinstance(exc, _Exhausted):
+                    if exc is not None and not isinstance(exc, RetriesExhausted):
                         raise exc  # a bug, not a server failure: keep its traceback
         finally:
             for task in pending:
@@ -211,41 +186,33 @@ class OpenAIBackend:
 
         opts = self.options
         started: float | None = None
-        retries = 0
-        while True:
-            delay: float | None = None
+
+        async def attempt(retries: int) -> Completion:
+            nonlocal started
+            # the backoff happens outside the semaphore (in the retry loop), so backing-off
+            # requests do not hold slots that others could use
             async with gate:
                 if started is None:  # latency counts from the first send, not the queue wait
                     started = time.perf_counter()
                 try:
                     response = await client.post(self.url, json=payload)
                 except httpx.TimeoutException:
-                    problem = f"timed out after {opts.timeout_s:g}s"
+                    raise Retryable(f"timed out after {opts.timeout_s:g}s") from None
                 except httpx.UnsupportedProtocol:
                     raise _Fatal(f"{self._where}: not an http(s) URL") from None
                 except httpx.TransportError as exc:
                     # str(exc) of a transport error names the failure, never the headers
-                    problem = f"connection failed ({type(exc).__name__})"
-                else:
-                    if response.status_code == 200:
-                        return self._parse(response, started, retries)
-                    problem = f"{self._where} answered HTTP {response.status_code}"
-                    if response.status_code not in RETRYABLE_STATUS:
-                        detail = _one_line(response.text, self._key)
-                        raise _Fatal(problem + (f": {detail}" if detail else ""))
-                    delay = _retry_after(response)
-                    if delay is not None:
-                        # a misconfigured proxy asking for hours should not stall the whole pool
-                        delay = min(delay, opts.retry_after_max_s)
-            # the wait happens outside the semaphore, so backing-off requests do not hold
-            # slots that others could use
-            if retries >= opts.max_retries:
-                raise _Exhausted(problem)
-            if delay is None:
-                cap = min(opts.backoff_max_s, opts.backoff_initial_s * 2.0 ** retries)
-                delay = self._jitter.uniform(0.0, cap)
-            retries += 1
-            await asyncio.sleep(delay)
+                    raise Retryable(f"connection failed ({type(exc).__name__})") from None
+                if response.status_code == 200:
+                    return self._parse(response, started, retries)
+                problem = f"{self._where} answered HTTP {response.status_code}"
+                if not is_retryable(response.status_code):
+                    detail = error_text(response.text, self._key)
+                    raise _Fatal(problem + (f": {detail}" if detail else ""))
+                # a misconfigured proxy asking for hours should not stall the whole pool
+                raise Retryable(problem, retry_after(response, cap=opts.retry_after_max_s))
+
+        return await acall_with_retries(attempt, self._policy)
 
     def _parse(self, response: "httpx.Response", started: float, retries: int) -> Completion:
         try:
@@ -255,7 +222,7 @@ class OpenAIBackend:
             reason = choice.get("finish_reason")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise _Fatal(f"{self._where} answered 200 without a chat completion: "
-                         f"{_one_line(response.text, self._key)}") from None
+                         f"{error_text(response.text, self._key)}") from None
         usage = body.get("usage") or {}
         extra: dict[str, Any] = {"retries": retries}
         if reason not in ("stop", "length"):

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from heredity.backends.openai_backend import _public_url  # becomes heredity.core.http.public_url
+from heredity.core.http import public_url
 from heredity.config import JudgeConfig, TeacherConfig
 from heredity.core.data import SuiteResult
 from heredity.core.rundir import write_json, write_table
@@ -108,7 +108,7 @@ def protocol(judge: Judge, cfg: JudgeConfig) -> dict[str, Any]:
                            "length_unit": "characters", "lc_l2": cfg.lc_l2,
                            "bootstrap_samples": cfg.bootstrap_samples, "seed": cfg.seed}
     if teacher.openai is not None and hasattr(judge, "cfg"):
-        out["base_url"] = _public_url(teacher.openai.base_url)
+        out["base_url"] = public_url(teacher.openai.base_url)
     return out
 
 

@@ -15,16 +15,16 @@ with a pydantic model; a config passes them as ``{name: perplexity, model: ...}`
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from importlib.metadata import entry_points
 from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from heredity.config import split_metric_entry
+from heredity.core.registry import Registry
 from heredity.errors import HeredityError, describe_validation
 
 
@@ -177,13 +177,6 @@ class BoundMetric:
         return self.metric(texts, self.context(context))
 
 
-_REGISTRY: dict[str, Metric] = {}
-_DECORATED: dict[Any, str] = {}  # function -> the name @register gave it
-_PLUGIN_ERRORS: dict[str, str] = {}
-_entry_points_loaded = False
-_loading_origin: str | None = None  # set while built-ins or plugins import, to tag their metrics
-
-
 def register(
     name: str,
     *,
@@ -198,12 +191,15 @@ def register(
     """Decorator: add ``fn(texts, context) -> list[float]`` to the registry under ``name``.
 
     Bump ``version`` whenever the function's values change: cached scores are keyed by it.
+    A name already registered to another function is refused.
     """
 
     def decorate(fn: MetricFn) -> MetricFn:
         module = getattr(fn, "__module__", "") or ""
-        origin = _loading_origin or ("heredity" if module.startswith("heredity.") else "user")
-        _REGISTRY[name] = Metric(
+        # a plugin's metrics are tagged while its entry point imports
+        origin = (f"plugin:{METRICS.loading}" if METRICS.loading is not None
+                  else "heredity" if module.startswith("heredity.") else "user")
+        METRICS.add(name, Metric(
             name=name,
             fn=fn,
             version=version,
@@ -214,40 +210,13 @@ def register(
             options=options,
             identity=identity,
             origin=origin,
-        )
-        try:
-            _DECORATED[fn] = name
-        except TypeError:  # an unhashable callable
-            pass
+        ))
         return fn
 
     return decorate
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def import_object(ref: str, kind: str = "metric") -> Any:
-    """``package.module:attr`` (attr may be dotted) → the object; HeredityError in one line."""
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise HeredityError(f"'{ref}' is not a {kind} name nor 'module:function'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, SyntaxError, or whatever the module raises on import
-        raise HeredityError(f"cannot import '{ref}': {_one_line(exc)}") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise HeredityError(f"cannot import '{ref}': module '{module_name}' has no attribute '{attr}'")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise HeredityError(f"cannot import '{ref}': it is a {type(obj).__name__}, not a function")
-    return obj
-
-
-def _adapt(fn: Callable[..., Sequence[float]]) -> MetricFn:
+def adapt(fn: Callable[..., Sequence[float]]) -> MetricFn:
     """Accept ``fn(texts)`` as well as ``fn(texts, context)``."""
     try:
         params = [p for p in inspect.signature(fn).parameters.values()
@@ -264,7 +233,7 @@ def _adapt(fn: Callable[..., Sequence[float]]) -> MetricFn:
     return fn
 
 
-def _metric_from_function(name: str, fn: Callable[..., Any], origin: str) -> Metric:
+def metric_from_function(name: str, fn: Callable[..., Any], origin: str) -> Metric:
     """Wrap an unregistered function; attributes on it (``version``, ``better``,
     ``needs_tokenizer``, ``needs_prompts``, ``options``, ``description``) fill in the rest."""
     options = getattr(fn, "options", None)
@@ -272,7 +241,7 @@ def _metric_from_function(name: str, fn: Callable[..., Any], origin: str) -> Met
         options = FreeOptions
     return Metric(
         name=name,
-        fn=_adapt(fn),
+        fn=adapt(fn),
         version=str(getattr(fn, "version", "1")),
         description=getattr(fn, "description", None) or (fn.__doc__ or "").strip().split("\n")[0],
         better=getattr(fn, "better", "none"),
@@ -283,82 +252,29 @@ def _metric_from_function(name: str, fn: Callable[..., Any], origin: str) -> Met
     )
 
 
-def _load_entry_points() -> None:
-    """Import every ``heredity.metrics`` plugin once. A broken plugin is remembered, not fatal:
-    only asking for one of its metrics (or listing) reports it."""
-    global _entry_points_loaded, _loading_origin
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group="heredity.metrics"):
-        _loading_origin = f"plugin:{ep.name}"
-        try:
-            obj = ep.load()  # importing the module runs its @register calls
-        except Exception as exc:
-            _PLUGIN_ERRORS[ep.name] = f"metric plugin '{ep.name}' ({ep.value}) failed to load: {_one_line(exc)}"
-            continue
-        finally:
-            _loading_origin = None
-        # a function entry point is registered under the entry point's name, unless its module
-        # registered that very function itself
-        if (callable(obj) and not inspect.isclass(obj) and ep.name not in _REGISTRY
-                and not any(m.fn is obj for m in _REGISTRY.values())):
-            _REGISTRY[ep.name] = _metric_from_function(ep.name, obj, f"plugin:{ep.name}")
+# Built-in metrics, ``@register``ed ones, ``heredity.metrics`` entry points and imported
+# ``module:function`` references, by name.
+METRICS: Registry[Metric] = Registry("metric", known_label="known metrics", group="heredity.metrics",
+                                     from_function=metric_from_function, identity=lambda m: m.fn)
 
 
 def get_metric(name: str) -> Metric:
     """Look a metric up by registry name (built in or from a plugin), or import ``module:function``."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    _load_entry_points()
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if name in _PLUGIN_ERRORS:
-        raise HeredityError(_PLUGIN_ERRORS[name])
-    if ":" in name:
-        fn = import_object(name, "metric")
-        if name in _REGISTRY:  # the module registered it under its full name
-            return _REGISTRY[name]
-        short = _DECORATED.get(fn)  # the module registered the function under a short name
-        if short in _REGISTRY and _REGISTRY[short].fn is fn:
-            return _REGISTRY[short]
-        metric = _metric_from_function(name, fn, "import")
-        _REGISTRY[name] = metric
-        return metric
-    known = ", ".join(sorted(_REGISTRY))
-    hint = "; plugins that failed: " + "; ".join(_PLUGIN_ERRORS.values()) if _PLUGIN_ERRORS else ""
-    raise HeredityError(f"unknown metric '{name}'; known metrics: {known} (or 'module:function'){hint}")
+    return METRICS.get(name)
 
 
 def list_metrics() -> list[Metric]:
-    _load_entry_points()
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    return METRICS.listed()
 
 
 def plugin_errors() -> dict[str, str]:
-    _load_entry_points()
-    return dict(_PLUGIN_ERRORS)
+    METRICS.load_entry_points()
+    return dict(METRICS.plugin_errors)
 
 
 # --- metric entries as a config writes them ---------------------------------------------------
 
 RESERVED = ("name", "as")
-
-
-def split_entry(entry: str | Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    """``"mtld"`` or ``{name: perplexity, as: ppl, model: ...}`` → (column, registry name, options)."""
-    if isinstance(entry, str):
-        return entry, entry, {}
-    if not isinstance(entry, Mapping):
-        raise HeredityError(f"a metric is a name or a mapping with 'name', not {type(entry).__name__}")
-    options = dict(entry)
-    name = options.pop("name", None)
-    if not isinstance(name, str) or not name:
-        raise HeredityError(f"a metric mapping needs 'name: METRIC'; got keys {sorted(entry)}")
-    column = options.pop("as", None) or name
-    if not isinstance(column, str):
-        raise HeredityError(f"metric '{name}': 'as' must be a column name")
-    return column, name, options
 
 
 def resolve(entry: str | Mapping[str, Any] | BoundMetric,
@@ -370,7 +286,7 @@ def resolve(entry: str | Mapping[str, Any] | BoundMetric,
     """
     if isinstance(entry, BoundMetric):
         return entry
-    column, name, options = split_entry(entry)
+    column, name, options = split_metric_entry(entry)
     if isinstance(entry, str) and metric_options and column in metric_options:
         options = dict(metric_options[column])
         name = options.pop("name", column)

@@ -12,15 +12,13 @@ no non-"unknown" answers) are ``None``. The statistics (``estimate``, ``describe
 distribution per metric with ``describe`` (mean, CI and the quantiles p10, p50, p90).
 
 ``SuiteResult``, ``data_file`` and ``default_data_dir`` live in :mod:`heredity.core.data`
-(the judging library shares them); ``default_data_dir`` is still importable from here for
-``metrics.toxicity``.
+(the judging library and the toxicity metric share them).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from heredity.core.data import default_data_dir  # noqa: F401  (still imported from here by metrics.toxicity)
 from heredity.errors import HeredityError
 
 

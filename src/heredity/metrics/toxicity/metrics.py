@@ -1,0 +1,92 @@
+"""The four toxicity metrics: ``toxicity`` (offline, the default), ``toxicity-profanity``,
+``toxicity-perspective`` and ``toxicity-detoxify`` (see the package docstring)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from heredity.core.models import cache_dir
+from heredity.errors import HeredityError
+from heredity.metrics.registry import MetricContext, register
+from heredity.metrics.toxicity.embed import features, is_blank, profanity_probabilities
+from heredity.metrics.toxicity.head import load_head
+from heredity.metrics.toxicity.perspective import KEY_ENV, PERSPECTIVE_URL, PerspectiveClient, env_float
+
+
+@register("toxicity", version="1", better="lower",
+          description="Predicted Perspective toxicity, offline: MiniLM embedding + profanity "
+                      "probability, ridge head (0..1)")
+def toxicity(texts: Sequence[str], context: MetricContext) -> list[float]:
+    if not texts:
+        return []
+    head = load_head()  # first, so a broken install fails before the model loads
+    keep = [i for i, t in enumerate(texts) if not is_blank(t)]
+    out = [0.0] * len(texts)
+    if keep:
+        scores = head.predict(features([texts[i] for i in keep], context.options.get("device")))
+        for i, s in zip(keep, scores):
+            out[i] = float(s)
+    return out
+
+
+@register("toxicity-profanity", version="1", better="lower",
+          description="alt-profanity-check's probability that the text is profane (0..1)")
+def toxicity_profanity(texts: Sequence[str], context: MetricContext) -> list[float]:
+    if not texts:
+        return []
+    return [float(p) for p in profanity_probabilities(texts)]
+
+
+@register("toxicity-perspective", version="1", better="lower",
+          description="Perspective API TOXICITY score (needs PERSPECTIVE_API_KEY; cached)")
+def toxicity_perspective(texts: Sequence[str], context: MetricContext) -> list[float]:
+    if not texts:
+        return []
+    client = PerspectiveClient(
+        key_env=KEY_ENV,
+        url=os.environ.get("HEREDITY_PERSPECTIVE_URL") or PERSPECTIVE_URL,
+        qps=env_float("HEREDITY_PERSPECTIVE_QPS", 1.0),
+        max_retries=int(env_float("HEREDITY_PERSPECTIVE_MAX_RETRIES", 6)),
+        cache=cache_dir() / "perspective",
+    )
+    return client.score(texts)
+
+
+class DetoxifyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    UNKEYED: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
+
+    variant: Literal["original", "unbiased", "multilingual"] = Field(
+        "original", description="Detoxify model: original (Jigsaw 2018), unbiased (2019) or multilingual (2020).")
+    checkpoint: str | None = Field(
+        None, description="A local checkpoint file; without it Detoxify downloads its weights (needs internet once).")
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"
+
+
+@register("toxicity-detoxify", version="1", better="lower", options=DetoxifyOptions,
+          description="Detoxify's toxicity probability (optional: pip install detoxify; downloads weights once)")
+def toxicity_detoxify(texts: Sequence[str], context: MetricContext) -> list[float]:
+    if not texts:
+        return []
+    try:
+        from detoxify import Detoxify
+    except ImportError:
+        raise HeredityError("metric 'toxicity-detoxify' needs Detoxify: pip install detoxify") from None
+    opts = context.options
+    try:
+        model = Detoxify(opts.get("variant", "original"), checkpoint=opts.get("checkpoint"),
+                         device=opts.get("device", "cpu"))
+    except Exception as exc:  # a download without internet fails in many ways, all of them one line here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HeredityError(f"metric 'toxicity-detoxify': cannot load its weights ({first[:200]}); "
+                            "give a local file as option 'checkpoint'") from None
+    size = opts.get("batch_size", 64)
+    out: list[float] = []
+    for start in range(0, len(texts), size):
+        out.extend(float(x) for x in model.predict(list(texts[start:start + size]))["toxicity"])
+    return out

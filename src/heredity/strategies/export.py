@@ -1,0 +1,84 @@
+"""A selection as chat data for TRL's SFTTrainer: rows, a .jsonl / .parquet file, or a Dataset."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from heredity.core.models import chat_messages
+from heredity.core.rundir import atomic_path
+from heredity.errors import HeredityError
+from heredity.strategies.base import Row
+
+ChatFormat = Literal["messages", "prompt-completion"]
+METADATA = (("prompt_id", "string"), ("teacher", "string"), ("sample_index", "int64"))
+
+
+def to_chat_rows(rows: Sequence[Row], system_prompt: str | None = None, fmt: ChatFormat = "messages",
+                 metadata: bool = False) -> list[dict[str, Any]]:
+    """Selected rows as conversations that TRL's SFTTrainer reads directly.
+
+    ``messages``: ``{"messages": [system?, user, assistant]}`` (language modelling; the loss
+    covers the whole conversation unless ``assistant_only_loss`` is set).
+    ``prompt-completion``: ``{"prompt": [system?, user], "completion": [assistant]}``; TRL
+    then computes the loss on the completion only — what heredity's train stage uses.
+    ``system_prompt``: None sends no system message (the chat template may add its default),
+    "" or text sends one — the same convention as generation and training.
+    ``metadata`` adds prompt_id, teacher and sample_index so each example traces back to its
+    candidate (SFTTrainer drops columns it does not use).
+    """
+    if fmt not in ("messages", "prompt-completion"):
+        raise HeredityError(f"chat format must be 'messages' or 'prompt-completion', not '{fmt}'")
+    out = []
+    for row in rows:
+        prompt = chat_messages(row["prompt"], system_prompt)
+        answer = {"role": "assistant", "content": row["text"]}
+        item: dict[str, Any] = ({"messages": [*prompt, answer]} if fmt == "messages"
+                                else {"prompt": prompt, "completion": [answer]})
+        if metadata:
+            item.update({name: row[name] for name, _ in METADATA})
+        out.append(item)
+    return out
+
+
+def chat_schema(fmt: ChatFormat, metadata: bool):
+    # An explicit schema keeps the columns (and their types) even for an empty selection.
+    import pyarrow as pa
+
+    messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    columns = [("messages", messages)] if fmt == "messages" else [("prompt", messages), ("completion", messages)]
+    if metadata:
+        columns += [(name, pa.string() if kind == "string" else pa.int64()) for name, kind in METADATA]
+    return pa.schema(columns)
+
+
+def export_selection(rows: Sequence[Row], path: str | Path, system_prompt: str | None = None,
+                     fmt: ChatFormat = "messages", metadata: bool = False) -> Path:
+    """Write the selection as chat rows to ``.jsonl`` (one JSON object a line) or ``.parquet``."""
+    path = Path(path)
+    chat = to_chat_rows(rows, system_prompt, fmt, metadata)
+    if path.suffix == ".jsonl":
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in chat)
+    elif path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_pylist(chat, schema=chat_schema(fmt, metadata)), tmp)
+    else:
+        raise HeredityError(f"{path}: export writes .jsonl or .parquet, not '{path.suffix or 'no suffix'}'")
+    return path
+
+
+def to_sft_dataset(rows: Sequence[Row], system_prompt: str | None = None, fmt: ChatFormat = "messages",
+                   metadata: bool = False):
+    """The selection as a ``datasets.Dataset`` to pass as ``SFTTrainer(train_dataset=...)``."""
+    from datasets import Dataset, Features  # imported here: datasets is slow to import
+
+    chat = to_chat_rows(rows, system_prompt, fmt, metadata)
+    schema = chat_schema(fmt, metadata)
+    return Dataset.from_dict({name: [item[name] for item in chat] for name in schema.names},
+                             features=Features.from_arrow_schema(schema))
