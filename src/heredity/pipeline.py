@@ -20,12 +20,14 @@ from heredity.config import RunConfig
 from heredity.errors import HeredityError
 from heredity.stages.evaluate import run_evaluate
 from heredity.stages.generate import run_generate
+from heredity.core.models import pick_device
 from heredity.core.prompts import load_prompts
 from heredity.stages.report import write_report
 from heredity.core.rundir import Stage, stable_hash, write_json, write_table
 from heredity.stages.score import run_score
 from heredity.stages.select import run_select
-from heredity.train import run_train_arms
+from heredity.stages.train import run_train_arms
+from heredity.training.sft import check_qlora
 
 
 @contextmanager
@@ -77,9 +79,6 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
     """Run the loop up to and including the stage ``until`` (see ``STOPS``)."""
     console = console or Console(stderr=True)
     if until == "report" and cfg.train.method == "qlora":
-        from heredity.core.models import pick_device
-        from heredity.train import check_qlora
-
         check_qlora(pick_device(cfg.device))  # before hours of generation, not after
     quiet_libraries()
     out = Path(out)

@@ -29,7 +29,7 @@ from heredity.core.models import load_tokenizer
 from heredity.pipeline import run
 from heredity.core.prompts import Prompt
 from heredity.core.rundir import Stage
-from heredity.train import run_train_arms
+from heredity.stages.train import run_train_arms
 
 pytestmark = pytest.mark.slow
 

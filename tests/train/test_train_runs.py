@@ -26,7 +26,7 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 
 from heredity.core.models import load_model
 from heredity.core.rundir import Stage
-from heredity.train import run_train
+from heredity.stages.train import run_train
 
 HERE = Path(__file__).parent
 # LoRA settings of the resume and arms tests: 4 examples, 2 per step, 2 epochs = 4 steps,
