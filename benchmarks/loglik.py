@@ -36,8 +36,8 @@ except ImportError:  # run from a checkout without installing
 
 import torch
 
-from heredity.core.models import load_model
 from heredity.core import loglik
+from heredity.core.models import load_model
 from heredity.profile import scoring_tokenizer
 
 MODEL = "embedded:smollm2-135m-instruct"

@@ -4,7 +4,7 @@ Both sides fine-tune the same student (``--student``: by default the embedded
 SmolLM2-135M-Instruct; a hub id or a local folder for a bigger one) on the same real
 prompt/answer pairs (gpt-3.5-turbo's AlpacaEval answers) with the same hyper-parameters:
 
-* heredity: ``heredity.train.train_student`` as the pipeline calls it (a log entry per step
+* heredity: ``heredity.training.sft.train_student`` as the pipeline calls it (a log entry per step
   with tokens/s, too-long counting, saving the model; checkpoints at the default cadence of
   every 200 steps, so none falls inside runs this short);
 * plain: a bare ``trl.SFTTrainer`` with the same SFTConfig hyper-parameters and TRL's defaults
@@ -50,7 +50,7 @@ STUDENT = "embedded:smollm2-135m-instruct"
 
 
 def uses_bf16(device: str) -> bool:
-    """heredity's precision rule (train.py, models.py), which both sides follow."""
+    """heredity's precision rule (training/sft.py, core/models.py), which both sides follow."""
     import torch
 
     return device.startswith("cuda") and torch.cuda.is_bf16_supported()
@@ -76,7 +76,7 @@ def whole_process_peak_rss_mb() -> float:
 
 def run_heredity(job: dict) -> dict:
     from heredity.config import TrainConfig
-    from heredity.train import train_student
+    from heredity.training.sft import train_student
 
     tc = TrainConfig(**job["train"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,8 +180,8 @@ def main() -> None:
         sys.exit("--method lora: the plain side is full fine-tuning only; compare full")
 
     from heredity.config import TrainConfig
-    from heredity.errors import HeredityError
     from heredity.core.models import pick_device, resolve
+    from heredity.errors import HeredityError
 
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         sys.exit(f"--device {args.device}: use cpu, cuda or cuda:N")

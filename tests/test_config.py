@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from heredity.plan import bundled_config, config_from_dict, load_config
 from heredity.errors import HeredityError
+from heredity.plan import bundled_config, config_from_dict, load_config
 
 
 def test_bundled_quickstart_is_valid_and_targets_length():

@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from heredity.plan import config_from_dict
 from heredity.pipeline import run
+from heredity.plan import config_from_dict
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from heredity.backends import Completion
-from heredity.errors import HeredityError
 from heredity.config import JudgeConfig
 from heredity.core.stats import fit_length_glm, length_feature
+from heredity.errors import HeredityError
 from heredity.judging import (
     GenerationJudge,
     Pair,

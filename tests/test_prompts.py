@@ -5,8 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from heredity.config import PromptsConfig
-from heredity.errors import HeredityError
 from heredity.core.prompts import load_prompts, read_rows, to_prompts
+from heredity.errors import HeredityError
 
 
 def test_bundled_set_splits_into_train_and_held_out():

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from heredity.plan import config_from_dict
 from heredity.errors import HeredityError
 from heredity.pipeline import run
+from heredity.plan import config_from_dict
 
 
 def replay_config(data_dir: Path, files: list[Path], **extra) -> dict:

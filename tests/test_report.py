@@ -24,7 +24,7 @@ def test_paired_difference_uses_the_pairing():
 
 
 def test_undefined_metric_values_are_left_out_of_the_means_and_shown():
-    from heredity.config import config_from_dict
+    from heredity.plan import config_from_dict
     from heredity.stages.report import render_markdown, summarise
 
     cfg = config_from_dict({"score": {"metrics": ["length", "words"]}, "eval": {"bootstrap_samples": 200}})

@@ -6,9 +6,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from heredity.plan import config_from_dict
 from heredity.errors import HeredityError
 from heredity.pipeline import run
+from heredity.plan import config_from_dict
 
 ray = pytest.importorskip("ray", reason="Ray is optional (pip install 'heredity[ray]')")
 

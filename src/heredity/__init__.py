@@ -1,8 +1,8 @@
 """heredity: measure and steer what a student model inherits from its teachers' synthetic data."""
 
 from heredity.config import RunConfig
-from heredity.plan import load_config
 from heredity.errors import HeredityError
+from heredity.plan import load_config
 
 __version__ = "0.1.0"
 __all__ = ["RunConfig", "load_config", "HeredityError", "run", "__version__"]

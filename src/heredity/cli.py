@@ -79,8 +79,8 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 def _config(path: Path | None):
     """The config at ``path``, or the bundled quickstart; a bad config ends the command in one line."""
-    from heredity.plan import bundled_config, load_config
     from heredity.errors import HeredityError
+    from heredity.plan import bundled_config, load_config
 
     try:
         return bundled_config("quickstart") if path is None else load_config(path)
@@ -129,9 +129,8 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
             lm_eval_include: Path | None = typer.Option(None, help="Folder of custom lm-eval task YAMLs.")) -> None:
     """Profile a model: calibration, social bias, textual profile, toxicity, judge preference; lm-eval tasks."""
     from heredity.errors import HeredityError
-    from heredity.profile import profile_model, render_table
-
     from heredity.pipeline import quiet_libraries
+    from heredity.profile import profile_model, render_table
 
     quiet_libraries()  # heredity's own log lines, not every library's loading bars
     suites = suite if suite else ([] if lm_eval else ["all"])
@@ -149,8 +148,8 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
 
 def _lm_eval(model: str, tasks: list[str], limit: int, include: Path | None, device: str, out: Path | None) -> None:
     from heredity.core.models import pick_device
-    from heredity.profile.lm_eval_tasks import run_lm_eval
     from heredity.core.rundir import write_json
+    from heredity.profile.lm_eval_tasks import run_lm_eval
 
     result = run_lm_eval(model, tasks, limit=limit, include_path=include, device=pick_device(device))
     table = Table(title=f"lm-evaluation-harness on {model} (limit {limit})")
@@ -268,9 +267,9 @@ def judge_profile_cmd(judge: list[str] = typer.Option(["embedded:smollm2-135m-in
                       data_dir: Path | None = typer.Option(None, help="Folder holding alpaca_eval/."),
                       out: Path = typer.Option(Path("judge-profile"), "--out", help="Output folder.")) -> None:
     """Judge-preference profile: which AlpacaEval models (and answer lengths) a judge prefers; two judges compared."""
+    from heredity.core.rundir import write_json
     from heredity.errors import HeredityError
     from heredity.judging import alpaca_eval_pairs, compare_profiles, preference_profile
-    from heredity.core.rundir import write_json
 
     if len(judge) > 2:
         _fail("judge-profile: give --judge once, or twice to compare two judges")

@@ -14,10 +14,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from heredity.config import RunConfig
 from heredity.core.arms import judged_comparisons
+from heredity.core.models import model_identity, pick_device
 from heredity.core.prompts import load_prompts
 from heredity.core.rundir import Stage, stable_hash, write_json, write_table
 from heredity.errors import HeredityError
@@ -25,10 +33,12 @@ from heredity.plan import check_config
 from heredity.stages.evaluate import run_evaluate
 from heredity.stages.generate import run_generate
 from heredity.stages.judge import run_judge
+from heredity.stages.profile import run_profile, skipped_teachers, teacher_models
 from heredity.stages.report import write_report
 from heredity.stages.score import run_score
 from heredity.stages.select import run_select
-from heredity.train import run_train_arms
+from heredity.stages.train import run_train_arms
+from heredity.training.sft import check_qlora
 
 
 @contextmanager
@@ -81,9 +91,6 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
     console = console or Console(stderr=True)
     check_config(cfg)  # a config built in Python, not read through heredity.plan, is checked here
     if until == "report" and cfg.train.method == "qlora":
-        from heredity.core.models import pick_device
-        from heredity.train import check_qlora
-
         check_qlora(pick_device(cfg.device))  # before hours of generation, not after
     quiet_libraries()
     out = Path(out)
@@ -139,9 +146,6 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
         profiled = {}
         profile_skipped: dict[str, str] = {}
         if cfg.eval.profile is not None:
-            from heredity.core.models import model_identity
-            from heredity.stages.profile import run_profile, skipped_teachers, teacher_models
-
             models = {"base": (cfg.student, model_identity(cfg.student))}
             models.update({arm: (str(trained[arm].dir / "model"), trained[arm].key) for arm in cfg.select.arms()})
             if cfg.eval.profile.teachers:

@@ -12,7 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from heredity.config import RunConfig, bundled_config_data, parse_config, read_config_file
+from heredity.config import (
+    RunConfig,
+    bundled_config_data,
+    parse_config,
+    read_config_file,
+)
 from heredity.errors import HeredityError
 from heredity.metrics import resolve
 from heredity.strategies import parse_spec, spec_metrics

@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi import Request as HTTPRequest  # module level: FastAPI resolves the (string) annotation here
+from fastapi import (
+    Request as HTTPRequest,  # module level: FastAPI resolves the (string) annotation here
+)
 from fastapi.responses import JSONResponse
 
 from heredity.backends import Request

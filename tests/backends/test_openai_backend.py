@@ -22,13 +22,16 @@ pytest.importorskip("uvicorn")
 
 from openai_server import Faults, LocalChatServer, request_id  # noqa: E402
 
-from heredity.backends import Request, open_backend  # noqa: E402
-from heredity.backends import BatchIncomplete  # noqa: E402
+from heredity.backends import (  # noqa: E402
+    BatchIncomplete,  # noqa: E402
+    Request,
+    open_backend,
+)
 from heredity.backends.transformers_backend import generate_batch  # noqa: E402
 from heredity.config import SamplingConfig, TeacherConfig  # noqa: E402
-from heredity.plan import config_from_dict  # noqa: E402
-from heredity.errors import HeredityError  # noqa: E402
 from heredity.core.models import chat_messages, load_model, load_tokenizer  # noqa: E402
+from heredity.errors import HeredityError  # noqa: E402
+from heredity.plan import config_from_dict  # noqa: E402
 
 MODEL = "embedded:smollm2-135m-instruct"
 KEY_ENV = "HEREDITY_TEST_OPENAI_KEY"

@@ -11,8 +11,8 @@ import pytest
 from heredity.backends import Request, open_backend
 from heredity.backends.vllm_backend import group_by_conversation
 from heredity.config import SamplingConfig, TeacherConfig
-from heredity.errors import HeredityError
 from heredity.core.models import chat_messages, load_model, load_tokenizer
+from heredity.errors import HeredityError
 
 MODEL = "embedded:smollm2-135m-instruct"
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from heredity.config import SamplingConfig
 from heredity.backends import Request
 from heredity.backends.transformers_backend import generate_batch
+from heredity.config import SamplingConfig
 from heredity.core.models import chat_messages, load_model, load_tokenizer
 
 MODEL = "embedded:smollm2-135m-instruct"

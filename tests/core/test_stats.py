@@ -22,7 +22,6 @@ from heredity.core.stats import (
     sigmoid,
 )
 
-
 # --- identical figures to a hand-computed bootstrap ------------------------------------------
 
 def test_mean_ci_is_the_vectorised_bootstrap_by_hand():

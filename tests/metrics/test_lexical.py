@@ -19,7 +19,6 @@ from heredity.metrics.lexical import (
     ttr,
 )
 
-
 # --- tokenisation ---------------------------------------------------------------------------
 
 

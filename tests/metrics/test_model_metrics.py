@@ -8,11 +8,11 @@ import random
 
 import pytest
 
-from heredity.plan import config_from_dict
 from heredity.errors import HeredityError
 from heredity.metrics import MetricContext, get_metric
 from heredity.metrics import model as mm
 from heredity.metrics.model import parse_score
+from heredity.plan import config_from_dict
 from heredity.stages.score import metric_versions, score_texts
 
 REF = "embedded:smollm2-135m-instruct"

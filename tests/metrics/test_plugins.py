@@ -9,10 +9,9 @@ import textwrap
 import pytest
 
 from heredity import strategies
-from heredity.plan import config_from_dict
 from heredity.errors import HeredityError
-from heredity.metrics import MetricContext, get_metric, list_metrics
-from heredity.metrics import registry
+from heredity.metrics import MetricContext, get_metric, list_metrics, registry
+from heredity.plan import config_from_dict
 from heredity.stages.score import metric_versions, score_texts
 from heredity.strategies import group_by_prompt, select
 

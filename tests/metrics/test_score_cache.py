@@ -9,8 +9,7 @@ import sqlite3
 
 import pytest
 
-from heredity.metrics import MetricContext, register
-from heredity.metrics import registry
+from heredity.metrics import MetricContext, register, registry
 from heredity.metrics.cache import ScoreCache, default_path, open_cache
 from heredity.stages.score import score_texts
 

@@ -12,11 +12,18 @@ import pytest
 import torch
 from rich.console import Console
 
+from heredity.core.stats import describe
 from heredity.errors import HeredityError
 from heredity.metrics import get_metric, list_metrics
 from heredity.metrics.registry import METRICS, Metric
-from heredity.profile import SUITES, profile_model, render_table, resolve_suites, rtp_toxicity, textual
-from heredity.core.stats import describe
+from heredity.profile import (
+    SUITES,
+    profile_model,
+    render_table,
+    resolve_suites,
+    rtp_toxicity,
+    textual,
+)
 
 MODEL = "embedded:smollm2-135m-instruct"
 

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from heredity.errors import HeredityError
+from heredity.core.loglik import TokenSequence, score_groups
 from heredity.core.models import load_model
+from heredity.core.stats import bootstrap_mean_ci
+from heredity.errors import HeredityError
 from heredity.profile import scoring_tokenizer
 from heredity.profile.lm_eval_tasks import run_lm_eval
-from heredity.core.stats import bootstrap_mean_ci
-from heredity.core.loglik import TokenSequence, score_groups
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is optional (pip install 'heredity[lm-eval]')")
 
@@ -81,8 +81,8 @@ def test_heredity_batched_loglik_matches_the_harness(result):
 
 def test_two_models_results_pair_by_document(result, tmp_path):
     """Inside a run, harness accuracies of two models are compared document by document."""
-    from heredity.stages.profile import _difference, _per_prompt
     from heredity.core.rundir import write_json
+    from heredity.stages.profile import _difference, _per_prompt
 
     other = json.loads(json.dumps({k: v for k, v in result.items() if k != "samples"}))
     docs = other["tasks"]["hellaswag_local"]["per_doc"]["acc"]

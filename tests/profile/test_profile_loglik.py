@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from heredity.core.models import load_model
 from heredity.core import loglik
+from heredity.core.models import load_model
 from heredity.profile import bbq, scoring_tokenizer
 
 MODEL = "embedded:smollm2-135m-instruct"

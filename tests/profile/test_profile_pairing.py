@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from heredity.core.models import load_model, resolve
+from heredity.core.rundir import write_json, write_table
 from heredity.profile import profile_model
 from heredity.stages.profile import summarise_profiles
 from heredity.stages.report import render_profile
-from heredity.core.rundir import write_json, write_table
 
 MODEL = "embedded:smollm2-135m-instruct"
 

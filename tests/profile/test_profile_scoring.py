@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from heredity.core.stats import bootstrap_ci, estimate, percentile_ci
 from heredity.errors import HeredityError
 from heredity.profile import (
     SUITES,
@@ -21,7 +22,6 @@ from heredity.profile import (
     seat,
     stereoset,
 )
-from heredity.core.stats import bootstrap_ci, estimate, percentile_ci
 from heredity.profile.common import sample_indices
 
 

@@ -10,8 +10,8 @@ import pytest
 from conftest import tiny_config
 from rich.console import Console
 
-from heredity.plan import config_from_dict
 from heredity.pipeline import run
+from heredity.plan import config_from_dict
 from heredity.stages.profile import skipped_teachers, teacher_models
 
 pytestmark = pytest.mark.slow

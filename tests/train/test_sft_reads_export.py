@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from heredity.plan import config_from_dict
 from heredity.pipeline import run
+from heredity.plan import config_from_dict
 from heredity.strategies import export_selection
 
 pytest.importorskip("trl")

@@ -16,7 +16,8 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
     train_config,
 )
 
-from heredity.train import prepare_training, training_sequences
+from heredity.training.sft import prepare_training
+from heredity.training.steps import training_sequences
 
 SYSTEM = "Answer in plain English."
 

@@ -14,9 +14,10 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 )
 
 from heredity.core.models import load_tokenizer
-from heredity.stages.report import render_training_check, training_check
 from heredity.core.rundir import Stage
-from heredity.train import optimiser_steps, plan_equal_steps, run_train_arms, train_key
+from heredity.stages.report import render_training_check, training_check
+from heredity.stages.train import plan_equal_steps, run_train_arms
+from heredity.training.steps import optimiser_steps, train_key
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*longer than max_length")
 

@@ -15,15 +15,10 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 )
 
 from heredity.errors import HeredityError
-from heredity.train import (
-    KEY_FILE,
-    check_qlora,
-    explain_out_of_memory,
-    plot_loss,
-    prepare_checkpoints,
-    train_key,
-    train_student,
-)
+from heredity.training.checkpoints import KEY_FILE, prepare_checkpoints
+from heredity.training.sft import check_qlora, train_student
+from heredity.training.steps import train_key
+from heredity.training.telemetry import explain_out_of_memory, plot_loss
 
 
 def test_empty_selection_is_one_line_error(tmp_path):
@@ -35,7 +30,7 @@ def test_empty_selection_is_one_line_error(tmp_path):
 def test_qlora_on_cpu_is_one_line_error_naming_the_field(tmp_path, monkeypatch):
     rows = [{"prompt": "Name a colour.", "text": "Blue."}]
     loaded = []
-    monkeypatch.setattr("heredity.train.load_model", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr("heredity.training.sft.load_model", lambda *a, **k: loaded.append(a))
     with pytest.raises(HeredityError, match=r"^train\.method: qlora needs a CUDA GPU \(device is 'cpu'\)") as err:
         train_student(STUDENT, rows, train_config(method="qlora"), None, "cpu", tmp_path / "m", tmp_path / "c")
     assert "\n" not in str(err.value) and not loaded  # refused before loading the model
@@ -48,8 +43,8 @@ def test_qlora_without_bitsandbytes_is_one_line_error(monkeypatch):
 
 
 def test_qlora_run_fails_before_generating(tmp_path):
-    from heredity.plan import config_from_dict
     from heredity.pipeline import run
+    from heredity.plan import config_from_dict
 
     cfg = config_from_dict({"student": STUDENT, "device": "cpu", "train": {"method": "qlora"}})
     with pytest.raises(HeredityError, match="train.method: qlora needs a CUDA GPU"):

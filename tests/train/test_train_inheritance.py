@@ -23,13 +23,13 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
     one_cpu_thread,
 )
 
-from heredity.plan import config_from_dict
-from heredity.stages.evaluate import answer
 from heredity.core.models import load_tokenizer
-from heredity.pipeline import run
 from heredity.core.prompts import Prompt
 from heredity.core.rundir import Stage
-from heredity.train import run_train_arms
+from heredity.pipeline import run
+from heredity.plan import config_from_dict
+from heredity.stages.evaluate import answer
+from heredity.stages.train import run_train_arms
 
 pytestmark = pytest.mark.slow
 

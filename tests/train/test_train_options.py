@@ -19,9 +19,11 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 )
 
 from heredity.config import DistributedConfig, TrainConfig
-from heredity.errors import HeredityError
 from heredity.core.models import load_model
-from heredity.train import launch_command, run_train, split_validation, train_key
+from heredity.errors import HeredityError
+from heredity.stages.train import run_train
+from heredity.training.distributed import launch_command
+from heredity.training.steps import split_validation, train_key
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +106,8 @@ def test_packing_trains_on_fewer_longer_sequences(tmp_path, pairs):
 def test_launch_commands_map_each_strategy(tmp_path):
     job = tmp_path / "job.json"
     cpu = launch_command(DistributedConfig(num_processes=2), "cpu", job)
-    assert cpu[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"] and cpu[-3:] == ["-m", "heredity.train", str(job)]
+    assert cpu[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"]
+    assert cpu[-3:] == ["-m", "heredity.training.distributed", str(job)]
     gpu = launch_command(DistributedConfig(num_processes=8, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1",
                                            strategy="zero3"), "cuda", job)
     assert gpu[gpu.index("--num_processes") + 1] == "16" and gpu[gpu.index("--zero_stage") + 1] == "3"

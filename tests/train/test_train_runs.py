@@ -26,7 +26,7 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 
 from heredity.core.models import load_model
 from heredity.core.rundir import Stage
-from heredity.train import run_train
+from heredity.stages.train import run_train
 
 HERE = Path(__file__).parent
 # LoRA settings of the resume and arms tests: 4 examples, 2 per step, 2 epochs = 4 steps,
@@ -128,8 +128,8 @@ def test_unmerged_lora_saves_the_adapter_and_evaluates_like_the_merged_model(tmp
     """merge_lora: false keeps the adapter (plus tokenizer) instead of merged weights; loading
     it applies the adapter to the base, giving the same model as lora_run's merged save."""
     from heredity.config import RunConfig
-    from heredity.stages.evaluate import answer
     from heredity.core.prompts import Prompt
+    from heredity.stages.evaluate import answer
 
     run_dir = tmp_path / "run"
     select = make_select(run_dir, {"passive": pairs[:4]})  # lora_run's passive data

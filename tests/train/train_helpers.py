@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pydantic
 import pytest
 
 from heredity.config import RunConfig, TrainConfig
@@ -21,21 +20,12 @@ ALPACA = "alpaca_eval"
 
 
 def train_config(**settings: Any) -> TrainConfig:
-    """A TrainConfig, also with fields that TrainConfig may not declare yet (save_steps, ...).
-
-    train.py reads such fields with getattr, so a subclass that declares them exercises the
-    same code path as the final TrainConfig will.
-    """
-    missing = {k: (type(v), v) for k, v in settings.items() if k not in TrainConfig.model_fields}
-    if not missing:
-        return TrainConfig(**settings)
-    cls = pydantic.create_model("TrainConfigWithNewFields", __base__=TrainConfig, **missing)
-    return cls(**settings)
+    return TrainConfig(**settings)
 
 
 def run_config(train: TrainConfig) -> RunConfig:
     cfg = RunConfig(student=STUDENT, device="cpu")
-    cfg.train = train  # validate_assignment keeps the subclass instance as it is
+    cfg.train = train
     return cfg
 
 
@@ -72,9 +62,9 @@ def one_cpu_thread():
     """Train with one torch thread (import this fixture into each test module).
 
     These tests run on small shared CPU machines, where a second torch thread waiting for a
-    descheduled first one made training steps about three times slower, not faster. train.py
-    leaves the thread count alone when OMP_NUM_THREADS is set; the env var also reaches the
-    resume test's subprocess. Module scope, so it is in place before the module's training
+    descheduled first one made training steps about three times slower, not faster. Training
+    (heredity.training.sft) leaves the thread count alone when OMP_NUM_THREADS is set; the env
+    var also reaches the resume test's subprocess. Module scope, so it is in place before the module's training
     fixtures run.
     """
     import torch

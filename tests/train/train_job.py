@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import run_config, train_config
 
 from heredity.core.rundir import Stage
-from heredity.train import run_train
+from heredity.stages.train import run_train
 
 
 def main(job_path: str) -> None:

@@ -15,8 +15,8 @@ from typing import Sequence
 
 from heredity.backends.base import Completion, Request, register_backend
 from heredity.config import SamplingConfig, TeacherConfig
-from heredity.errors import HeredityError
 from heredity.core.models import gguf_path
+from heredity.errors import HeredityError
 
 
 @register_backend("llamacpp")

@@ -23,7 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
-from heredity.backends.base import BatchIncomplete, Completion, Request, register_backend
+from heredity.backends.base import (
+    BatchIncomplete,
+    Completion,
+    Request,
+    register_backend,
+)
 from heredity.config import SamplingConfig, TeacherConfig
 from heredity.core.http import (
     RetriesExhausted,

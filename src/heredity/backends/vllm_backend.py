@@ -15,8 +15,8 @@ from typing import Sequence
 
 from heredity.backends.base import Completion, Request, register_backend
 from heredity.config import SamplingConfig, TeacherConfig
-from heredity.errors import HeredityError
 from heredity.core.models import resolve
+from heredity.errors import HeredityError
 
 
 def group_by_conversation(requests: Sequence[Request]) -> list[list[int]]:

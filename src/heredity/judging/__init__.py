@@ -62,11 +62,33 @@ judge stage is :mod:`heredity.stages.judge`.
 """
 
 
-from heredity.judging.answers import ANSWER_FIELDS, PROMPT_FIELDS, alpaca_eval_pairs, load_answers, pair_answers
-from heredity.judging.judges import GenerationJudge, Judge, LogprobJudge, judge_config, open_judge
+from heredity.judging.answers import (
+    ANSWER_FIELDS,
+    PROMPT_FIELDS,
+    alpaca_eval_pairs,
+    load_answers,
+    pair_answers,
+)
+from heredity.judging.judges import (
+    GenerationJudge,
+    Judge,
+    LogprobJudge,
+    judge_config,
+    open_judge,
+)
 from heredity.judging.pairwise import judge_pairs, pairwise, summarise_pairwise
-from heredity.judging.preference import compare_profiles, preference_profile, summarise_profile
-from heredity.judging.verdicts import Pair, Query, Verdict, judge_messages, parse_verdict
+from heredity.judging.preference import (
+    compare_profiles,
+    preference_profile,
+    summarise_profile,
+)
+from heredity.judging.verdicts import (
+    Pair,
+    Query,
+    Verdict,
+    judge_messages,
+    parse_verdict,
+)
 
 __all__ = [
     "ANSWER_FIELDS", "PROMPT_FIELDS", "GenerationJudge", "Judge", "LogprobJudge", "Pair", "Query", "Verdict",

@@ -20,7 +20,13 @@ from heredity.backends import BatchIncomplete, Request, open_backend
 from heredity.config import JudgeConfig, SamplingConfig, TeacherConfig
 from heredity.core.models import load_model, load_tokenizer, pick_device
 from heredity.errors import HeredityError
-from heredity.judging.verdicts import PREFILL, Query, Verdict, judge_messages, parse_verdict
+from heredity.judging.verdicts import (
+    PREFILL,
+    Query,
+    Verdict,
+    judge_messages,
+    parse_verdict,
+)
 
 
 class Judge(Protocol):

@@ -9,9 +9,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from heredity.core.http import public_url
 from heredity.config import JudgeConfig, TeacherConfig
 from heredity.core.data import SuiteResult
+from heredity.core.http import public_url
 from heredity.core.rundir import write_json, write_table
 from heredity.core.stats import estimate, fit_length_glm, length_feature, sigmoid
 from heredity.errors import HeredityError

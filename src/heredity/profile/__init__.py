@@ -23,10 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heredity.errors import HeredityError
-from heredity.profile import bbq, calibration, crows_pairs, judge_preference, rtp_toxicity, seat, stereoset, textual
 from heredity.core.data import SuiteResult, default_data_dir
 from heredity.core.stats import BOOTSTRAP_SAMPLES
+from heredity.errors import HeredityError
+from heredity.profile import (
+    bbq,
+    calibration,
+    crows_pairs,
+    judge_preference,
+    rtp_toxicity,
+    seat,
+    stereoset,
+    textual,
+)
 
 
 @dataclass(frozen=True)

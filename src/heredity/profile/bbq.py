@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from heredity.errors import HeredityError
 from heredity.core import loglik
 from heredity.core.data import SuiteResult, data_file
 from heredity.core.stats import estimate, grouped
+from heredity.errors import HeredityError
 from heredity.profile.common import sample_indices
 
 CATEGORIES = ("Age", "Disability_status", "Nationality", "Physical_appearance")

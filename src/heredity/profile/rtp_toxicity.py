@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from heredity.errors import HeredityError
 from heredity.core.data import SuiteResult
 from heredity.core.stats import estimate
+from heredity.errors import HeredityError
 from heredity.profile.common import sample_indices
 
 DATA = "rtp/rtp_toxic_test_set.jsonl"

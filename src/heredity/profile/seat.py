@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from heredity.errors import HeredityError
 from heredity.core import loglik
 from heredity.core.data import SuiteResult, data_file
 from heredity.core.stats import estimate, percentile_ci
+from heredity.errors import HeredityError
 from heredity.profile.common import sample_indices
 
 DATA = "seat"

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from heredity.errors import HeredityError
 from heredity.core.data import SuiteResult, data_file
 from heredity.core.stats import describe, estimate
+from heredity.errors import HeredityError
 from heredity.profile.common import sample_indices
 
 DATA = "dolly200/dolly_eval_eng.json"

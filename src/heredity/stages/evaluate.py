@@ -5,13 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from heredity.config import RunConfig, SamplingConfig
 from heredity.backends import Request
 from heredity.backends.transformers_backend import generate_batch
-from heredity.stages.generate import batched
-from heredity.core.models import chat_messages, load_model, load_tokenizer, model_identity, pick_device
+from heredity.config import RunConfig, SamplingConfig
+from heredity.core.models import (
+    chat_messages,
+    load_model,
+    load_tokenizer,
+    model_identity,
+    pick_device,
+)
 from heredity.core.prompts import Prompt
 from heredity.core.rundir import Stage, stable_hash, write_table
+from heredity.stages.generate import batched
 from heredity.stages.score import metric_context, metric_versions, score_texts
 
 

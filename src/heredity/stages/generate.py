@@ -18,10 +18,10 @@ from typing import Any, Sequence
 from heredity.backends import Request, open_backend
 from heredity.backends.base import BatchIncomplete
 from heredity.config import RunConfig, TeacherConfig
-from heredity.errors import HeredityError, input_error
 from heredity.core.models import chat_messages, model_identity, pick_device
 from heredity.core.prompts import Prompt
 from heredity.core.rundir import Stage, file_hash, read_table, stable_hash, write_table
+from heredity.errors import HeredityError, input_error
 
 
 def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -16,10 +16,18 @@ import numpy as np
 
 from heredity.config import RunConfig
 from heredity.core.arms import comparisons, ordered_arms, steered_arms
-from heredity.core.rundir import read_json, read_table, versions, write_json, write_table, write_text
+from heredity.core.rundir import (
+    read_json,
+    read_table,
+    versions,
+    write_json,
+    write_table,
+    write_text,
+)
 from heredity.core.stats import as_array, mean_ci, paired_difference
 from heredity.stages.judge import summarise_run_judgments
 from heredity.stages.profile import summarise_profiles
+
 
 def training_check(train_results: dict[str, Any]) -> dict[str, Any]:
     """Did every arm train with the same hyper-parameters and the same number of optimiser

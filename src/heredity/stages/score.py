@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from heredity.config import RunConfig
-from heredity.metrics import BoundMetric, MetricContext, resolve_all
-from heredity.metrics.cache import ScoreCache, open_cache, text_key
 from heredity.core.models import load_tokenizer, model_identity
 from heredity.core.rundir import Stage, read_table, write_table
+from heredity.metrics import BoundMetric, MetricContext, resolve_all
+from heredity.metrics.cache import ScoreCache, open_cache, text_key
 
 MetricEntry = str | Mapping[str, Any] | BoundMetric
 

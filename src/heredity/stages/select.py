@@ -18,7 +18,16 @@ from pathlib import Path
 
 from heredity.config import RunConfig
 from heredity.core.rundir import Stage, read_table, stable_hash, write_json, write_table
-from heredity.strategies import data_card, dose_response, export_selection, group_by_prompt, parse_spec, select, sweep
+from heredity.strategies import (
+    data_card,
+    dose_response,
+    export_selection,
+    group_by_prompt,
+    parse_spec,
+    select,
+    sweep,
+)
+
 
 def run_select(cfg: RunConfig, run_dir: Path, score: Stage) -> Stage:
     specs = {arm: parse_spec(spec) for arm, spec in cfg.select.specs().items()}

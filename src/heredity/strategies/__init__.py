@@ -97,7 +97,12 @@ from heredity.strategies.builtin import (  # noqa: E402
     zscore_stats,
 )
 from heredity.strategies.card import data_card  # noqa: E402
-from heredity.strategies.export import ChatFormat, export_selection, to_chat_rows, to_sft_dataset  # noqa: E402
+from heredity.strategies.export import (  # noqa: E402
+    ChatFormat,
+    export_selection,
+    to_chat_rows,
+    to_sft_dataset,
+)
 from heredity.strategies.steering import dose_response, sweep  # noqa: E402
 
 __all__ = [

@@ -28,7 +28,6 @@ from heredity.strategies.base import (
     value,
 )
 
-
 # --------------------------------------------------------------------------------------------
 # Passive baselines
 

@@ -6,7 +6,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from heredity.errors import HeredityError
-from heredity.strategies.base import Context, Groups, Row, Spec, parse_spec, prompts, select, value
+from heredity.strategies.base import (
+    Context,
+    Groups,
+    Row,
+    Spec,
+    parse_spec,
+    prompts,
+    select,
+    value,
+)
 from heredity.strategies.card import quartiles
 
 

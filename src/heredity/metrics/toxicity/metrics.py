@@ -14,7 +14,12 @@ from heredity.errors import HeredityError
 from heredity.metrics.registry import MetricContext, register
 from heredity.metrics.toxicity.embed import features, is_blank, profanity_probabilities
 from heredity.metrics.toxicity.head import load_head
-from heredity.metrics.toxicity.perspective import KEY_ENV, PERSPECTIVE_URL, PerspectiveClient, env_float
+from heredity.metrics.toxicity.perspective import (
+    KEY_ENV,
+    PERSPECTIVE_URL,
+    PerspectiveClient,
+    env_float,
+)
 
 
 @register("toxicity", version="1", better="lower",

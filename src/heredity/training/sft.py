@@ -1,0 +1,273 @@
+"""Supervised fine-tuning of the student with TRL's SFTTrainer.
+
+A conversational prompt/completion dataset, so the loss covers the assistant tokens only.
+``prepare_training`` checks the data, loads the student and builds the trainer;
+``train_student`` trains (resuming from a checkpoint of the same stage key), saves the model
+and returns what the run measured.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from heredity.config import TrainConfig
+from heredity.core.models import load_model, load_tokenizer
+from heredity.errors import HeredityError
+from heredity.training.checkpoints import (
+    checkpoint_step,
+    newest_checkpoint,
+    prepare_checkpoints,
+)
+from heredity.training.save import save_distributed, save_student
+from heredity.training.steps import (
+    PACKING_STRATEGY,
+    optimiser_steps,
+    split_validation,
+    to_sft_rows,
+    token_lengths,
+)
+from heredity.training.telemetry import (
+    best_step,
+    effective_hyperparameters,
+    explain_out_of_memory,
+    make_meter,
+    peak_memory_mb,
+    reset_peak_memory,
+)
+
+
+def _use_cpu_threads() -> None:
+    """One compute thread per CPU this process may run on, unless OMP_NUM_THREADS says otherwise.
+
+    torch reads OMP_NUM_THREADS at start-up; overriding it would undo a deliberate choice
+    (on a CPU shared with other jobs, fewer threads than cores can be several times faster,
+    because torch's threads wait for each other whenever one of them is descheduled).
+    """
+    import torch
+
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    try:
+        usable = len(os.sched_getaffinity(0))  # honours CPU sets of containers and taskset
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    torch.set_num_threads(usable)
+
+
+def check_qlora(device: str) -> None:
+    """QLoRA needs bitsandbytes' 4-bit CUDA kernels: say so in one line before loading anything."""
+    if not device.startswith("cuda"):
+        raise HeredityError(f"train.method: qlora needs a CUDA GPU (device is '{device}'); "
+                            f"use train.method: lora on CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise HeredityError("train.method: qlora needs bitsandbytes: pip install 'heredity[qlora]'") from None
+
+
+def load_student(student: str, tc: TrainConfig, device: str):
+    """The model to train: as is, or (QLoRA) quantised to 4-bit NF4 and made ready for k-bit training."""
+    if tc.method != "qlora":
+        return load_model(student, device)
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    check_qlora(device)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+    )
+    model = load_model(student, device, quantization_config=quantization)
+    # Casts norms to fp32 and enables input gradients, which LoRA on a frozen 4-bit base needs.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+class PreparedTraining:
+    """A built SFTTrainer and what was learnt about the data on the way (before any step)."""
+
+    def __init__(self, trainer, tokenizer, meter, rows, validation, lengths, too_long, kept, notes):
+        self.trainer, self.tokenizer, self.meter = trainer, tokenizer, meter
+        self.rows, self.validation, self.lengths = rows, validation, lengths
+        self.too_long, self.kept, self.notes = too_long, kept, notes
+
+
+def prepare_training(student: str, rows: list[dict[str, Any]], tc: TrainConfig, system_prompt: str | None,
+                     device: str, work_dir: Path) -> PreparedTraining:
+    """Check the data, load the student and build the SFTTrainer (TRL tokenises here).
+
+    Split from ``train_student`` so the batches TRL builds can be inspected without training.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    if not rows:
+        raise HeredityError("cannot train on an empty selection (every prompt was filtered out)")
+    if tc.method == "qlora":
+        check_qlora(device)
+    notes: list[str] = []
+    per_step = tc.batch_size * tc.gradient_accumulation_steps
+    if len(rows) < per_step:
+        # Training goes ahead: the batch size is part of the settings every arm shares, so it
+        # is not shrunk here; each epoch is then one optimiser step over a partial batch.
+        notes.append(f"only {len(rows)} training examples, fewer than one optimiser step takes "
+                     f"(batch_size × gradient_accumulation_steps = {per_step}): each epoch is one smaller step")
+    if device == "cpu":
+        _use_cpu_threads()
+    tokenizer = load_tokenizer(student, padding_side="right")
+    rows, validation = split_validation(rows, tc.eval_fraction, tc.seed)
+    if tc.eval_fraction and (not validation or not rows):
+        raise HeredityError(f"train.eval_fraction={tc.eval_fraction} leaves {len(rows)} training and "
+                            f"{len(validation)} validation examples; both need at least one")
+    sft_rows = to_sft_rows(rows, system_prompt)
+    sft_validation = to_sft_rows(validation, system_prompt) if validation else []
+    lengths = token_lengths(tokenizer, sft_rows)
+    too_long = sum(n > tc.max_length for n in lengths)
+    if too_long:
+        notes.append(f"{too_long} of {len(rows)} examples are longer than max_length={tc.max_length} tokens "
+                     f"(longest {max(lengths)}); training sees only their first {tc.max_length} tokens")
+
+    model = load_student(student, tc, device)
+    model.train()
+    peft_config = None
+    if tc.method in ("lora", "qlora"):
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
+            target_modules=tc.lora_target_modules, task_type="CAUSAL_LM",
+        )
+    save_steps = tc.save_steps
+    validate: dict[str, Any] = {}
+    if sft_validation:
+        validate = {"eval_strategy": "steps", "eval_steps": tc.eval_steps, "per_device_eval_batch_size": tc.batch_size}
+        if tc.early_stopping_patience is not None:
+            # Keeping the best model needs a checkpoint at every validation that might be it.
+            save_steps = tc.eval_steps * max(1, save_steps // tc.eval_steps)
+            validate.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+    args = SFTConfig(
+        output_dir=str(work_dir),
+        num_train_epochs=tc.epochs,
+        max_steps=tc.max_steps if tc.max_steps is not None else -1,
+        packing=tc.packing,
+        packing_strategy=PACKING_STRATEGY,
+        **validate,
+        learning_rate=tc.learning_rate,
+        lr_scheduler_type=tc.lr_scheduler,
+        warmup_steps=tc.warmup_ratio,  # a float below 1 is a ratio of total steps
+        weight_decay=tc.weight_decay,
+        per_device_train_batch_size=tc.batch_size,
+        gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        max_length=tc.max_length,
+        seed=tc.seed,
+        data_seed=tc.seed,
+        completion_only_loss=True,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=tc.save_total_limit,
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    meter = make_meter(device)
+    callbacks = [meter]
+    if tc.early_stopping_patience is not None:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(sft_rows),
+        eval_dataset=Dataset.from_list(sft_validation) if sft_validation else None,
+        processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # the log goes to train_log.parquet instead
+    # Packed, the dataset holds sequences, not examples; TRL drops none of them.
+    kept = len(rows) if tc.packing else len(trainer.train_dataset)
+    if kept == 0:
+        raise HeredityError(f"no example has answer tokens within max_length={tc.max_length} "
+                            f"(the prompts alone fill it); raise train.max_length")
+    if kept < len(rows):
+        # TRL drops examples whose prompt alone fills max_length (no answer token is left to
+        # learn from). The prompts are the same in every arm, so every arm loses the same ones.
+        notes.append(f"{len(rows) - kept} examples dropped: their prompt alone fills max_length={tc.max_length}")
+    return PreparedTraining(trainer, tokenizer, meter, rows, validation, lengths, too_long, kept, notes)
+
+
+def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, system_prompt: str | None,
+                  device: str, output: Path, work_dir: Path, resume_key: str | None = None,
+                  cleanup_checkpoints: bool = True) -> dict[str, Any]:
+    """Fine-tune ``student`` on ``rows`` (prompt/text pairs) and save it to ``output``.
+
+    Checkpoints go to ``work_dir``. With ``resume_key`` (the stage key), a complete checkpoint
+    left there by an interrupted call with the same key is resumed; with ``cleanup_checkpoints``
+    the folder is deleted once the model is saved (``run_train`` deletes it itself, after the
+    manifest, so a kill between the two still resumes).
+    """
+    prepared = prepare_training(student, rows, tc, system_prompt, device, work_dir)
+    trainer, tokenizer, meter = prepared.trainer, prepared.tokenizer, prepared.meter
+    for note in prepared.notes:
+        warnings.warn(note, stacklevel=2)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # In a distributed run the launching process has already pruned the checkpoints; its
+    # workers only look, so that they do not delete files under each other.
+    resume_from = newest_checkpoint(work_dir) if distributed else prepare_checkpoints(work_dir, resume_key)
+
+    reset_peak_memory(device)
+    started = time.perf_counter()
+    with explain_out_of_memory(tc, device):
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.perf_counter() - started
+    memory = peak_memory_mb(device)
+
+    tokenizer.padding_side = "left"
+    if distributed:
+        save_distributed(trainer, tokenizer, student, tc, output, work_dir)
+    else:
+        save_student(trainer, tokenizer, student, tc, output, work_dir, device)
+    if cleanup_checkpoints:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    log = [dict(entry) for entry in trainer.state.log_history]
+    losses = [e["loss"] for e in log if "loss" in e]
+    resumed_step = checkpoint_step(resume_from) if resume_from else None
+    sequences = len(trainer.train_dataset)
+    return {
+        "steps": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        # What ``epochs`` alone would have given this arm; differs from max_steps when the
+        # arms were equalised to the largest one (see ``plan_equal_steps``).
+        "own_steps": optimiser_steps(sequences, tc.model_copy(update={"max_steps": None}), trainer.args.world_size),
+        "steps_this_run": trainer.state.global_step - (resumed_step or 0),
+        "resumed_from_step": resumed_step,
+        "seed": tc.seed,
+        "examples": len(prepared.rows),
+        "examples_trained": prepared.kept,
+        "too_long": prepared.too_long,
+        "longest_tokens": max(prepared.lengths),
+        "train_seconds": round(seconds, 2),
+        "tokens": int(meter.tokens),
+        "tokens_per_s": round(meter.tokens / seconds, 1) if seconds > 0 else None,
+        **memory,
+        "validation_examples": len(prepared.validation),
+        "packed_sequences": sequences if tc.packing else None,
+        "best_step": best_step(trainer),
+        "best_eval_loss": trainer.state.best_metric,
+        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
+        "train_loss": result.training_loss,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "hyperparameters": effective_hyperparameters(trainer),
+        "saved": "adapter" if tc.method != "full" and not tc.merge_lora else "model",
+        "warnings": prepared.notes,
+        "log": log,
+    }
