@@ -34,6 +34,11 @@ from heredity.errors import HeredityError
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
+# The built-in arms: the untrained student, the baseline selection and the steered one.
+# ``select.variants`` add more steered arms; heredity.core.arms says which arms are compared.
+BASE, PASSIVE, ACTIVE = "base", "passive", "active"
+ARM_ORDER = (BASE, PASSIVE, ACTIVE)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -288,7 +293,7 @@ class SelectConfig(_Strict):
             # names become folders (train/<arm>) and report columns
             if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name):
                 raise ValueError(f"variant name {name!r}: use 1-40 lower-case letters, digits, '_' or '-'")
-            if name in ("base", "passive", "active"):
+            if name in ARM_ORDER:
                 raise ValueError(f"variant name {name!r} is taken by a built-in arm")
             if name.startswith("teacher-"):  # profile/teacher-<label> holds the profiled teachers
                 raise ValueError(f"variant name {name!r}: 'teacher-' names are the profiled teachers'")
@@ -296,11 +301,11 @@ class SelectConfig(_Strict):
 
     def arms(self) -> tuple[str, ...]:
         """Every trained arm: the passive baseline, the active rule, then the variants."""
-        return ("passive", "active", *self.variants)
+        return (PASSIVE, ACTIVE, *self.variants)
 
     def specs(self) -> dict[str, dict[str, Any]]:
         """Each arm's selection rule."""
-        return {"passive": self.passive_spec(), "active": self.active_spec(),
+        return {PASSIVE: self.passive_spec(), ACTIVE: self.active_spec(),
                 **{name: spec.as_dict() for name, spec in self.variants.items()}}
 
     def active_spec(self) -> dict[str, Any]:

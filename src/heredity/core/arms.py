@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-BASE, PASSIVE, ACTIVE = "base", "passive", "active"
-ARM_ORDER = (BASE, PASSIVE, ACTIVE)
+from heredity.config import ACTIVE, ARM_ORDER, BASE, PASSIVE
+
+__all__ = ["ACTIVE", "ARM_ORDER", "BASE", "PASSIVE", "comparisons", "judged_comparisons", "ordered_arms",
+           "steered_arms"]
 COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE), (PASSIVE, BASE))
 JUDGED_COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE))
 
