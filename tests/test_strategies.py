@@ -394,6 +394,27 @@ def test_sweep_over_samples(pool):
     assert [id(r) for r in sweep(one, rule, order, ks=[1])[1]] == [id(r) for r in select(one, "first", order)]
 
 
+def test_first_k_is_one_sweep_step_as_an_arm(pool):
+    """``first_k`` trains a student at one steering strength: it must pick exactly what the
+    sweep's step k picks, by sample and by candidate, and see nothing beyond the first k."""
+    rows = [dict(r, teacher=f"T{TEACHERS.index(r['teacher']) // 4}", sample_index=TEACHERS.index(r["teacher"]) % 4)
+            for r in pool]
+    grouped = group_by_prompt(rows)
+    order = ["T0", "T1", "T2"]
+    rule = {"strategy": "best", "metric": "mtld"}
+    steps = sweep(grouped, rule, order)
+    for k in (1, 2, 4):
+        picked = select(grouped, {"strategy": "first_k", "k": k, "then": rule}, order)
+        assert [id(r) for r in picked] == [id(r) for r in steps[k]]
+        assert max(r["sample_index"] for r in picked) == k - 1
+    by_candidate = sweep(grouped, rule, order, unit="candidate", ks=[5])
+    picked = select(grouped, {"strategy": "first_k", "k": 5, "unit": "candidate", "then": rule}, order)
+    assert [id(r) for r in picked] == [id(r) for r in by_candidate[5]]
+    assert spec_metrics({"strategy": "first_k", "k": 2, "then": rule}) == ["mtld"]
+    with pytest.raises(HeredityError, match="k"):
+        select(grouped, {"strategy": "first_k", "k": 0, "then": rule}, order)
+
+
 # ------------------------------------------------------------------------------ ties
 
 

@@ -5,22 +5,67 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from pydantic import Field, field_serializer, field_validator
+
 from heredity.errors import HeredityError
 from heredity.strategies.base import (
     Context,
     Groups,
+    Params,
     Row,
     Spec,
     parse_spec,
     prompts,
+    register_strategy,
     select,
     value,
 )
 from heredity.strategies.card import quartiles
 
+Unit = Literal["sample", "candidate"]
+
+
+def interleave(groups: Groups, ctx: Context) -> dict[str, list[Row]]:
+    """Each prompt's candidates in steering order: every teacher's sample 0, then every
+    teacher's sample 1, ... (teachers in tie order)."""
+    return {pid: sorted(rows, key=lambda r: (r["sample_index"], ctx.order_key(r))) for pid, rows in prompts(groups)}
+
+
+def first_candidates(interleaved: Mapping[str, Sequence[Row]], k: int, unit: Unit) -> dict[str, list[Row]]:
+    """The first k samples of every teacher (``sample``) or the first k candidates (``candidate``)."""
+    if unit == "sample":
+        return {pid: [r for r in rows if r["sample_index"] < k] for pid, rows in interleaved.items()}
+    return {pid: list(rows[:k]) for pid, rows in interleaved.items()}
+
+
+class FirstKParams(Params):
+    k: int = Field(..., ge=1, description="How many samples per teacher (or candidates) the rule may see.")
+    unit: Unit = Field("sample", description="sample: the first k samples of every teacher; candidate: the "
+                       "first k candidates in steering order (one sample per teacher, e.g. replayed outputs).")
+    then: Any = Field(..., description="The rule applied to those candidates.")
+
+    @field_validator("then")
+    @classmethod
+    def _parse_then(cls, v: Any) -> Spec:
+        return parse_spec(v)
+
+    @field_serializer("then")
+    def _dump_then(self, then: Spec) -> dict[str, Any]:
+        return then.to_dict()
+
+    def metrics(self) -> set[str]:
+        return self.then.metrics()
+
+
+@register_strategy("first_k", FirstKParams)
+def select_first_k(groups: Groups, params: FirstKParams, ctx: Context) -> list[Row]:
+    """A rule applied to the first k samples (or candidates) of each prompt: one step of the
+    sweep, as an arm of its own, so students can be trained at several steering strengths."""
+    return params.then.run(first_candidates(interleave(groups, ctx), params.k, params.unit), ctx)
+
 
 def sweep(groups: Groups, rule: str | Mapping[str, Any] | Spec, teacher_order: Iterable[str] = (),
-          unit: Literal["sample", "candidate"] = "sample", ks: Iterable[int] | None = None) -> dict[int, list[Row]]:
+          unit: Unit = "sample", ks: Iterable[int] | None = None) -> dict[int, list[Row]]:
     """Dose-response: the rule applied to the first k' candidates of each prompt, k' = 1..k.
 
     ``unit="sample"``: step k' keeps the candidates with ``sample_index < k'`` from *every*
@@ -41,9 +86,7 @@ def sweep(groups: Groups, rule: str | Mapping[str, Any] | Spec, teacher_order: I
     ctx = Context(teacher_order)
     if unit not in ("sample", "candidate"):
         raise HeredityError(f"sweep unit must be 'sample' or 'candidate', not '{unit}'")
-    # Candidate order: every teacher's sample 0, then every teacher's sample 1, ...
-    interleaved = {pid: sorted(rows, key=lambda r: (r["sample_index"], ctx.order_key(r)))
-                   for pid, rows in prompts(groups)}
+    interleaved = interleave(groups, ctx)
     if unit == "sample":
         k = max((r["sample_index"] for rows in interleaved.values() for r in rows), default=-1) + 1
     else:
@@ -53,11 +96,7 @@ def sweep(groups: Groups, rule: str | Mapping[str, Any] | Spec, teacher_order: I
     for step in steps:
         if step < 1:
             raise HeredityError(f"sweep steps start at 1, got {step}")
-        if unit == "sample":
-            truncated = {pid: [r for r in rows if r["sample_index"] < step] for pid, rows in interleaved.items()}
-        else:
-            truncated = {pid: rows[:step] for pid, rows in interleaved.items()}
-        result[step] = select(truncated, spec, ctx.teacher_order)
+        result[step] = select(first_candidates(interleaved, step, unit), spec, ctx.teacher_order)
     return result
 
 
