@@ -101,6 +101,24 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config file."),
     _run(_config(config), out)
 
 
+@app.command("results")
+def results_cmd(folder: Path = typer.Argument(Path("experiments"), help="Folder of studies (each with config.yaml, "
+                                              "README.md and the summary.json its run wrote)."),
+                out: Path = typer.Option(Path("docs/results.md"), "--out", help="Markdown file to write.")) -> None:
+    """Render the results page from every study's summary.json."""
+    from heredity.core.rundir import write_text
+    from heredity.errors import HeredityError
+    from heredity.stages.results import render_results
+
+    try:
+        page = render_results(folder)
+    except HeredityError as exc:
+        _fail(str(exc))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, page)
+    console.print(f"results: {out}")
+
+
 @app.command("select")
 def select_cmd(config: Path = typer.Argument(..., help="YAML config file."),
                out: Path = typer.Option(..., "--out", help="Run directory.")) -> None:

@@ -1,0 +1,149 @@
+"""The results page: every study under ``experiments/`` in one Markdown file.
+
+A study is a folder holding the ``config.yaml`` it ran, a ``README.md`` whose first heading
+and paragraph say what it asks, and the ``summary.json`` its run wrote. The page is made only
+from those files (``heredity results``), so each figure on it traces to a committed summary
+and the command next to it reproduces that summary.
+
+For each study: the students' held-out means with 95% CIs, the effect on the target (every
+steered arm against passive and against base, paired over prompts) with a verdict, the side
+effects (other metrics whose paired CI excludes zero), the share of answers cut at the cap,
+the profile differences when the run profiled its students, and the compute time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from heredity.core.arms import ordered_arms
+from heredity.core.rundir import read_json
+from heredity.errors import HeredityError
+
+SIDE_EFFECT_COMPARISONS = ("active_vs_passive", "active_vs_base")
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.1f}"
+
+
+def _ci(ci: list[float | None] | None) -> str:
+    if not ci or ci[0] is None:
+        return "–"
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def verdict(diff: dict[str, Any], direction: str) -> str:
+    """'moved' when the paired 95% CI lies wholly on the intended side of zero, 'wrong way'
+    when wholly on the other side, else 'not significant'."""
+    lo, hi = diff["ci95"]
+    if lo is None:
+        return "undefined"
+    up = lo > 0
+    down = hi < 0
+    if (direction == "max" and up) or (direction == "min" and down):
+        return "moved"
+    if (direction == "max" and down) or (direction == "min" and up):
+        return "wrong way"
+    return "not significant"
+
+
+def _intro(readme: Path) -> tuple[str | None, str | None]:
+    """A study README's first heading and first paragraph."""
+    if not readme.is_file():
+        return None, None
+    title, paragraph, lines = None, [], readme.read_text(encoding="utf-8").splitlines()
+    for line in lines:
+        if title is None and line.startswith("# "):
+            title = line[2:].strip()
+            continue
+        if title is not None:
+            if line.strip():
+                paragraph.append(line.strip())
+            elif paragraph:
+                break
+    return title, " ".join(paragraph) or None
+
+
+def steered(summary: dict[str, Any]) -> list[str]:
+    return [a for a in ordered_arms(summary["arms"]) if a not in ("base", "passive")]
+
+
+def render_study(folder: Path, summary: dict[str, Any], root: Path) -> list[str]:
+    title, question = _intro(folder / "README.md")
+    target, direction = summary["target"]["metric"], summary["target"]["direction"]
+    arms = ordered_arms(summary["arms"])
+    metrics = list(summary["arms"][arms[0]])
+    rel = folder.relative_to(root.parent) if folder.is_relative_to(root.parent) else folder
+    compute = sum(v for v in (summary.get("stage_compute_s") or {}).values() if v)
+    lines = [f"## {title or folder.name}", ""]
+    if question:
+        lines += [question, ""]
+    lines += [f"Target: **{direction} {target}**; {summary['eval_prompts']} held-out prompts, greedy answers. "
+              f"Reproduce: `heredity run {rel}/config.yaml --out runs/{folder.name}` "
+              f"(compute when run: {compute / 60:.0f} min).", ""]
+    lines += ["| metric | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    for m in metrics:
+        cells = [f"{_fmt(summary['arms'][a][m])} {_ci(summary['ci95'][a][m])}" for a in arms]
+        lines.append(f"| {m}{' (target)' if m == target else ''} | " + " | ".join(cells) + " |")
+    cut = summary.get("truncated_share") or {}
+    if cut:
+        lines += ["", "Answers cut at the cap: " + ", ".join(f"{a} {cut[a]:.0%}" for a in arms if a in cut) + "."]
+    lines += ["", "Effect on the target (paired over prompts):", "",
+              "| comparison | difference | 95% CI | ratio | verdict |", "|---|---|---|---|---|"]
+    diffs = summary["differences"]
+    for arm in steered(summary):
+        for other in ("passive", "base"):
+            d = diffs.get(f"{arm}_vs_{other}", {}).get(target)
+            if d is not None:
+                lines.append(f"| {arm} − {other} | {_fmt(d['diff'])} | {_ci(d['ci95'])} | {_fmt(d['ratio'])}× | "
+                             f"{verdict(d, direction)} |")
+    side = []
+    for name in SIDE_EFFECT_COMPARISONS:
+        for m, d in diffs.get(name, {}).items():
+            lo, hi = d["ci95"]
+            if m != target and lo is not None and (lo > 0 or hi < 0):
+                side.append(f"{m} {'rose' if lo > 0 else 'fell'} ({name.replace('_vs_', ' − ')} "
+                            f"{_fmt(d['diff'])} {_ci(d['ci95'])})")
+    lines += ["", ("Side effects (other metrics whose paired CI excludes zero): " + "; ".join(side) + ".")
+              if side else "Side effects: no other metric moved with a CI excluding zero (active vs passive, base)."]
+    profile = summary.get("profile")
+    if profile and profile.get("differences"):
+        lines += ["", "Profile differences (paired over items):", "",
+                  "| comparison | suite/metric | difference | 95% CI |", "|---|---|---|---|"]
+        for name, per_metric in profile["differences"].items():
+            for key, d in per_metric.items():
+                lines.append(f"| {name.replace('_vs_', ' − ')} | {key} | {_fmt(d['diff'])} | {_ci(d['ci95'])} |")
+    return lines + [""]
+
+
+def studies(root: Path) -> dict[Path, dict[str, Any]]:
+    """Every folder under ``root`` (one level down, and one more for groups such as
+    ``paper/``) that holds a summary.json, in name order."""
+    found = {}
+    for summary in sorted(root.glob("*/summary.json")) + sorted(root.glob("*/*/summary.json")):
+        found[summary.parent] = read_json(summary)
+    return found
+
+
+def render_results(root: Path) -> str:
+    """The results page for the studies under ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise HeredityError(f"{root}: no such folder of studies")
+    found = studies(root)
+    lines = ["# Results", "",
+             f"Every figure below is read from a study's `summary.json` under `{root.name}/` and was written "
+             "by the run that the command beside it starts (`heredity results` renders this page). Means "
+             "with bootstrap 95% CIs over held-out prompts; differences are paired over prompts.", ""]
+    not_run = sorted(p.parent.name for p in root.glob("*/config.yaml") if p.parent not in found)
+    if not found:
+        lines += ["No study has a summary.json yet.", ""]
+    for folder, summary in found.items():
+        lines += render_study(folder, summary, root)
+    if not_run:
+        lines += ["## Not run here", "", "Configs without a committed summary: " + ", ".join(
+            f"`{root.name}/{n}`" for n in not_run) + ".", ""]
+    return "\n".join(lines)

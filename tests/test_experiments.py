@@ -1,0 +1,58 @@
+"""The shipped experiments: every config loads and validates, and the results page shows the
+figures of every committed summary.json with the command that reproduces it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from heredity.core.rundir import read_json
+from heredity.plan import load_config
+from heredity.stages.results import render_results, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+CONFIGS = sorted(EXPERIMENTS.glob("*/config.yaml")) + sorted((EXPERIMENTS / "paper").glob("*.yaml"))
+
+
+def test_there_are_cpu_studies_and_paper_scale_configs():
+    assert len(list(EXPERIMENTS.glob("*/config.yaml"))) >= 2
+    assert len(list((EXPERIMENTS / "paper").glob("*.yaml"))) >= 2
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(EXPERIMENTS)))
+def test_every_experiment_config_loads_and_validates(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # data paths in the configs are relative to the repository root
+    cfg = load_config(path)
+    assert cfg.select.metric in cfg.score.metrics  # every metric a selection reads is scored
+    study = path.parent
+    if study != EXPERIMENTS / "paper":
+        readme = (study / "README.md").read_text(encoding="utf-8")
+        assert f"{study.name}/config.yaml" in readme, "a study README gives its command"
+
+
+def test_verdict_reads_the_interval_in_the_intended_direction():
+    assert verdict({"ci95": [1.0, 2.0]}, "max") == "moved"
+    assert verdict({"ci95": [-2.0, -1.0]}, "min") == "moved"
+    assert verdict({"ci95": [-2.0, -1.0]}, "max") == "wrong way"
+    assert verdict({"ci95": [-1.0, 2.0]}, "max") == "not significant"
+    assert verdict({"ci95": [None, None]}, "max") == "undefined"
+
+
+def test_results_page_shows_every_committed_summary(tmp_path):
+    summaries = sorted(EXPERIMENTS.glob("*/summary.json"))
+    if not summaries:
+        pytest.skip("no study has a committed summary.json")
+    page = render_results(EXPERIMENTS)
+    for path in summaries:
+        summary = read_json(path)
+        assert f"heredity run experiments/{path.parent.name}/config.yaml" in page
+        target = summary["target"]["metric"]
+        d = summary["differences"]["active_vs_passive"][target]
+        lo, hi = d["ci95"]
+        row = [line for line in page.splitlines() if line.startswith("| active − passive |")]
+        assert any(f"[{lo:.3g}" in line or f"[{lo:.1f}" in line for line in row), (path, row)
+    # The committed page is the rendered one: rerun `heredity results` after adding a study.
+    committed = ROOT / "docs" / "results.md"
+    assert committed.read_text(encoding="utf-8") == page
