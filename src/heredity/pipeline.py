@@ -83,11 +83,8 @@ def quiet_libraries() -> None:
     datasets.utils.logging.set_verbosity_error()
 
 
-STOPS = ("generate", "score", "select", "report")
-
-
 def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = "report") -> dict[str, Any]:
-    """Run the loop up to and including the stage ``until`` (see ``STOPS``)."""
+    """Run the loop up to and including the stage ``until``: generate, score, select or report."""
     console = console or Console(stderr=True)
     check_config(cfg)  # a config built in Python, not read through heredity.plan, is checked here
     if until == "report" and cfg.train.method == "qlora":

@@ -91,8 +91,8 @@ def test_two_models_results_pair_by_document(result, tmp_path):
     for name, r in (("a", result), ("b", other)):
         (tmp_path / name).mkdir()
         write_json(tmp_path / name / "lm_eval.json", {k: v for k, v in r.items() if k != "samples"})
-    pa = _per_prompt("a", tmp_path / "a", {})["lm_eval:hellaswag_local/acc"]
-    pb = _per_prompt("b", tmp_path / "b", {})["lm_eval:hellaswag_local/acc"]
+    pa = _per_prompt(tmp_path / "a", {})["lm_eval:hellaswag_local/acc"]
+    pb = _per_prompt(tmp_path / "b", {})["lm_eval:hellaswag_local/acc"]
     d = _difference(pa, pb, "a", "b", 500)
     original = result["tasks"]["hellaswag_local"]["per_doc"]["acc"][first]
     assert d["diff"] == pytest.approx((original - docs[first]) / LIMIT) and d["n"] == LIMIT

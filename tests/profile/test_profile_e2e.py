@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from heredity.core import loglik
 from heredity.core.models import load_model
 from heredity.profile import (
     SUITES,
-    loglik,
     profile_model,
     render_table,
     scoring_tokenizer,

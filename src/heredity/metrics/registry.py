@@ -274,9 +274,6 @@ def plugin_errors() -> dict[str, str]:
 
 # --- metric entries as a config writes them ---------------------------------------------------
 
-RESERVED = ("name", "as")
-
-
 def resolve(entry: str | Mapping[str, Any] | BoundMetric,
             metric_options: Mapping[str, Mapping[str, Any]] | None = None) -> BoundMetric:
     """A config's metric entry → a BoundMetric.

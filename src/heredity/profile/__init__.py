@@ -7,6 +7,8 @@ toxicity, toxicity probability). Each suite module has a pure scoring function (
 metric values in, figures out) and a ``run(model, tokenizer, ...)`` on a real model; ``loglik`` is
 the shared batched scorer. Likelihood suites get the right-padded scoring tokenizer, generation
 suites (``Suite.generates``) the left-padded chat tokenizer of ``heredity.core.models.load_tokenizer``.
+A suite whose items two models share also has ``paired_items(rows, summary)`` (``Suite.pair``):
+its per-item values, keyed ``"suite/metric"``, that a run's profile stage pairs across models.
 Data comes from ``data_dir`` (default ``$HEREDITY_SHARED_DATA`` or ``shared/data``
 beside the checkout); see each module's docstring for its protocol.
 
@@ -36,6 +38,7 @@ from heredity.profile import (
     stereoset,
     textual,
 )
+from heredity.profile.common import Paired, Replicated
 
 
 @dataclass(frozen=True)
@@ -45,25 +48,29 @@ class Suite:
     limit_counts: str  # what ``limit`` counts in this suite
     run: Callable[..., SuiteResult]
     generates: bool = False  # True: run gets the left-padded chat tokenizer and decodes text
+    # (rows, summary) -> {"suite/metric": Paired | Replicated}: values paired across models by item;
+    # None: the suite's figures cannot be paired
+    pair: Callable[[list[dict[str, Any]], dict[str, Any]], dict[str, Paired | Replicated]] | None = None
 
 
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
         Suite("calibration", "HellaSwag accuracy and expected calibration error (1 and 10 bins)", "items",
-              calibration.run),
+              calibration.run, pair=calibration.paired_items),
         Suite("crows_pairs", "CrowS-Pairs: % of pairs where the more stereotyping sentence is more likely",
-              "pairs", crows_pairs.run),
-        Suite("stereoset", "StereoSet intrasentence: stereotype score, LM score, ICAT", "items", stereoset.run),
+              "pairs", crows_pairs.run, pair=crows_pairs.paired_items),
+        Suite("stereoset", "StereoSet intrasentence: stereotype score, LM score, ICAT", "items", stereoset.run,
+              pair=stereoset.paired_items),
         Suite("bbq", "BBQ: accuracy and bias scores, ambiguous and disambiguated contexts", "items",
-              bbq.run),
-        Suite("seat", "SEAT: effect sizes of embedding associations", "tests", seat.run),
+              bbq.run, pair=bbq.paired_items),
+        Suite("seat", "SEAT: effect sizes of embedding associations", "tests", seat.run, pair=seat.paired_items),
         Suite("textual", "Textual profile: the metric registry on greedy answers to Dolly-200 (test split)",
-              "prompts", textual.run, generates=True),
+              "prompts", textual.run, generates=True, pair=textual.paired_items),
         Suite("toxicity", "RealToxicityPrompts: expected maximum toxicity and toxicity probability",
-              "prompts", rtp_toxicity.run, generates=True),
+              "prompts", rtp_toxicity.run, generates=True, pair=rtp_toxicity.paired_items),
         Suite("judge_preference", "The model as LLM judge of AlpacaEval answer pairs: which models and "
-              "lengths it prefers", "pairs", judge_preference.run),
+              "lengths it prefers", "pairs", judge_preference.run, pair=judge_preference.paired_items),
     )
 }
 
@@ -218,4 +225,4 @@ def render_table(result: dict[str, Any], groups: bool = True):
     return table
 
 
-__all__ = ["SUITES", "Suite", "profile_model", "render_table", "resolve_suites", "scoring_tokenizer"]
+__all__ = ["SUITES", "Paired", "Replicated", "Suite", "profile_model", "render_table", "resolve_suites", "scoring_tokenizer"]

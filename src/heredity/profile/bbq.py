@@ -29,7 +29,9 @@ of all categories; ``limit`` items are drawn evenly across categories.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +39,7 @@ from heredity.core import loglik
 from heredity.core.data import SuiteResult, data_file
 from heredity.core.stats import estimate, grouped
 from heredity.errors import HeredityError
-from heredity.profile.common import sample_indices
+from heredity.profile.common import Paired, per_item_means, sample_indices
 
 CATEGORIES = ("Age", "Disability_status", "Nationality", "Physical_appearance")
 
@@ -186,3 +188,30 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
         "groups": result["groups"],
     }
     return SuiteResult(summary, per_item)
+
+
+def paired_items(rows: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Paired]:
+    """Per item (``category/item``): correct, overall and per context condition; both bias scores recomputed."""
+    # item numbers restart in every category file
+    keyed = [{**r, "key": f"{r['category']}/{r['item']}"} for r in rows]
+    out = per_item_means("bbq", keyed, "key", {
+        "accuracy": lambda r: float(r["correct"]),
+        "accuracy_ambig": lambda r: float(r["correct"]) if r["context_condition"] == "ambig" else None,
+        "accuracy_disambig": lambda r: float(r["correct"]) if r["context_condition"] != "ambig" else None,
+    })
+    # columns: pred, unknown, biased, ambiguous, correct
+    records = {r["key"]: (r["pred"], r["unknown"], r["biased"], float(r["context_condition"] == "ambig"),
+                          float(r["correct"])) for r in keyed}
+
+    def bias(ambiguous: bool) -> Callable[[np.ndarray], float | None]:
+        def stat(m: np.ndarray) -> float | None:
+            m = m[(m[:, 3] == 1.0) == ambiguous]
+            pred, unknown, biased = (m[:, k].astype(int) for k in range(3))
+            if ambiguous:
+                return ambiguous_bias(pred, unknown, biased, m[:, 4])
+            return disambiguated_bias(pred, unknown, biased)
+        return stat
+
+    out["bbq/bias_ambig"] = Paired(records, bias(True))
+    out["bbq/bias_disambig"] = Paired(records, bias(False))
+    return out

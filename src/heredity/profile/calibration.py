@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from heredity.core import loglik
 from heredity.core.data import SuiteResult, data_file
 from heredity.core.stats import estimate
-from heredity.profile.common import sample_indices
+from heredity.profile.common import Paired, per_item_means, sample_indices
 
 DATA = "hellaswag/hellaswag_val.jsonl"
 
@@ -109,3 +110,17 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
         "groups": {},
     }
     return SuiteResult(summary, per_item)
+
+
+def paired_items(rows: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Paired]:
+    """Per item: correct, confidence, correct by summed log-likelihood; ECE (1 and 10 bins) recomputed."""
+    out = per_item_means("calibration", rows, "item", {
+        "accuracy": lambda r: float(r["correct"]),
+        "mean_confidence": lambda r: float(r["confidence"]),
+        # the same rule as score: argmax of the summed log-likelihoods
+        "accuracy_sum": lambda r: float(int(np.argmax(r["loglik_sum"])) == r["label"]),
+    })
+    records = {r["item"]: (float(r["confidence"]), float(r["correct"])) for r in rows}
+    for bins in (1, 10):
+        out[f"calibration/ece_{bins}bin"] = Paired(records, lambda m, b=bins: ece(m[:, 0], m[:, 1], b))
+    return out

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from heredity.core import loglik
 from heredity.core.data import SuiteResult, data_file
 from heredity.core.stats import estimate, grouped
-from heredity.profile.common import sample_indices
+from heredity.profile.common import Paired, per_item_means, sample_indices
 
 DATA = "crows_pairs/crows_pairs_anonymized.csv"
 
@@ -97,3 +98,12 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
         "groups": result["groups"],
     }
     return SuiteResult(summary, per_item)
+
+
+def paired_items(rows: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Paired]:
+    """Per pair: the more stereotyping sentence preferred (in %), overall and per direction."""
+    return per_item_means("crows_pairs", rows, "item", {
+        "bias_pct": lambda r: 100 * float(r["prefers_more"]),
+        "stereo_pct": lambda r: 100 * float(r["prefers_more"]) if r["direction"] == "stereo" else None,
+        "antistereo_pct": lambda r: 100 * float(r["prefers_more"]) if r["direction"] == "antistereo" else None,
+    })

@@ -18,6 +18,7 @@ from typing import Any
 from heredity.config import JudgeConfig
 from heredity.core.data import SuiteResult
 from heredity.judging import LogprobJudge, alpaca_eval_pairs, preference_profile
+from heredity.profile.common import Paired
 
 
 def longer_preference(row: dict[str, Any]) -> float | None:
@@ -54,3 +55,9 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
                    for m, v in s["models"].items()},
     }
     return SuiteResult(summary, result.rows)
+
+
+def paired_items(rows: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Paired]:
+    """Per answer pair: the preference for the longer answer, in %."""
+    return {"judge_preference/longer_preferred": Paired(
+        {r["pair_id"]: 100 * r["longer_preference"] for r in rows if r.get("longer_preference") is not None})}

@@ -23,6 +23,7 @@ import numpy as np
 from heredity.core.models import resolve
 from heredity.core.stats import bootstrap_mean_ci
 from heredity.errors import HeredityError
+from heredity.profile.common import Paired
 
 Z95 = 1.959963984540054
 
@@ -121,3 +122,9 @@ def run_lm_eval(model_ref: str, tasks: list[str], *, limit: int | None = None, i
     if log_samples:
         summary["samples"] = results.get("samples", {})
     return summary
+
+
+def paired_items(result: dict[str, Any]) -> dict[str, Paired]:
+    """``lm_eval:<task>/<metric>`` → its per-document values (``per_doc``), paired across models by document."""
+    return {f"lm_eval:{task}/{metric}": Paired(values)
+            for task, t in result["tasks"].items() for metric, values in t.get("per_doc", {}).items()}

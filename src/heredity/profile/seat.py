@@ -34,6 +34,7 @@ import json
 import math
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ from heredity.core import loglik
 from heredity.core.data import SuiteResult, data_file
 from heredity.core.stats import estimate, percentile_ci
 from heredity.errors import HeredityError
-from heredity.profile.common import sample_indices
+from heredity.profile.common import Paired, Replicated, per_item_means, sample_indices
 
 DATA = "seat"
 SETS = ("targ1", "targ2", "attr1", "attr2")
@@ -179,3 +180,16 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
                    for r in rows},
     }
     return SuiteResult(summary, rows)
+
+
+def paired_items(rows: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Paired | Replicated]:
+    """Per test: |effect size| and p < 0.05; each test's effect size with its bootstrap replicates."""
+    out: dict[str, Paired | Replicated] = dict(per_item_means("seat", rows, "test", {
+        "mean_abs_effect_size": lambda r: abs(float(r["effect_size"])),
+        "share_significant": lambda r: float(r["p_value"] < 0.05),
+    }))
+    for r in rows:
+        if r.get("effect_size_boot") is not None:  # profiles written before per-test CIs have none
+            out[f"seat/effect_size:{r['test']}"] = Replicated(
+                float(r["effect_size"]), np.array(r["effect_size_boot"], dtype=float), int(r["bootstrap_seed"]))
+    return out

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from heredity.core import loglik
 from heredity.core.data import SuiteResult, data_file
 from heredity.core.stats import estimate, grouped
-from heredity.profile.common import sample_indices
+from heredity.profile.common import Paired, per_item_means, sample_indices
 
 DATA = "stereoset/stereoset_intrasentence_799.json"
 LABELS = ("stereotype", "anti-stereotype", "unrelated")
@@ -85,3 +86,14 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
         "groups": result["groups"],
     }
     return SuiteResult(summary, per_item)
+
+
+def paired_items(rows: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Paired]:
+    """Per item: the ss and lms indicators (in %); ICAT recomputed from both."""
+    out = per_item_means("stereoset", rows, "item", {
+        "ss": lambda r: 100 * float(r["stereotype_preferred"]),
+        "lms": lambda r: 100 * float(r["meaningful_preferred"]),
+    })
+    records = {r["item"]: (float(r["stereotype_preferred"]), float(r["meaningful_preferred"])) for r in rows}
+    out["stereoset/icat"] = Paired(records, lambda m: icat(100 * m[:, 0].mean(), 100 * m[:, 1].mean()))
+    return out

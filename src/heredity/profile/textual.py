@@ -35,7 +35,7 @@ import numpy as np
 from heredity.core.data import SuiteResult, data_file
 from heredity.core.stats import describe, estimate
 from heredity.errors import HeredityError
-from heredity.profile.common import sample_indices
+from heredity.profile.common import Paired, sample_indices
 
 DATA = "dolly200/dolly_eval_eng.json"
 SPLITS = ("val", "test", "all")
@@ -176,3 +176,9 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
         "groups": {},
     }
     return SuiteResult(summary, rows)
+
+
+def paired_items(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Paired]:
+    """Per prompt: each metric of the summary's ``protocol.metrics``."""
+    return {f"textual/{metric}": Paired({r["prompt_id"]: float(r[metric]) for r in rows if r.get(metric) is not None})
+            for metric in summary["protocol"].get("metrics", [])}

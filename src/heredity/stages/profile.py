@@ -6,8 +6,9 @@ per-item Parquet files and, with harness tasks, ``lm_eval.json``. The key is the
 plus the profile settings, so a changed target re-profiles only the active arm.
 
 Arm-vs-arm differences are paired: every model answers the same sampled items, so a
-difference is resampled jointly over the items both models have (``_per_prompt`` says what an
-item is in each suite):
+difference is resampled jointly over the items both models have. What an item is, and which
+values it carries, each suite says itself (``Suite.pair``, its module's ``paired_items``;
+harness tasks: ``lm_eval_tasks.paired_items``); this stage only compares them:
 
 * means of per-item values, by ``core.stats.paired_difference``: textual (per prompt, each metric),
   toxicity (per prompt: the highest score among its continuations, and whether any reached the
@@ -30,7 +31,6 @@ Per-group figures (bias types, BBQ categories) are not paired; the report shows 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +38,11 @@ import numpy as np
 
 from heredity.config import ProfileConfig, RunConfig
 from heredity.core.arms import comparisons
-from heredity.core.models import model_identity, pick_device
+from heredity.core.models import pick_device
 from heredity.core.rundir import Stage, read_json, read_table, write_json
 from heredity.core.stats import estimate, paired_difference, percentile_ci
-from heredity.profile import bbq, calibration, profile_model, resolve_suites, stereoset
-from heredity.profile.lm_eval_tasks import run_lm_eval
-
-TOXIC = 0.5
+from heredity.profile import SUITES, lm_eval_tasks, profile_model, resolve_suites
+from heredity.profile.common import Paired, Replicated
 
 
 def _options(pc: ProfileConfig) -> dict[str, dict[str, Any]]:
@@ -74,9 +72,10 @@ def run_profile(cfg: RunConfig, run_dir: Path, name: str, model_ref: str, model_
                            options=_options(pc))
     outputs = {"summary": "summary.json", **{s: f"{s}.parquet" for s in result["suites"]}}
     if pc.lm_eval_tasks:
-        harness = run_lm_eval(model_ref, pc.lm_eval_tasks, limit=pc.limit,
-                              include_path=Path(pc.lm_eval_include) if pc.lm_eval_include else None,
-                              device=pick_device(cfg.device), seed=pc.seed)
+        harness = lm_eval_tasks.run_lm_eval(model_ref, pc.lm_eval_tasks, limit=pc.limit,
+                                            include_path=Path(pc.lm_eval_include) if pc.lm_eval_include else None,
+                                            device=pick_device(cfg.device), seed=pc.seed,
+                                            bootstrap_samples=cfg.eval.bootstrap_samples)
         write_json(stage.dir / "lm_eval.json", harness)
         outputs["lm_eval"] = "lm_eval.json"
     stage.finish(outputs, counts={s: r["n"] for s, r in result["suites"].items()})
@@ -121,141 +120,18 @@ def _paired_statistic(stat: Callable[[np.ndarray], float | None], a: np.ndarray,
     return {"diff": e["value"], "ci95": e["ci95"], "ratio": None}
 
 
-@dataclass
-class Paired:
-    """One figure's per-item values, paired across models by item id.
+def _per_prompt(folder: Path, suites: dict[str, Any]) -> dict[str, Paired | Replicated]:
+    """Per-item values that can be paired across models: ``"suite/metric" → Paired`` (or ``Replicated``).
 
-    ``stat`` is None for a mean of the values (scaled as the suite reports it); otherwise the
-    values are tuples and ``stat`` computes the figure from their stacked array (items x fields).
+    ``suites``: the profile's ``summary.json`` suites; each one with a ``Suite.pair`` and a
+    Parquet file contributes, in registry order, then the harness tasks (paired by document).
     """
-
-    values: dict[Any, Any]
-    stat: Callable[[np.ndarray], float | None] | None = None
-
-
-@dataclass
-class Replicated:
-    """One figure of one model with its bootstrap replicates, drawn by a generator seeded with ``seed``.
-
-    Two models' replicates pair one to one when their seeds (and counts) match: the same resample
-    indices were drawn for both (SEAT's per-test effect sizes).
-    """
-
-    value: float
-    boot: np.ndarray
-    seed: int
-
-
-def _means(prefix: str, rows: list[dict[str, Any]], key: str, figures: dict[str, Callable[[dict], float | None]]
-           ) -> dict[str, Paired]:
-    """Per-item mean figures: ``figures[name](row)`` is the row's value, None where it does not count."""
-    out = {}
-    for name, value in figures.items():
-        values = {r[key]: v for r in rows if (v := value(r)) is not None}
-        out[f"{prefix}/{name}"] = Paired(values)
-    return out
-
-
-def _calibration_items(rows: list[dict[str, Any]]) -> dict[str, Paired]:
-    out = _means("calibration", rows, "item", {
-        "accuracy": lambda r: float(r["correct"]),
-        "mean_confidence": lambda r: float(r["confidence"]),
-        # the same rule as calibration.score: argmax of the summed log-likelihoods
-        "accuracy_sum": lambda r: float(int(np.argmax(r["loglik_sum"])) == r["label"]),
-    })
-    records = {r["item"]: (float(r["confidence"]), float(r["correct"])) for r in rows}
-    for bins in (1, 10):
-        out[f"calibration/ece_{bins}bin"] = Paired(records, lambda m, b=bins: calibration.ece(m[:, 0], m[:, 1], b))
-    return out
-
-
-def _crows_items(rows: list[dict[str, Any]]) -> dict[str, Paired]:
-    return _means("crows_pairs", rows, "item", {
-        "bias_pct": lambda r: 100 * float(r["prefers_more"]),
-        "stereo_pct": lambda r: 100 * float(r["prefers_more"]) if r["direction"] == "stereo" else None,
-        "antistereo_pct": lambda r: 100 * float(r["prefers_more"]) if r["direction"] == "antistereo" else None,
-    })
-
-
-def _stereoset_items(rows: list[dict[str, Any]]) -> dict[str, Paired]:
-    out = _means("stereoset", rows, "item", {
-        "ss": lambda r: 100 * float(r["stereotype_preferred"]),
-        "lms": lambda r: 100 * float(r["meaningful_preferred"]),
-    })
-    records = {r["item"]: (float(r["stereotype_preferred"]), float(r["meaningful_preferred"])) for r in rows}
-    out["stereoset/icat"] = Paired(records, lambda m: stereoset.icat(100 * m[:, 0].mean(), 100 * m[:, 1].mean()))
-    return out
-
-
-def _bbq_items(rows: list[dict[str, Any]]) -> dict[str, Paired]:
-    # item numbers restart in every category file
-    keyed = [{**r, "key": f"{r['category']}/{r['item']}"} for r in rows]
-    out = _means("bbq", keyed, "key", {
-        "accuracy": lambda r: float(r["correct"]),
-        "accuracy_ambig": lambda r: float(r["correct"]) if r["context_condition"] == "ambig" else None,
-        "accuracy_disambig": lambda r: float(r["correct"]) if r["context_condition"] != "ambig" else None,
-    })
-    # columns: pred, unknown, biased, ambiguous, correct
-    records = {r["key"]: (r["pred"], r["unknown"], r["biased"], float(r["context_condition"] == "ambig"),
-                          float(r["correct"])) for r in keyed}
-
-    def bias(ambiguous: bool) -> Callable[[np.ndarray], float | None]:
-        def stat(m: np.ndarray) -> float | None:
-            m = m[(m[:, 3] == 1.0) == ambiguous]
-            pred, unknown, biased = (m[:, k].astype(int) for k in range(3))
-            if ambiguous:
-                return bbq.ambiguous_bias(pred, unknown, biased, m[:, 4])
-            return bbq.disambiguated_bias(pred, unknown, biased)
-        return stat
-
-    out["bbq/bias_ambig"] = Paired(records, bias(True))
-    out["bbq/bias_disambig"] = Paired(records, bias(False))
-    return out
-
-
-def _seat_items(rows: list[dict[str, Any]]) -> dict[str, Paired | Replicated]:
-    out: dict[str, Paired | Replicated] = dict(_means("seat", rows, "test", {
-        "mean_abs_effect_size": lambda r: abs(float(r["effect_size"])),
-        "share_significant": lambda r: float(r["p_value"] < 0.05),
-    }))
-    for r in rows:
-        if r.get("effect_size_boot") is not None:  # profiles written before per-test CIs have none
-            out[f"seat/effect_size:{r['test']}"] = Replicated(
-                float(r["effect_size"]), np.array(r["effect_size_boot"], dtype=float), int(r["bootstrap_seed"]))
-    return out
-
-
-_ITEMS: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] = {
-    "calibration": _calibration_items, "crows_pairs": _crows_items, "stereoset": _stereoset_items,
-    "bbq": _bbq_items, "seat": _seat_items,
-}
-
-
-def _per_prompt(name: str, folder: Path, suites: dict[str, Any]) -> dict[str, Paired | Replicated]:
-    """Per-item values that can be paired across models: ``"suite/metric" → Paired`` (or ``Replicated``)."""
     out: dict[str, Paired | Replicated] = {}
-    if "textual" in suites and (folder / "textual.parquet").is_file():
-        rows = read_table(folder / "textual.parquet")
-        for metric in suites["textual"]["protocol"].get("metrics", []):
-            out[f"textual/{metric}"] = Paired(
-                {r["prompt_id"]: float(r[metric]) for r in rows if r.get(metric) is not None})
-    if "toxicity" in suites and (folder / "toxicity.parquet").is_file():
-        worst: dict[Any, float] = {}
-        for r in read_table(folder / "toxicity.parquet"):
-            worst[r["item"]] = max(worst.get(r["item"], 0.0), float(r["toxicity"]))
-        out["toxicity/expected_max_toxicity"] = Paired(worst)
-        out["toxicity/toxicity_probability"] = Paired({k: float(v >= TOXIC) for k, v in worst.items()})
-    if "judge_preference" in suites and (folder / "judge_preference.parquet").is_file():
-        rows = read_table(folder / "judge_preference.parquet")
-        out["judge_preference/longer_preferred"] = Paired(
-            {r["pair_id"]: 100 * r["longer_preference"] for r in rows if r.get("longer_preference") is not None})
-    for suite, items in _ITEMS.items():
-        if suite in suites and (folder / f"{suite}.parquet").is_file():
-            out.update(items(read_table(folder / f"{suite}.parquet")))
-    if (folder / "lm_eval.json").is_file():  # harness tasks: paired by document
-        for task, t in read_json(folder / "lm_eval.json")["tasks"].items():
-            for metric, values in t.get("per_doc", {}).items():
-                out[f"lm_eval:{task}/{metric}"] = Paired(values)
+    for name, spec in SUITES.items():
+        if spec.pair is not None and name in suites and (folder / f"{name}.parquet").is_file():
+            out.update(spec.pair(read_table(folder / f"{name}.parquet"), suites[name]))
+    if (folder / "lm_eval.json").is_file():
+        out.update(lm_eval_tasks.paired_items(read_json(folder / "lm_eval.json")))
     return out
 
 
@@ -315,7 +191,7 @@ def summarise_profiles(stages: dict[str, Stage], samples: int, skipped: dict[str
             for task, t in read_json(harness)["tasks"].items():
                 for metric, m in t["metrics"].items():
                     table.setdefault(f"lm_eval:{task}/{metric}", {})[name] = m
-    per_prompt = {name: _per_prompt(name, stages[name].dir, summaries[name]["suites"]) for name in models}
+    per_prompt = {name: _per_prompt(stages[name].dir, summaries[name]["suites"]) for name in models}
     differences: dict[str, Any] = {}
     for a, b in comparisons(variants):
         if a not in per_prompt or b not in per_prompt:
@@ -329,9 +205,3 @@ def summarise_profiles(stages: dict[str, Stage], samples: int, skipped: dict[str
     return {"models": models, "skipped": dict(skipped or {}), "metrics": table, "differences": differences,
             "timings_s": {name: s.get("timings_s", {}) for name, s in summaries.items()}}
 
-
-def model_key_of(cfg: RunConfig, stage: Stage | None, ref: str | None = None) -> str:
-    """The key a profile is tied to: a trained arm's stage key, else the model's identity."""
-    if stage is not None:
-        return stage.key
-    return model_identity(ref or cfg.student)
