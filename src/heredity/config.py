@@ -413,6 +413,11 @@ class ProfileConfig(_Strict):
     samples: int = Field(25, ge=1, description="RealToxicityPrompts continuations per prompt.")
     max_new_tokens: int = Field(256, ge=1, description="Token cap of the textual suite's greedy answers.")
     toxicity_scorer: str | None = Field(None, description="None: Perspective with a key, else the offline 'toxicity'.")
+    toxicity_prompts: Literal["all", "eval"] = Field(
+        "all", description="Prompts of the toxicity suite: all (a seeded sample of `limit` from its data file) or "
+        "eval: only the run's held-out eval prompts (a run whose prompts come from that file), so no model is "
+        "measured on a prompt it was trained on.",
+    )
     teachers: bool = Field(False, description="Profile the local-model teachers too.")
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks (optional extra).")
     lm_eval_include: str | None = Field(None, description="Folder of custom harness task YAMLs.")

@@ -80,6 +80,24 @@ def test_rtp_seeds_do_not_depend_on_position():
     assert 0 <= a < 2 ** 63  # fits torch.Generator.manual_seed
 
 
+def test_rtp_restricted_to_a_runs_held_out_prompts(data_dir):
+    """toxicity_prompts: eval — the suite measures exactly the run's held-out prompts, split the
+    way the prompts stage splits the same file, and none of the training prompts."""
+    from heredity.config import PromptsConfig
+    from heredity.core.prompts import load_prompts
+
+    path = data_dir / rtp_toxicity.DATA
+    train, held_out = load_prompts(PromptsConfig(source=str(path), field="prompt", id_field=None, eval_every=2))
+    rows = rtp_toxicity.load(data_dir)
+    idx = rtp_toxicity.only_prompts(rows, [p.text for p in held_out])
+    chosen = {rows[i]["prompt"].strip() for i in idx}
+    assert chosen == {p.text for p in held_out} and len(idx) == len(held_out) == 150
+    assert not chosen & {p.text for p in train}
+    assert list(idx) == sorted(idx)  # file order
+    with pytest.raises(HeredityError, match="1 of the 2 prompts asked for are not in"):
+        rtp_toxicity.only_prompts(rows, [held_out[0].text, "a prompt the file does not hold"])
+
+
 def test_rtp_data_errors_name_file_row_and_field(tmp_path):
     (tmp_path / "rtp").mkdir()
     path = tmp_path / "rtp" / "rtp_toxic_test_set.jsonl"

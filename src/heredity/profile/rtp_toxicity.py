@@ -31,6 +31,7 @@ data set's Perspective score of the prompt), ``sample``, ``seed``, ``continuatio
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,19 @@ def load(data_dir: Path | None) -> list[dict[str, Any]]:
     return rtp_rows(data_dir, scored=False)
 
 
+def only_prompts(rows: list[dict[str, Any]], prompts: Sequence[str]) -> np.ndarray:
+    """Row numbers of the file's prompts whose text (stripped, as prompt files are read) is in
+    ``prompts``, in file order; a text the file lacks is a one-line error."""
+    wanted = {p.strip() for p in prompts}
+    found = [i for i, r in enumerate(rows) if r["prompt"].strip() in wanted]
+    missing = wanted - {rows[i]["prompt"].strip() for i in found}
+    if missing:
+        example = next(iter(sorted(missing)))
+        raise HeredityError(f"toxicity: {len(missing)} of the {len(wanted)} prompts asked for are not in {DATA} "
+                            f"(e.g. {example[:60]!r})")
+    return np.array(found, dtype=int)
+
+
 def messages(prompt: str) -> list[dict[str, str]]:
     """The wrapped prompt: the continuation instruction as system message, the prompt as user turn."""
     return [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": prompt}]
@@ -97,10 +111,12 @@ def sample_seed(seed: int, prompt: str, sample: int) -> int:
 def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = None, seed: int = 0,
         samples: int = 1000, batch_size: int = 32, progress=None, samples_per_prompt: int = SAMPLES_PER_PROMPT,
         max_new_tokens: int = MAX_NEW_TOKENS, top_p: float = TOP_P, temperature: float = TEMPERATURE,
-        scorer: str | None = None, threshold: float = THRESHOLD) -> SuiteResult:
+        scorer: str | None = None, threshold: float = THRESHOLD, prompts: Sequence[str] | None = None) -> SuiteResult:
     """Sample continuations of the toxic prompts and score them. ``tokenizer``: left-padded, chat template.
 
     ``limit`` counts prompts; ``samples`` is the number of bootstrap resamples, as in every suite.
+    ``prompts``: only the file's prompts with these texts (a run's held-out prompts, so a
+    student is never measured on a prompt it was trained on); ``limit`` then samples among them.
     """
     from heredity.backends import Request
     from heredity.backends.transformers_backend import generate_batch
@@ -116,7 +132,8 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
     scorer = scorer or default_scorer()
     metric = get_metric(scorer)  # fails early on an unknown scorer, before any generation
     rows = load(data_dir)
-    idx = sample_indices(len(rows), limit, seed)
+    candidates = np.arange(len(rows)) if prompts is None else only_prompts(rows, prompts)
+    idx = candidates[sample_indices(len(candidates), limit, seed)]
     items = [rows[i] for i in idx]
     sampling = SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     work = [(k, j, sample_seed(seed, r["prompt"], j)) for k, r in enumerate(items) for j in range(samples_per_prompt)]

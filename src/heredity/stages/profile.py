@@ -39,16 +39,23 @@ import numpy as np
 from heredity.config import ProfileConfig, RunConfig
 from heredity.core.arms import comparisons
 from heredity.core.models import pick_device
-from heredity.core.rundir import Stage, read_json, read_table, write_json
+from heredity.core.rundir import Stage, read_json, read_table, stable_hash, write_json
 from heredity.core.stats import estimate, paired_difference, percentile_ci
 from heredity.profile import SUITES, lm_eval_tasks, profile_model, resolve_suites
 from heredity.profile.common import Paired, Replicated
 
 
-def _options(pc: ProfileConfig) -> dict[str, dict[str, Any]]:
+def eval_prompt_texts(run_dir: Path) -> list[str]:
+    """The run's held-out eval prompts, as the prompts stage wrote them."""
+    return [r["prompt"] for r in read_table(run_dir / "prompts" / "prompts.parquet") if r["split"] == "eval"]
+
+
+def _options(pc: ProfileConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
     toxicity: dict[str, Any] = {"samples_per_prompt": pc.samples}
     if pc.toxicity_scorer:
         toxicity["scorer"] = pc.toxicity_scorer
+    if pc.toxicity_prompts == "eval":
+        toxicity["prompts"] = eval_prompt_texts(run_dir)
     return {"toxicity": toxicity, "textual": {"max_new_tokens": pc.max_new_tokens}}
 
 
@@ -62,6 +69,7 @@ def run_profile(cfg: RunConfig, run_dir: Path, name: str, model_ref: str, model_
         "profile": pc.model_dump(exclude={"batch_size", "teachers"}),
         "bootstrap_samples": cfg.eval.bootstrap_samples,
         "device": cfg.device,
+        **({"eval_prompts": stable_hash(eval_prompt_texts(run_dir))} if pc.toxicity_prompts == "eval" else {}),
     })
     if stage.reuse():
         return stage
@@ -69,7 +77,7 @@ def run_profile(cfg: RunConfig, run_dir: Path, name: str, model_ref: str, model_
     data_dir = Path(pc.data_dir).expanduser() if pc.data_dir else None
     result = profile_model(model_ref, pc.suites, pc.limit, stage.dir, pick_device(cfg.device), data_dir=data_dir,
                            batch_size=pc.batch_size, bootstrap_samples=cfg.eval.bootstrap_samples, seed=pc.seed,
-                           options=_options(pc))
+                           options=_options(pc, run_dir))
     outputs = {"summary": "summary.json", **{s: f"{s}.parquet" for s in result["suites"]}}
     if pc.lm_eval_tasks:
         harness = lm_eval_tasks.run_lm_eval(model_ref, pc.lm_eval_tasks, limit=pc.limit,
