@@ -144,7 +144,11 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
             groups: bool = typer.Option(True, "--groups/--no-groups", help="Show per-group rows."),
             lm_eval: list[str] = typer.Option([], "--lm-eval", help="lm-evaluation-harness task to run (repeatable; "
                                                                    "needs heredity[lm-eval] and the task's data)."),
-            lm_eval_include: Path | None = typer.Option(None, help="Folder of custom lm-eval task YAMLs.")) -> None:
+            lm_eval_include: Path | None = typer.Option(None, help="Folder of custom lm-eval task YAMLs."),
+            textual_protocol: str = typer.Option("fast", help="textual: fast (heredity's metrics) or toolkit (also the "
+                                                             "paper's TextDescriptives set; heredity[textdescriptives])."),
+            bbq_category: list[str] = typer.Option([], "--bbq-category", help="bbq: category to profile (repeatable; "
+                                                                              "default: every bbq/*.jsonl present).")) -> None:
     """Profile a model: calibration, social bias, textual profile, toxicity, judge preference; lm-eval tasks."""
     from heredity.errors import HeredityError
     from heredity.pipeline import quiet_libraries
@@ -153,6 +157,10 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
     quiet_libraries()  # heredity's own log lines, not every library's loading bars
     suites = suite if suite else ([] if lm_eval else ["all"])
     options = {"toxicity": {"samples_per_prompt": samples, "scorer": toxicity_scorer}}
+    if textual_protocol != "fast":
+        options["textual"] = {"protocol": textual_protocol}
+    if bbq_category:
+        options["bbq"] = {"categories": bbq_category}
     try:
         if suites:
             result = profile_model(model, suites, limit, out, device, data_dir=data_dir, threads=threads,
