@@ -144,7 +144,11 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
             groups: bool = typer.Option(True, "--groups/--no-groups", help="Show per-group rows."),
             lm_eval: list[str] = typer.Option([], "--lm-eval", help="lm-evaluation-harness task to run (repeatable; "
                                                                    "needs heredity[lm-eval] and the task's data)."),
-            lm_eval_include: Path | None = typer.Option(None, help="Folder of custom lm-eval task YAMLs.")) -> None:
+            lm_eval_include: Path | None = typer.Option(None, help="Folder of custom lm-eval task YAMLs."),
+            textual_protocol: str = typer.Option("fast", help="textual: fast (heredity's metrics) or toolkit (also the "
+                                                             "paper's TextDescriptives set; heredity[textdescriptives])."),
+            bbq_category: list[str] = typer.Option([], "--bbq-category", help="bbq: category to profile (repeatable; "
+                                                                              "default: every bbq/*.jsonl present).")) -> None:
     """Profile a model: calibration, social bias, textual profile, toxicity, judge preference; lm-eval tasks."""
     from heredity.errors import HeredityError
     from heredity.pipeline import quiet_libraries
@@ -153,6 +157,10 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
     quiet_libraries()  # heredity's own log lines, not every library's loading bars
     suites = suite if suite else ([] if lm_eval else ["all"])
     options = {"toxicity": {"samples_per_prompt": samples, "scorer": toxicity_scorer}}
+    if textual_protocol != "fast":
+        options["textual"] = {"protocol": textual_protocol}
+    if bbq_category:
+        options["bbq"] = {"categories": bbq_category}
     try:
         if suites:
             result = profile_model(model, suites, limit, out, device, data_dir=data_dir, threads=threads,
@@ -180,6 +188,45 @@ def _lm_eval(model: str, tasks: list[str], limit: int, include: Path | None, dev
     Console().print(table)
     if out is not None:
         write_json(Path(out) / "lm_eval.json", result)
+
+
+@app.command("data")
+def data_cmd(data_dir: Path | None = typer.Option(None, "--data-dir", help="Benchmark data folder (default: "
+                                                                          "$HEREDITY_SHARED_DATA or ../shared/data)."),
+             suite: list[str] = typer.Option([], "--suite", "-s", help="Only these suites (repeatable).")) -> None:
+    """List each profile suite's benchmark data: source, license, files expected, local status, how to get it."""
+    from heredity.core.data import default_data_dir
+    from heredity.profile.sources import instructions, status
+
+    root = data_dir if data_dir is not None else default_data_dir()
+    records = [r for r in status(root) if not suite or r["suite"] in suite]
+    if not records:
+        _fail(f"no data listed for suite(s) {', '.join(suite)}")
+    table = Table(title=f"benchmark data in {root}")
+    for col in ("suite", "file", "state", "rows", "source", "license"):
+        table.add_column(col, overflow="fold", justify="right" if col == "rows" else "left")
+    for r in records:
+        rows = "" if r["rows"] is None else f"{r['rows']}" + ("" if r["unit"] == "rows" else f" {r['unit']}")
+        if r["files"] is not None and r["unit"] == "rows":
+            rows += f" ({r['files']} files)"
+        if r["expected_rows"] is not None:
+            rows += f" / {r['expected_rows']}"
+        state = r["state"]
+        colour = "green" if state == "found" else "yellow" if state.startswith("found") else "red"
+        table.add_row(r["suite"], r["path"] + (f"/{r['pattern']}" if r["pattern"] else ""),
+                      f"[{colour}]{state}[/{colour}]", rows, f"{r['upstream']} {r['upstream_file']}", r["license"])
+    out = Console()
+    out.print(table)
+    missing = [r for r in records if not r["state"].startswith("found")]
+    if missing:
+        out.print(f"{len(missing)} missing: download each file from its source (no download is done here) "
+                  "and put it at the path shown; each suite reads its data in this schema:", soft_wrap=True)
+        for r in missing:
+            out.print(f"  {instructions(r)} [schema: {r['schema']}]", soft_wrap=True, highlight=False)
+        out.print(f"then run 'heredity data --data-dir {root}' again; suites whose data is missing fail with a "
+                  "one-line error naming the file.", soft_wrap=True, highlight=False)
+    else:
+        out.print("all benchmark data found", highlight=False)
 
 
 @app.command("metrics")

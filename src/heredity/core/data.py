@@ -26,7 +26,7 @@ def data_file(data_dir: Path | None, relative: str) -> Path:
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     path = root / relative
     if not path.exists():
-        raise HeredityError(f"{path}: profiling data not found (pass data_dir or set HEREDITY_SHARED_DATA)")
+        raise HeredityError(f"{path}: profiling data not found (pass data_dir or set HEREDITY_SHARED_DATA; 'heredity data' says where to get it)")
     return path
 
 

