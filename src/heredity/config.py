@@ -413,6 +413,12 @@ class ProfileConfig(_Strict):
     samples: int = Field(25, ge=1, description="RealToxicityPrompts continuations per prompt.")
     max_new_tokens: int = Field(256, ge=1, description="Token cap of the textual suite's greedy answers.")
     toxicity_scorer: str | None = Field(None, description="None: Perspective with a key, else the offline 'toxicity'.")
+    textual_protocol: Literal["fast", "toolkit"] = Field(
+        "fast", description="fast: heredity's own metrics; toolkit: also the paper toolkit's TextDescriptives set "
+        "(pip install 'heredity[textdescriptives]').",
+    )
+    bbq_categories: list[str] | None = Field(
+        None, description="BBQ categories to profile; None: every bbq/*.jsonl in the data folder.")
     toxicity_prompts: Literal["all", "eval"] = Field(
         "all", description="Prompts of the toxicity suite: all (a seeded sample of `limit` from its data file) or "
         "eval: only the run's held-out eval prompts (a run whose prompts come from that file), so no model is "

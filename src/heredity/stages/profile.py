@@ -56,7 +56,21 @@ def _options(pc: ProfileConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
         toxicity["scorer"] = pc.toxicity_scorer
     if pc.toxicity_prompts == "eval":
         toxicity["prompts"] = eval_prompt_texts(run_dir)
-    return {"toxicity": toxicity, "textual": {"max_new_tokens": pc.max_new_tokens}}
+    options: dict[str, dict[str, Any]] = {"toxicity": toxicity, "textual": {"max_new_tokens": pc.max_new_tokens}}
+    if pc.textual_protocol != "fast":
+        options["textual"]["protocol"] = pc.textual_protocol
+    if pc.bbq_categories is not None:
+        options["bbq"] = {"categories": list(pc.bbq_categories)}
+    return options
+
+
+# Options added after runs existed: in the key only when set, so older runs keep their stages.
+KEY_WHEN_SET = {"toxicity_prompts": "all", "textual_protocol": "fast", "bbq_categories": None}
+
+
+def profile_key(pc: ProfileConfig) -> dict[str, Any]:
+    key = pc.model_dump(exclude={"batch_size", "teachers"})
+    return {k: v for k, v in key.items() if k not in KEY_WHEN_SET or v != KEY_WHEN_SET[k]}
 
 
 def run_profile(cfg: RunConfig, run_dir: Path, name: str, model_ref: str, model_key: str) -> Stage:
@@ -66,7 +80,7 @@ def run_profile(cfg: RunConfig, run_dir: Path, name: str, model_ref: str, model_
     stage = Stage(run_dir, f"profile/{name}", {
         "model": model_key,
         "suites": resolve_suites(pc.suites),
-        "profile": pc.model_dump(exclude={"batch_size", "teachers"}),
+        "profile": profile_key(pc),
         "bootstrap_samples": cfg.eval.bootstrap_samples,
         "device": cfg.device,
         **({"eval_prompts": stable_hash(eval_prompt_texts(run_dir))} if pc.toxicity_prompts == "eval" else {}),
