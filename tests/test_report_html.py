@@ -27,14 +27,32 @@ def heredity(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "heredity.cli", *args], capture_output=True, text=True, timeout=900)
 
 
-def pool_config(data_dir: Path, direction: str = "max") -> dict:
-    """Three replayed AlpacaEval teachers (one priced), a variant arm, tiny real training."""
+def with_usage(data_dir: Path, name: str, folder: Path) -> Path:
+    """An AlpacaEval file as Parquet carrying token counts and latencies (word counts as a
+    stand-in: the files record none), as an API teacher's log would."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / f"{name}.parquet"
+    if not path.is_file():
+        rows = json.loads((data_dir / "alpaca_eval" / f"{name}.json").read_text())
+        pq.write_table(pa.Table.from_pylist([
+            {**r, "prompt_tokens": len(r["instruction"].split()), "completion_tokens": len(r["output"].split()),
+             "latency_s": 0.01 * len(r["output"].split())} for r in rows]), path)
+    return path
+
+
+def pool_config(data_dir: Path, direction: str = "max", folder: Path | None = None) -> dict:
+    """Three replayed AlpacaEval teachers (two with token counts, one of them priced; one
+    without), a variant arm, tiny real training."""
     cfg = tiny_config()
     alpaca = data_dir / "alpaca_eval"
     cfg["name"] = f"pool-{direction}"
     cfg["prompts"] = {"source": str(alpaca / "gpt-3.5-turbo-0613.json"), "field": "instruction", "id_field": None,
                       "eval_every": 3, "limit_train": 6, "limit_eval": 3}
-    cfg["teachers"] = [{"backend": "replay", "replay": {"path": str(alpaca / f"{t}.json")}} for t in TEACHERS]
+    cfg["teachers"] = [{"backend": "replay", "replay": {"path": str(
+        alpaca / f"{t}.json" if folder is None or i == 2 else with_usage(data_dir, t, folder))}}
+        for i, t in enumerate(TEACHERS)]
     cfg["teachers"][0].update(price_per_1k_prompt_tokens=0.5, price_per_1k_completion_tokens=1.5)
     cfg["k"] = 1
     cfg["score"] = {"metrics": ["words", "mtld"]}
@@ -50,9 +68,9 @@ def runs(data_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
     second starts from a copy of the first, so only what the target changes is recomputed)."""
     root = tmp_path_factory.mktemp("html")
     first, second = root / "longest", root / "shortest"
-    run(config_from_dict(pool_config(data_dir, "max")), first, Console(file=io.StringIO()))
+    run(config_from_dict(pool_config(data_dir, "max", root)), first, Console(file=io.StringIO()))
     shutil.copytree(first, second)
-    run(config_from_dict(pool_config(data_dir, "min")), second, Console(file=io.StringIO()))
+    run(config_from_dict(pool_config(data_dir, "min", root)), second, Console(file=io.StringIO()))
     return first, second
 
 
@@ -61,15 +79,16 @@ def test_every_run_writes_a_self_contained_report(runs):
     html = (first / "report.html").read_text()
     assert_self_contained(html)
     summary = json.loads((first / "summary.json").read_text())
-    # plots first: students' forest and means, the selection, teacher shares, cost, loss
-    assert html.count('<img class="plot"') >= 7
+    # plots first: students' forest and means, the selection, teacher shares, tokens, loss
+    assert html.count('<img class="plot"') == 6
     for heading in ("The students on held-out prompts", "The selection", "Cost per teacher", "Training", "Examples"):
         assert heading in html
     assert "active − passive, words (held out)" in html and "<details>" in html
     # teacher credit and cost per teacher from the pool's own files; money for the priced teacher
     for teacher in TEACHERS:
         assert teacher in html
-    assert "cost</th>" in html
+    assert "cost</th>" in html and "Tokens per teacher" in html
+    assert f"{len_candidates(first, TEACHERS[2])} candidates carry no token counts" in html
     # provenance: the commit (or its absence), model identities, optional package versions
     assert "heredity commit" in html and "model: student" in html and "matplotlib" in html
     assert summary["provenance"]["models"]["student"].startswith("embedded:smollm2-135m-instruct")
@@ -77,6 +96,12 @@ def test_every_run_writes_a_self_contained_report(runs):
     assert "lexical − passive" in html
     assert "while targeting" in html or "No held-out metric of a steered arm" in html or "as targeted" in html
     assert "Winners by teacher:" in (first / "report.md").read_text()
+
+
+def len_candidates(run_dir: Path, teacher: str) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(r == teacher for r in pq.read_table(run_dir / "generate" / "candidates.parquet")["teacher"].to_pylist())
 
 
 def test_report_command_rerenders_without_recomputing(runs, tmp_path):
@@ -141,7 +166,7 @@ def test_prices_change_no_stage_key(data_dir: Path):
 
 
 EXTERNAL = re.compile(r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?\s*(?:https?:)?//|@import""", re.I)
-BROWSER_OWN_HOSTS = re.compile(r"^https?://([a-z0-9-]+\.)*(google\.com|googleapis\.com|gstatic\.com)(/|$|:)")
+BROWSER_OWN_HOSTS = re.compile(r"^https?://([a-z0-9-]+\.)*(google\.com|googleapis\.com|gstatic\.com)([^a-z0-9.-]|$)")
 PROBE = ("<script>addEventListener('load',()=>{const r=[...document.images].map(i=>[i.complete,i.naturalWidth,"
          "i.naturalHeight,i.getBoundingClientRect().width]);const d=document.createElement('pre');d.id='probe';"
          "d.textContent=JSON.stringify(r);document.body.appendChild(d);});</script>")
@@ -195,5 +220,5 @@ def test_report_and_compare_render_in_a_headless_browser(runs, tmp_path):
     first, second = runs
     out = tmp_path / "cmp"
     assert heredity("compare", str(first), str(second), "--out", str(out)).returncode == 0
-    check_in_browser(first / "report.html", tmp_path / "shots", min_plots=7)
+    check_in_browser(first / "report.html", tmp_path / "shots", min_plots=6)
     check_in_browser(out / "compare.html", tmp_path / "shots", min_plots=3)

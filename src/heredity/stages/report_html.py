@@ -184,7 +184,7 @@ def teacher_costs(summary: dict[str, Any], candidates: list[dict[str, Any]]) -> 
     for teacher, e in per.items():
         price_p, price_c = prices.get(teacher, (None, None))
         cost = None
-        if price_p is not None or price_c is not None:
+        if (price_p is not None or price_c is not None) and e["unknown_tokens"] < e["candidates"]:
             cost = (e["prompt_tokens"] * (price_p or 0.0) + e["completion_tokens"] * (price_c or 0.0)) / 1000
         out.append({"teacher": teacher, **e, "cost": cost,
                     "mean_latency_s": e["latency_s"] / e["timed"] if e["timed"] else None})
