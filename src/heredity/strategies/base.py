@@ -9,7 +9,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 
 from heredity.core.registry import Registry
 from heredity.errors import HeredityError, describe_validation
@@ -209,6 +216,25 @@ def parse_spec(spec: str | Mapping[str, Any] | Spec) -> Spec:
     if not isinstance(name, str):
         raise SpecError(f"a strategy spec needs 'strategy: NAME'; got keys {sorted(spec)}")
     return get_strategy(name).parse(params)
+
+
+
+class NestedRuleParams(Params):
+    """Parameters of a strategy that hands its candidates on to another rule, ``then``."""
+
+    then: Any = Field(..., description="The rule applied to the candidates this strategy keeps.")
+
+    @field_validator("then")
+    @classmethod
+    def _parse_then(cls, v: Any) -> "Spec":
+        return parse_spec(v)
+
+    @field_serializer("then")
+    def _dump_then(self, then: "Spec") -> dict[str, Any]:
+        return then.to_dict()
+
+    def metrics(self) -> set[str]:
+        return self.then.metrics()
 
 
 def spec_metrics(spec: str | Mapping[str, Any] | Spec) -> list[str]:

@@ -9,19 +9,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_serializer, field_validator
+from pydantic import Field, field_validator
 
 from heredity.errors import HeredityError
 from heredity.strategies.base import (
     Context,
     Direction,
     Groups,
+    NestedRuleParams,
     Op,
     Params,
     Row,
-    Spec,
     oriented,
-    parse_spec,
     passes,
     prompts,
     register_strategy,
@@ -123,23 +122,13 @@ class Condition(Params):
         return passes(row, self.metric, self.op, self.value)
 
 
-class ThresholdParams(Params):
+class ThresholdParams(NestedRuleParams):
     metric: str
     op: Op
     value: float
-    then: Any = Field(..., description="The rule that picks among the kept prompts' candidates.")
     among: Literal["all", "passing"] = Field(
         "all", description="'all': the rule sees every candidate of a kept prompt; 'passing': only those that pass."
     )
-
-    @field_validator("then")
-    @classmethod
-    def _parse_then(cls, v: Any) -> Spec:
-        return parse_spec(v)
-
-    @field_serializer("then")
-    def _dump_then(self, then: Spec) -> dict[str, Any]:
-        return then.to_dict()
 
     def metrics(self) -> set[str]:
         return {self.metric} | self.then.metrics()

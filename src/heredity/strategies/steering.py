@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import Field, field_serializer, field_validator
+from pydantic import Field
 
 from heredity.errors import HeredityError
 from heredity.strategies.base import (
     Context,
     Groups,
-    Params,
+    NestedRuleParams,
     Row,
     Spec,
     parse_spec,
@@ -38,23 +38,10 @@ def first_candidates(interleaved: Mapping[str, Sequence[Row]], k: int, unit: Uni
     return {pid: list(rows[:k]) for pid, rows in interleaved.items()}
 
 
-class FirstKParams(Params):
+class FirstKParams(NestedRuleParams):
     k: int = Field(..., ge=1, description="How many samples per teacher (or candidates) the rule may see.")
     unit: Unit = Field("sample", description="sample: the first k samples of every teacher; candidate: the "
                        "first k candidates in steering order (one sample per teacher, e.g. replayed outputs).")
-    then: Any = Field(..., description="The rule applied to those candidates.")
-
-    @field_validator("then")
-    @classmethod
-    def _parse_then(cls, v: Any) -> Spec:
-        return parse_spec(v)
-
-    @field_serializer("then")
-    def _dump_then(self, then: Spec) -> dict[str, Any]:
-        return then.to_dict()
-
-    def metrics(self) -> set[str]:
-        return self.then.metrics()
 
 
 @register_strategy("first_k", FirstKParams)
