@@ -74,6 +74,15 @@ def _aligned(runs: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
     return arms, metrics
 
 
+def _mean_cells(runs: dict[str, Any], arm: str, metric: str) -> list[str]:
+    """One arm's mean of one metric in every run, with its CI ('–' where a run lacks it)."""
+    cells = []
+    for r in runs.values():
+        v, lo, hi = _mean(r["summary"], arm, metric)
+        cells.append("–" if v is None else f"{fmt(v)} {ci([lo, hi])}")
+    return cells
+
+
 def _mean(summary: dict[str, Any], arm: str, metric: str) -> tuple[float | None, float | None, float | None]:
     value = ((summary.get("arms") or {}).get(arm) or {}).get(metric)
     lo, hi = (((summary.get("ci95") or {}).get(arm) or {}).get(metric) or (None, None))
@@ -102,11 +111,7 @@ def compare_markdown(runs: dict[str, dict[str, Any]], paired: dict[str, Any]) ->
               "|---" * (len(runs) + 2) + "|"]
     for m in metrics:
         for a in arms:
-            cells = []
-            for r in runs.values():
-                v, lo, hi = _mean(r["summary"], a, m)
-                cells.append("–" if v is None else f"{fmt(v)} {ci([lo, hi])}")
-            lines.append(f"| {m} | {a} | " + " | ".join(cells) + " |")
+            lines.append(f"| {m} | {a} | " + " | ".join(_mean_cells(runs, a, m)) + " |")
     lines += ["", "## Each run's own paired differences", "", "| comparison | metric | " + " | ".join(runs) + " |",
               "|---" * (len(runs) + 2) + "|"]
     names = list(dict.fromkeys(n for r in runs.values() for n in (r["summary"].get("differences") or {})))
@@ -145,11 +150,7 @@ def compare_html(runs: dict[str, dict[str, Any]], paired: dict[str, Any]) -> str
     rows = []
     for m in metrics:
         for a in arms:
-            cells = []
-            for r in runs.values():
-                v, lo, hi = _mean(r["summary"], a, m)
-                cells.append("–" if v is None else f"{fmt(v)} {ci([lo, hi])}")
-            rows.append([escape(m), escape(a), *cells])
+            rows.append([escape(m), escape(a), *_mean_cells(runs, a, m)])
     body.append(details("Means as a table", table(["metric", "arm", *map(escape, labels)], rows, numeric_from=2)))
     # each run's own differences, side by side
     own: dict[str, dict[str, Any]] = {}
