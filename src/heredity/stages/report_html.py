@@ -521,8 +521,9 @@ def render_html(summary: dict[str, Any], run_dir: Path) -> str:
     cfg = summary.get("config") or {}
     target = summary["target"]
     teachers = cfg.get("teachers") or []
-    question = (f"Does selecting, from {len(teachers)} teacher{'s' * (len(teachers) != 1)}' "
-                f"k={fmt(cfg.get('k'))} candidates per prompt, the one with the {'highest' if target['direction'] == 'max' else 'lowest'} "
+    whose = "1 teacher's" if len(teachers) == 1 else f"{len(teachers)} teachers'"
+    question = (f"Does selecting, from {whose} k={fmt(cfg.get('k'))} candidates per prompt, the one with the "
+                f"{'highest' if target['direction'] == 'max' else 'lowest'} "
                 f"<b>{escape(target['metric'])}</b> move the student ({escape(str(cfg.get('student')))}) "
                 f"beyond random selection (passive)?")
     body = [
