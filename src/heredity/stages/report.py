@@ -25,6 +25,7 @@ from heredity.core.rundir import (
     write_text,
 )
 from heredity.core.stats import as_array, mean_ci, paired_difference
+from heredity.plan import persisted_config
 from heredity.stages.judge import summarise_run_judgments
 from heredity.stages.profile import summarise_profiles
 
@@ -93,7 +94,7 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
         "timings_s": timings,
         "stage_compute_s": compute or {},
         "versions": versions(),
-        "config": cfg.model_dump(mode="json"),
+        "config": persisted_config(cfg),
     }
 
 
