@@ -48,8 +48,8 @@ def _plain_type(annotation: Any) -> set[Any]:
     return {annotation} if isinstance(annotation, type) else set()
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class NoBoolNumbers(BaseModel):
+    """A model whose numbers are never booleans and whose booleans are never numbers."""
 
     @field_validator("*", mode="before")
     @classmethod
@@ -64,6 +64,10 @@ class _Strict(BaseModel):
                 and not kinds & {int, float, str}:
             raise ValueError(f"expected true or false, got {value!r}")
         return value
+
+
+class _Strict(NoBoolNumbers):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class PromptsConfig(_Strict):

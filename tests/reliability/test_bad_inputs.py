@@ -114,6 +114,13 @@ def config_bool_as_number(tmp, data, out):
 
 
 @case
+def config_strategy_k_yes(tmp, data, out):
+    rule = {"strategy": "first_k", "k": True, "then": "first"}
+    return (select_args(tmp, data, out, select={"metric": "words", "active": rule}),
+            ["field 'select.active'", "parameter 'k'", "boolean"])
+
+
+@case
 def config_unknown_key(tmp, data, out):
     return select_args(tmp, data, out, selct={"metric": "words"}), ["unknown key 'selct'"]
 

@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict, ValidationError
 
+from heredity.config import NoBoolNumbers
 from heredity.core.registry import Registry
 from heredity.errors import HeredityError, describe_validation
 
@@ -94,7 +95,7 @@ def prompts(groups: Groups) -> Iterator[tuple[str, Sequence[Row]]]:
 # Registry
 
 
-class Params(BaseModel):
+class Params(NoBoolNumbers):
     """Parameters of one strategy. Unknown keys are errors, as everywhere in a config."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
