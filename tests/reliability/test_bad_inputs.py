@@ -377,6 +377,33 @@ def replay_teacher_field_missing(tmp, data, out):
     return replay_args(tmp, data, out, path, teacher_field="generator"), [str(path), "row 1", "field 'generator'"]
 
 
+# --- answer files of `heredity judge` (refused before any judge model loads) -------------------
+
+def judge_args(tmp: Path, bad: Path) -> list[str]:
+    good = jsonl(tmp / "good.jsonl", [{"prompt": "q1", "answer": "a"}, {"prompt": "q2", "answer": "b"}])
+    return ["judge", good, bad, "--out", tmp / "judged"]
+
+
+@case
+def judge_answers_lone_surrogate(tmp, data, out):
+    path = tmp / "b.jsonl"
+    path.write_text('{"prompt": "q1", "answer": "fine"}\n{"prompt": "q2", "answer": "x \\ud800"}\n', encoding="utf-8")
+    return judge_args(tmp, path), [str(path), "row 2", "field 'answer'", "surrogate"]
+
+
+@case
+def judge_answers_not_utf8(tmp, data, out):
+    path = tmp / "b.jsonl"
+    path.write_bytes(b'{"prompt": "q1", "answer": "\xe9t\xe9"}\n')
+    return judge_args(tmp, path), [str(path), "row 1", "not UTF-8"]
+
+
+@case
+def judge_answers_missing(tmp, data, out):
+    path = tmp / "answers[b].jsonl"
+    return judge_args(tmp, path), [str(path), "answers file not found"]
+
+
 # --- the run directory ------------------------------------------------------------------------
 
 @case

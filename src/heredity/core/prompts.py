@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -46,6 +47,15 @@ def lone_surrogate(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str, a surrogate is always a lone one
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate as U+FFFD, as a UTF-8 decoder reads broken text; other
+    text is returned as it is (for model output, which must be stored and tokenised)."""
+    return _SURROGATE.sub("\ufffd", text) if lone_surrogate(text) else text
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

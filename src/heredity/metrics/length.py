@@ -5,20 +5,10 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from heredity.core.prompts import replace_lone_surrogates
 from heredity.metrics.registry import MetricContext, register
 
 _WORD = re.compile(r"\S+")
-_SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str, a surrogate is always a lone one
-
-
-def _encodable(text: str) -> str:
-    """``text`` with each lone surrogate as U+FFFD, as a UTF-8 decoder would read it: tokenizers
-    cannot encode a lone surrogate. Other text is returned as it is."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text)
-    return text
 
 
 @register("length", description="Tokens in the text, counted with the student's tokenizer",
@@ -26,7 +16,8 @@ def _encodable(text: str) -> str:
 def length_tokens(texts: Sequence[str], context: MetricContext) -> list[float]:
     if not texts:
         return []
-    encoded = context.tokenizer([_encodable(t) for t in texts], add_special_tokens=False)["input_ids"]
+    # tokenizers refuse a lone surrogate: it counts as U+FFFD, as a UTF-8 decoder would read it
+    encoded = context.tokenizer([replace_lone_surrogates(t) for t in texts], add_special_tokens=False)["input_ids"]
     return [float(len(ids)) for ids in encoded]
 
 

@@ -19,7 +19,7 @@ from heredity.backends import Request, open_backend
 from heredity.backends.base import BatchIncomplete
 from heredity.config import RunConfig, TeacherConfig
 from heredity.core.models import chat_messages, model_identity, pick_device
-from heredity.core.prompts import Prompt, lone_surrogate
+from heredity.core.prompts import Prompt, lone_surrogate, replace_lone_surrogates
 from heredity.core.rundir import Stage, file_hash, read_table, stable_hash, write_table
 from heredity.errors import HeredityError, input_error
 
@@ -252,7 +252,8 @@ def _keep(teacher, batch, completions, failure, batch_latency, shard_dir, done, 
         if c is None:
             continue
         rows.append({
-            **w, "text": c.text, "finish_reason": c.finish_reason,
+            # a server's JSON may carry a lone surrogate ("\\ud800"): stored as U+FFFD, never a crash
+            **w, "text": replace_lone_surrogates(c.text), "finish_reason": c.finish_reason,
             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
             "latency_s": c.latency_s if c.latency_s is not None else batch_latency,
             "seed": req.seed, "backend": teacher.backend, "model": teacher.model,
