@@ -311,6 +311,10 @@ def preflight(cfg: RunConfig, out: Path, until: str = "report") -> tuple[list[Pr
             field = next(f for f, d in devices.items() if d == "cuda")
             raise HeredityError(f"field '{field}': 'cuda' requested but no CUDA GPU is visible "
                                 "(use auto or cpu)")
+    if trains and not held_out:
+        raise HeredityError("field 'prompts.eval_every': no held-out eval prompts (it is null): set eval_every or "
+                            "eval_source to train and evaluate students, or run `heredity select` to stop after "
+                            "selection")
     if trains:
         _check_training(cfg)
         _check_prompt_lengths(cfg, [("train", p) for p in train] + [("eval", p) for p in held_out])

@@ -463,6 +463,11 @@ def judge_model_missing(tmp, data, out):
 
 
 @case
+def training_without_eval_prompts(tmp, data, out):
+    return ["run", write_config(tmp, replay_config(data)), "--out", out], ["field 'prompts.eval_every'"]
+
+
+@case
 def bad_lr_scheduler(tmp, data, out):
     return train_args(tmp, data, out, train={"lr_scheduler": "cosine_annealing"}), \
         ["field 'train.lr_scheduler'", "cosine_annealing"]
@@ -556,6 +561,21 @@ def test_corrupt_parquet_in_the_run_directory_names_the_file(tmp_path, finished_
     lines = error_lines(output)
     assert code == 1 and "Traceback" not in output
     assert lines[-1].startswith(f"error: {scores}: not a readable Parquet file"), output
+    assert snapshot(finished) == before
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xfe not utf-8", b"[1, 2]", b"{not json", b""])
+def test_an_unreadable_manifest_reruns_its_stage(garbage, tmp_path, finished_run):
+    finished, before = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    (copy / "score" / "manifest.json").write_bytes(garbage)
+    cfg = json.loads((copy / "config.json").read_text(encoding="utf-8"))
+    code, output = invoke("select", write_config(tmp_path, cfg), "--out", copy)
+    assert code == 0, output
+    assert "score done" in output and "select reused" in output
+    for name in ("score/scores.parquet", "select/active.parquet", "select/passive.parquet"):
+        assert (copy / name).read_bytes() == before[name][0]
     assert snapshot(finished) == before
 
 

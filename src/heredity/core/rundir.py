@@ -205,10 +205,12 @@ class Stage:
         return self.dir / MANIFEST
 
     def manifest(self) -> dict[str, Any] | None:
+        """The manifest, or None when there is none or it is unreadable (the stage then reruns)."""
         try:
-            return read_json(self.manifest_path)
-        except (FileNotFoundError, json.JSONDecodeError):
+            manifest = read_json(self.manifest_path)
+        except (OSError, ValueError):  # missing, a folder, not UTF-8, not JSON
             return None
+        return manifest if isinstance(manifest, dict) else None
 
     def is_done(self) -> bool:
         manifest = self.manifest()
@@ -223,7 +225,7 @@ class Stage:
         """Invalidate an older result before overwriting its files."""
         self.dir.mkdir(parents=True, exist_ok=True)
         manifest = self.manifest()
-        if manifest and manifest.get("key") != self.key:
+        if self.manifest_path.is_file() and (manifest is None or manifest.get("key") != self.key):
             self.manifest_path.unlink()
         self._started = time.perf_counter()
 
