@@ -268,19 +268,21 @@ def _check_prompt_lengths(cfg: RunConfig, prompts: list[tuple[str, Prompt]]) -> 
     tokenizer, context = _context_length(cfg.student)
     if tokenizer is None or context is None:
         return
-    room = min(cfg.eval.max_new_tokens, *(t.sampling.max_new_tokens for t in cfg.teachers))
     source = {"train": cfg.prompts.source, "eval": cfg.prompts.eval_source or cfg.prompts.source}
+    margin = 256 + len((cfg.system_prompt or "").encode("utf-8"))  # the chat template's own tokens
     for split, prompt in prompts:
-        margin = 256 + len((cfg.system_prompt or "").encode("utf-8"))  # the chat template's own tokens
+        # a train prompt needs room for at least one answer token, an eval prompt for eval.max_new_tokens
+        room = cfg.eval.max_new_tokens if split == "eval" else 1
         if len(prompt.text.encode("utf-8")) + margin + room <= context:  # a token holds at least a byte
             continue
         ids = tokenizer.apply_chat_template(chat_messages(prompt.text, cfg.system_prompt),
                                             add_generation_prompt=True, tokenize=True)
         n = len(ids["input_ids"] if hasattr(ids, "keys") else ids)  # a BatchEncoding in new transformers
         if n + room > context:
+            need = f"{room} new tokens (eval.max_new_tokens)" if split == "eval" else "an answer"
             raise HeredityError(f"{source[split]}, prompt id '{prompt.id}', field '{cfg.prompts.field}': "
-                                f"{n} tokens with the chat template, which leaves no room for {room} new tokens "
-                                f"in the student's context of {context} (field 'student': {cfg.student})")
+                                f"{n} tokens with the chat template leave no room for {need} in the student's "
+                                f"context of {context} tokens (field 'student': {cfg.student})")
 
 
 def preflight(cfg: RunConfig, out: Path, until: str = "report") -> tuple[list[Prompt], list[Prompt]]:

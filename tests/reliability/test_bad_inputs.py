@@ -491,15 +491,35 @@ def lora_target_modules_not_names(tmp, data, out):
         ["field 'train.lora_target_modules.1'", "'v proj'"]
 
 
+def small_context_student(tmp: Path, context: int = 256) -> Path:
+    """The embedded student's tokenizer in a folder whose model has a 256-token context, and no
+    real weights: the long-prompt check needs only a few hundred tokens, and a run that got past
+    it would fail at once instead of training."""
+    from heredity.config import EMBEDDED_MODEL
+    from heredity.core.models import resolve
+
+    source = Path(resolve(EMBEDDED_MODEL)["pretrained_model_name_or_path"])
+    folder = tmp / "small-student"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (source / name).is_file():
+            shutil.copy(source / name, folder / name)
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": context}), encoding="utf-8")
+    (folder / "model.safetensors").write_bytes(b"not weights")
+    return folder
+
+
 @case
 def prompt_longer_than_student_context(tmp, data, out):
     questions = [f"question {i}" for i in range(4)]
     path = jsonl(tmp / "long.jsonl", [{"id": f"p{i}", "prompt": q} for i, q in enumerate(questions)]
-                 + [{"id": "huge[1]", "prompt": "word " * 12_000}])
+                 + [{"id": "huge[1]", "prompt": "word " * 300}])
     answers = jsonl(tmp / "answers.jsonl", [{"instruction": q, "output": "an answer"} for q in questions])
     cfg = replay_config(data, prompts={"source": str(path), "eval_every": 2},
-                        teachers=[{"backend": "replay", "replay": {"path": str(answers)}}])
-    return ["run", write_config(tmp, cfg), "--out", out], [str(path), "prompt id 'huge[1]'", "context"]
+                        teachers=[{"backend": "replay", "replay": {"path": str(answers)}}],
+                        student=str(small_context_student(tmp)), eval={"max_new_tokens": 16})
+    return ["run", write_config(tmp, cfg), "--out", out], [str(path), "prompt id 'huge[1]'", "context of 256"]
 
 
 @case
@@ -511,8 +531,22 @@ def cuda_without_gpu(tmp, data, out):
     return train_args(tmp, data, out, device="cuda"), ["field 'device'", "no CUDA GPU"]
 
 
+@pytest.fixture
+def no_work(monkeypatch):
+    """A bad input must stop before any work: should a check let one through, the test fails at
+    once instead of generating, training or loading a judge (memory and minutes)."""
+    import heredity.judging
+    import heredity.pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a bad input got past the checks into real work")
+
+    monkeypatch.setattr(heredity.pipeline, "_run_locked", refuse)
+    monkeypatch.setattr(heredity.judging, "pairwise", refuse)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_is_one_line_and_leaves_a_finished_run_unchanged(name, tmp_path, data_dir, finished_run):
+def test_bad_input_is_one_line_and_leaves_a_finished_run_unchanged(name, tmp_path, data_dir, finished_run, no_work):
     finished, before = finished_run
     args, expected = CASES[name](tmp_path, data_dir, finished)  # --out is the finished run itself
     code, output = invoke(*args)
