@@ -47,8 +47,11 @@ def test_two_replicas_give_the_local_pool(tmp_path, local_ray, monkeypatch):
 
 def test_a_replica_that_cannot_start_is_one_line(tmp_path, local_ray):
     bad = gen_config(ray={"replicas": 1, "num_cpus": 1})
-    bad["teachers"][0]["model"] = str(tmp_path / "no-such-model")
-    (tmp_path / "no-such-model").mkdir()
+    bad["teachers"][0]["model"] = str(tmp_path / "broken-model")
+    (tmp_path / "broken-model").mkdir()
+    # passes the preflight (config.json and a weights file), fails when a replica loads it
+    (tmp_path / "broken-model" / "config.json").write_text("{}")
+    (tmp_path / "broken-model" / "model.safetensors").write_bytes(b"not weights")
     with pytest.raises(HeredityError, match="on Ray") as err:
         run(config_from_dict(bad), tmp_path / "run", until="generate")
-    assert "\n" not in str(err.value) and "config.json" in str(err.value)
+    assert "\n" not in str(err.value) and "broken-model" in str(err.value)

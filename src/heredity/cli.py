@@ -15,7 +15,11 @@ console = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # The message is user data (file names, fields, "[redacted]", "heredity[vllm]"): never markup.
+    from rich.text import Text
+
+    line = " ".join(str(message).split("\n"))
+    console.print(Text.assemble(("error:", "red"), " ", line), highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -28,6 +32,9 @@ def _run(cfg, out: Path, until: str = "report") -> None:
         summary = run(cfg, out, console, until=until)
     except HeredityError as exc:
         _fail(str(exc))
+    except (OSError, UnicodeError) as exc:  # a file system or encoding problem not caught nearer its source
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        _fail(f"{where}{exc.strerror or exc}" if isinstance(exc, OSError) else f"{out}: {exc}")
     except KeyboardInterrupt:
         _fail(f"interrupted; finished work in {out} is kept, rerun the same command to resume")
     if until == "report":

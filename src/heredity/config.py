@@ -17,7 +17,8 @@ import re
 from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -40,7 +41,32 @@ BASE, PASSIVE, ACTIVE = "base", "passive", "active"
 ARM_ORDER = (BASE, PASSIVE, ACTIVE)
 
 
-class _Strict(BaseModel):
+def _plain_type(annotation: Any) -> set[Any]:
+    """The plain types a field annotation allows (``int | None`` → {int, NoneType})."""
+    if get_origin(annotation) in (Union, UnionType):
+        return {a for a in get_args(annotation) if isinstance(a, type)}
+    return {annotation} if isinstance(annotation, type) else set()
+
+
+class NoBoolNumbers(BaseModel):
+    """A model whose numbers are never booleans and whose booleans are never numbers."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_number_mixups(cls, value: Any, info: Any) -> Any:
+        """YAML 1.1 reads ``yes``/``no``/``on``/``off`` as booleans: never take one as a number
+        (``k: yes`` is not k = 1), and never a number as a boolean (``packing: 2``)."""
+        kinds = _plain_type(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
+            raise ValueError(f"expected a number, got the boolean {str(value).lower()} "
+                             "(YAML reads yes/no/on/off as booleans)")
+        if bool in kinds and not isinstance(value, bool) and isinstance(value, (int, float, str)) \
+                and not kinds & {int, float, str}:
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+
+
+class _Strict(NoBoolNumbers):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -145,6 +171,15 @@ class RayConfig(_Strict):
 # TeacherConfig fields that describe cost, not the samples: never part of a stage key.
 PRICE_FIELDS = frozenset({"price_per_1k_prompt_tokens", "price_per_1k_completion_tokens"})
 
+_SAFE_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
+def safe_label(label: str) -> str:
+    """``label`` made safe as one path component: anything but letters, digits, '.', '_', '-'
+    becomes '_', and no leading '.' (a model id or file stem used as a teacher's label)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", label)[:100]
+    return "_" + cleaned[1:] if not cleaned or cleaned[0] == "." else cleaned
+
 
 class TeacherConfig(_Strict):
     """One teacher: a model plus the backend that runs it."""
@@ -165,6 +200,15 @@ class TeacherConfig(_Strict):
     price_per_1k_completion_tokens: float | None = Field(
         None, ge=0, description="Price of 1,000 completion tokens (same currency), for the report's cost table.")
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str | None) -> str | None:
+        if name is not None and not _SAFE_LABEL.fullmatch(name):
+            # the label names shard files (generate/shards/<label>-*.parquet) and profile folders
+            raise ValueError(f"teacher name {name!r}: use 1-100 letters, digits, '.', '_' or '-' "
+                             "(no '/', no leading '.')")
+        return name
+
     @model_validator(mode="after")
     def _backend_options_present(self) -> "TeacherConfig":
         if self.backend == "openai" and self.openai is None:
@@ -178,8 +222,8 @@ class TeacherConfig(_Strict):
         if self.name:
             return self.name
         if self.backend == "replay" and self.replay is not None:
-            return Path(self.replay.path).stem
-        return self.model.split("/")[-1].removeprefix("embedded:")
+            return safe_label(Path(self.replay.path).stem)
+        return safe_label(self.model.split("/")[-1].removeprefix("embedded:"))
 
 
 def _metric_error(message: str) -> Any:
@@ -587,13 +631,42 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         raise HeredityError(format_validation_error(source, exc)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # an unhashable key: construct_mapping reports it
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice (first on line {first})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML config file's mapping; a missing file or bad YAML is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise HeredityError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise HeredityError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise HeredityError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark else ""

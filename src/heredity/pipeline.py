@@ -26,10 +26,9 @@ from rich.progress import (
 from heredity.config import RunConfig
 from heredity.core.arms import judged_comparisons
 from heredity.core.models import model_identity, pick_device
-from heredity.core.prompts import load_prompts
-from heredity.core.rundir import Stage, stable_hash, write_json, write_table
+from heredity.core.rundir import RunLock, Stage, stable_hash, write_json, write_table
 from heredity.errors import HeredityError
-from heredity.plan import check_config
+from heredity.plan import check_config, persisted_config, preflight
 from heredity.stages.evaluate import run_evaluate
 from heredity.stages.generate import run_generate
 from heredity.stages.judge import run_judge
@@ -87,16 +86,23 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
     """Run the loop up to and including the stage ``until``: generate, score, select or report."""
     console = console or Console(stderr=True)
     check_config(cfg)  # a config built in Python, not read through heredity.plan, is checked here
+    out = Path(out)
+    # Everything checkable is checked before anything is written: a bad input leaves a finished
+    # run in ``out`` exactly as it was.
+    train_prompts, eval_prompts = preflight(cfg, out, until)
     if until == "report" and cfg.train.method == "qlora":
         check_qlora(pick_device(cfg.device))  # before hours of generation, not after
     quiet_libraries()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", cfg.model_dump(mode="json"))
+    with RunLock(out):  # one run per directory; the OS releases it however this process ends
+        return _run_locked(cfg, out, console, until, train_prompts, eval_prompts)
+
+
+def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,
+                train_prompts: list, eval_prompts: list) -> dict[str, Any]:
+    write_json(out / "config.json", persisted_config(cfg))  # never with credentials
     timer = _Timer(console)
 
     with timer.stage("prompts"):
-        train_prompts, eval_prompts = load_prompts(cfg.prompts)
         prompts_stage = Stage(out, "prompts", {"train": stable_hash([(p.id, p.text) for p in train_prompts]),
                                                "eval": stable_hash([(p.id, p.text) for p in eval_prompts])})
         reused = prompts_stage.reuse()

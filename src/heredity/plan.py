@@ -9,16 +9,23 @@ error naming its field before the first expensive stage, not hours later.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from heredity.config import (
     RunConfig,
+    TeacherConfig,
     bundled_config_data,
     parse_config,
     read_config_file,
 )
-from heredity.errors import HeredityError
+from heredity.core.http import public_url
+from heredity.core.models import EMBEDDED, adapter_base, chat_messages, gguf_path
+from heredity.core.prompts import Prompt, load_prompts, lone_surrogate, read_rows
+from heredity.errors import HeredityError, input_error
 from heredity.metrics import resolve
 from heredity.strategies import parse_spec, spec_metrics
 
@@ -86,3 +93,231 @@ def load_config(path: str | Path) -> RunConfig:
 def bundled_config(name: str) -> RunConfig:
     """A checked config shipped with heredity (``quickstart``)."""
     return config_from_dict(bundled_config_data(name), f"bundled:{name}")
+
+
+# ---------------------------------------------------------------------------- preflight
+
+MIN_FREE_BYTES = 100 * 2**20  # below this a run cannot even write its pool
+_WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
+_STOPS_WITHOUT_TRAINING = {"generate", "score", "select"}
+
+
+def persisted_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as written to ``config.json`` and ``summary.json``: endpoint URLs without
+    credentials (``user:key@``, query string), everything else as given."""
+    data = cfg.model_dump(mode="json")
+    teachers = list(data["teachers"])
+    judge = (data.get("eval") or {}).get("judge")
+    if judge and judge.get("model"):
+        teachers.append(judge["model"])
+    for teacher in teachers:
+        if teacher.get("openai") and teacher["openai"].get("base_url"):
+            teacher["openai"]["base_url"] = public_url(teacher["openai"]["base_url"])
+    return data
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~", ".\\")) or ref.endswith((".gguf", ".safetensors")) \
+        or Path(ref).expanduser().exists()
+
+
+def check_model(ref: str, field: str) -> None:
+    """A model reference that can be checked offline: an embedded model's package is installed, a
+    local file or folder exists and holds weights. A hub id is accepted (it needs the network)."""
+    if ref.startswith("embedded:"):
+        name = ref.removeprefix("embedded:")
+        if name not in EMBEDDED:
+            known = ", ".join(f"embedded:{k}" for k in EMBEDDED)
+            raise HeredityError(f"field '{field}': unknown embedded model '{ref}'; known: {known}")
+        try:
+            gguf_path(ref)
+        except HeredityError as exc:
+            raise HeredityError(f"field '{field}': {exc}") from None
+        return
+    if not _looks_like_path(ref):
+        return  # a hub id
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise HeredityError(f"field '{field}': model '{ref}' not found (no such file or folder)")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise HeredityError(f"field '{field}': model '{ref}' is a file; give a model folder or a .gguf file")
+        return
+    if not (path / "config.json").is_file():
+        try:
+            base = adapter_base(path)
+        except HeredityError as exc:
+            raise HeredityError(f"field '{field}': {exc}") from None
+        if base is None:
+            raise HeredityError(f"field '{field}': model folder '{ref}' has no config.json "
+                                "(expected save_pretrained output)")
+        if not any(any(path.glob(p)) for p in _WEIGHTS):
+            raise HeredityError(f"field '{field}': adapter folder '{ref}' has no adapter weights")
+        check_model(base, f"{field} (the adapter's base_model_name_or_path)")
+        return
+    if not any(any(path.glob(p)) for p in _WEIGHTS):
+        raise HeredityError(f"field '{field}': model folder '{ref}' has config.json but no weights "
+                            "(*.safetensors or *.bin)")
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise HeredityError(f"--out {out}: exists and is not a directory")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise HeredityError(f"--out {out}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise HeredityError(f"--out {out}: {existing} is not writable")
+    config = out / "config.json"
+    if config.exists() and not config.is_file():
+        raise HeredityError(f"--out {out}: {config} is not a file")
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return
+    if free < MIN_FREE_BYTES:
+        raise HeredityError(f"--out {out}: only {free // 2**20} MiB free on its file system")
+
+
+def _check_replay(teacher: TeacherConfig, index: int, train: list[Prompt]) -> None:
+    opts = teacher.replay
+    if opts is None or opts.path.startswith("hf:"):
+        return
+    field = f"teachers.{index}.replay.path"
+    if not Path(opts.path).expanduser().is_file():
+        raise HeredityError(f"field '{field}': replay file '{opts.path}' not found")
+    rows, label = read_rows(opts.path, opts.hf_split)
+    wanted = (opts.prompt_field, opts.text_field) + ((opts.teacher_field,) if opts.teacher_field else ())
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise input_error(label, i, None, "each row must be an object (a mapping of fields)")
+        for name in wanted:
+            if name not in row:
+                raise input_error(label, i, name, f"missing (columns: {', '.join(map(str, row))})")
+        text = row[opts.text_field]
+        if not isinstance(text, str):
+            raise input_error(label, i, opts.text_field, "must be a string")
+        if lone_surrogate(text):
+            raise input_error(label, i, opts.text_field, "holds a lone surrogate (e.g. \\ud800), "
+                                                         "which is not valid Unicode")
+    texts = {p.text for p in train}
+    if not any(str(row[opts.prompt_field]).strip() in texts for row in rows):
+        raise HeredityError(f"{label}: no row's '{opts.prompt_field}' matches any train prompt "
+                            f"(field 'teachers.{index}.replay.prompt_field')")
+
+
+def _check_training(cfg: RunConfig) -> None:
+    """Settings that the trainer would refuse only once training starts."""
+    from transformers import (
+        SchedulerType,  # only when the run trains: transformers is then needed anyway
+    )
+
+    names = [s.value for s in SchedulerType]
+    if cfg.train.lr_scheduler not in names:
+        raise HeredityError(f"field 'train.lr_scheduler': unknown scheduler {cfg.train.lr_scheduler!r} "
+                            f"(one of: {', '.join(names)})")
+    if cfg.train.method == "full":
+        return
+    modules = cfg.train.lora_target_modules
+    if isinstance(modules, str):
+        if modules != "all-linear":
+            import re
+
+            try:
+                re.compile(modules)
+            except re.error as exc:
+                raise HeredityError(f"field 'train.lora_target_modules': {modules!r} is neither 'all-linear', "
+                                    f"a list of module names, nor a valid regular expression ({exc})") from None
+        return
+    if not modules:
+        raise HeredityError("field 'train.lora_target_modules': empty list (name modules, e.g. [q_proj, v_proj], "
+                            "or use all-linear)")
+    for i, name in enumerate(modules):
+        if not name or not all(part.isidentifier() or part.isdigit() for part in name.split(".")):
+            raise HeredityError(f"field 'train.lora_target_modules.{i}': {name!r} is not a module name "
+                                "(e.g. q_proj)")
+    if len(set(modules)) != len(modules):
+        raise HeredityError("field 'train.lora_target_modules': a module is named twice")
+
+
+def _context_length(ref: str) -> tuple[Any, int | None]:
+    """The student's tokenizer and context window, or (None, None) where that is not known offline."""
+    if not ref.startswith("embedded:") and not Path(ref).expanduser().is_dir():
+        return None, None  # a hub id (offline) or a .gguf file: checked when the stage loads it
+    from heredity.core.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ref)
+    limits = []
+    maximum = getattr(tokenizer, "model_max_length", None)
+    if isinstance(maximum, int) and 0 < maximum < 10**8:  # transformers' "no limit" is ~1e30
+        limits.append(maximum)
+    config_file = Path(getattr(tokenizer, "name_or_path", "")) / "config.json"
+    if config_file.is_file():
+        try:
+            positions = json.loads(config_file.read_text(encoding="utf-8")).get("max_position_embeddings")
+        except ValueError:
+            positions = None
+        if isinstance(positions, int) and positions > 0:
+            limits.append(positions)
+    return tokenizer, (min(limits) if limits else None)
+
+
+def _check_prompt_lengths(cfg: RunConfig, prompts: list[tuple[str, Prompt]]) -> None:
+    tokenizer, context = _context_length(cfg.student)
+    if tokenizer is None or context is None:
+        return
+    source = {"train": cfg.prompts.source, "eval": cfg.prompts.eval_source or cfg.prompts.source}
+    margin = 256 + len((cfg.system_prompt or "").encode("utf-8"))  # the chat template's own tokens
+    for split, prompt in prompts:
+        # a train prompt needs room for at least one answer token, an eval prompt for eval.max_new_tokens
+        room = cfg.eval.max_new_tokens if split == "eval" else 1
+        if len(prompt.text.encode("utf-8")) + margin + room <= context:  # a token holds at least a byte
+            continue
+        ids = tokenizer.apply_chat_template(chat_messages(prompt.text, cfg.system_prompt),
+                                            add_generation_prompt=True, tokenize=True)
+        n = len(ids["input_ids"] if hasattr(ids, "keys") else ids)  # a BatchEncoding in new transformers
+        if n + room > context:
+            need = f"{room} new tokens (eval.max_new_tokens)" if split == "eval" else "an answer"
+            raise HeredityError(f"{source[split]}, prompt id '{prompt.id}', field '{cfg.prompts.field}': "
+                                f"{n} tokens with the chat template leave no room for {need} in the student's "
+                                f"context of {context} tokens (field 'student': {cfg.student})")
+
+
+def preflight(cfg: RunConfig, out: Path, until: str = "report") -> tuple[list[Prompt], list[Prompt]]:
+    """Everything that can be checked before the first expensive stage, reading only: the run
+    directory, the prompt files (returned, as (train, eval)), replay files, every local model the
+    run will load, the device, the training settings and each prompt's length in the student's
+    context. Raises one HeredityError naming the file, row and field of the first problem."""
+    _check_out(Path(out))
+    train, held_out = load_prompts(cfg.prompts)
+    trains = until not in _STOPS_WITHOUT_TRAINING
+    for i, teacher in enumerate(cfg.teachers):
+        if teacher.backend == "replay":
+            _check_replay(teacher, i, train)
+        elif teacher.backend != "openai":
+            check_model(teacher.model, f"teachers.{i}.model")
+    if trains:
+        check_model(cfg.student, "student")
+        judge = cfg.eval.judge
+        if judge is not None and judge.model.backend not in ("openai", "replay"):
+            check_model(judge.model.model, "eval.judge.model")
+    devices = {"device": cfg.device}
+    if trains and cfg.eval.judge is not None:
+        devices["eval.judge.device"] = cfg.eval.judge.device
+    if "cuda" in devices.values():
+        import torch
+
+        if not torch.cuda.is_available():
+            field = next(f for f, d in devices.items() if d == "cuda")
+            raise HeredityError(f"field '{field}': 'cuda' requested but no CUDA GPU is visible "
+                                "(use auto or cpu)")
+    if trains and not held_out:
+        raise HeredityError("field 'prompts.eval_every': no held-out eval prompts (it is null): set eval_every or "
+                            "eval_source to train and evaluate students, or run `heredity select` to stop after "
+                            "selection")
+    if trains:
+        _check_training(cfg)
+        _check_prompt_lengths(cfg, [("train", p) for p in train] + [("eval", p) for p in held_out])
+    return train, held_out

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from heredity.metrics import get_metric
 from heredity.metrics.readability import (
+    MAX_WORDS_PER_SENTENCE,
     flesch_kincaid_grade,
     flesch_reading_ease,
     gunning_fog,
@@ -86,21 +89,39 @@ def test_formulas_by_hand():
 
 
 def test_degenerate_texts():
+    # undefined is NaN (textstat's 0.0 would read as a real, very hard text)
     for text in ["", "   ", "?!", "-- ... ' \""]:
-        assert flesch_reading_ease(text) == 0.0
-        assert flesch_kincaid_grade(text) == 0.0
-        assert gunning_fog(text) == 0.0
-    # words but no syllables: the Flesch formulas give 0.0, as textstat does
-    assert flesch_reading_ease("Hmm hmm hmm.") == 0.0
-    assert flesch_kincaid_grade("Hmm hmm hmm.") == 0.0
+        assert math.isnan(flesch_reading_ease(text))
+        assert math.isnan(flesch_kincaid_grade(text))
+        assert math.isnan(gunning_fog(text))
+    # words but no syllables: the Flesch formulas are undefined
+    assert math.isnan(flesch_reading_ease("Hmm hmm hmm."))
+    assert math.isnan(flesch_kincaid_grade("Hmm hmm hmm."))
     assert gunning_fog("Hmm hmm hmm.") == pytest.approx(0.4 * 3)
 
 
+def test_text_without_sentence_ends_is_undefined_not_absurd():
+    endless = "word " * 200_000  # 1 MB, no full stop: textstat's Flesch is about -182,000
+    assert math.isnan(flesch_reading_ease(endless))
+    assert math.isnan(flesch_kincaid_grade(endless))
+    assert math.isnan(gunning_fog(endless))
+    assert not math.isnan(flesch_reading_ease("word " * 99 + "end."))
+
+
 def test_registry():
-    texts = ["The cat sat on the mat.", "", "Photosynthesis is beautiful to see."]
+    texts = ["The cat sat on the mat.", "Photosynthesis is beautiful to see."]
     assert get_metric("flesch-reading-ease")(texts) == [flesch_reading_ease(t) for t in texts]
     assert get_metric("flesch-kincaid-grade")(texts) == [flesch_kincaid_grade(t) for t in texts]
     assert get_metric("gunning-fog")(texts) == [gunning_fog(t) for t in texts]
+    assert math.isnan(get_metric("gunning-fog")([""])[0])
+
+
+def _same_or_undefined(ours: float, textstat_value: float, text: str) -> bool:
+    """textstat's value, or NaN where heredity defines the formula as undefined."""
+    if math.isnan(ours):
+        counts = readability_counts(text)
+        return textstat_value == 0.0 or counts.words_per_sentence > MAX_WORDS_PER_SENTENCE
+    return ours == textstat_value
 
 
 # --- agreement with textstat ----------------------------------------------------------------
@@ -118,9 +139,9 @@ _TRICKY = [
 
 @pytest.mark.parametrize("text", _TRICKY)
 def test_matches_textstat_on_edge_cases(textstat_module, text):
-    assert flesch_reading_ease(text) == textstat_module.flesch_reading_ease(text)
-    assert flesch_kincaid_grade(text) == textstat_module.flesch_kincaid_grade(text)
-    assert gunning_fog(text) == textstat_module.gunning_fog(text)
+    assert _same_or_undefined(flesch_reading_ease(text), textstat_module.flesch_reading_ease(text), text)
+    assert _same_or_undefined(flesch_kincaid_grade(text), textstat_module.flesch_kincaid_grade(text), text)
+    assert _same_or_undefined(gunning_fog(text), textstat_module.gunning_fog(text), text)
 
 
 def test_matches_textstat(textstat_module, alpaca_texts):
@@ -132,6 +153,7 @@ def test_matches_textstat(textstat_module, alpaca_texts):
             textstat_module.flesch_kincaid_grade(text),
             textstat_module.gunning_fog(text),
         )
-        worst = [max(w, abs(a - b)) for w, a, b in zip(worst, ours, ref)]
+        assert all(_same_or_undefined(a, b, text) for a, b in zip(ours, ref))
+        worst = [max(w, abs(a - b)) if a == a else w for w, a, b in zip(worst, ours, ref)]
     # The counts are identical, so the scores agree to the last bit.
     assert worst == [0.0, 0.0, 0.0]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -24,25 +26,56 @@ def bundled_names() -> list[str]:
     return sorted(p.name.removesuffix(".jsonl") for p in folder.iterdir() if p.name.endswith(".jsonl"))
 
 
+def _text(path: Path) -> str:
+    """A file's text: UTF-8 (a leading BOM dropped); anything else is a one-line error."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise HeredityError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise input_error(path, line, None, f"not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                                            "save the file as UTF-8") from None
+
+
+def lone_surrogate(text: str) -> bool:
+    """True if ``text`` holds a lone UTF-16 surrogate (JSON's "\\ud800"): not encodable text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str, a surrogate is always a lone one
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate as U+FFFD, as a UTF-8 decoder reads broken text; other
+    text is returned as it is (for model output, which must be stored and tokenised)."""
+    return _SURROGATE.sub("\ufffd", text) if lone_surrogate(text) else text
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise input_error(path, lineno, None, f"not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise input_error(path, lineno, None, "each line must be a JSON object")
-            rows.append(row)
+    for lineno, line in enumerate(_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise input_error(path, lineno, None, f"not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise input_error(path, lineno, None, "each line must be a JSON object")
+        rows.append(row)
     return rows
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_text(path))
     except json.JSONDecodeError as exc:
         raise input_error(path, None, None, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if isinstance(data, dict):  # column orientation: {"col": {"0": v, ...}} or {"col": [v, ...]}
@@ -50,6 +83,10 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
         if not all(isinstance(v, list) for v in columns.values()):
             raise input_error(path, None, None, "expected a list of objects or a mapping of columns")
         n = len(next(iter(columns.values()), []))
+        for name, values in columns.items():
+            if len(values) != n:
+                raise input_error(path, None, str(name), f"column has {len(values)} values, the first column {n} "
+                                                         "(columns must be equally long)")
         return [{k: v[i] for k, v in columns.items()} for i in range(n)]
     if not isinstance(data, list):
         raise input_error(path, None, None, "expected a list of objects")
@@ -96,24 +133,31 @@ def read_rows(source: str, hf_split: str = "train") -> tuple[list[dict[str, Any]
     if suffix == ".json":
         return _read_json(path), str(path)
     if suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as fh:
-            return list(csv.DictReader(fh)), str(path)
+        try:
+            return list(csv.DictReader(io.StringIO(_text(path), newline=""))), str(path)
+        except csv.Error as exc:
+            raise input_error(path, None, None, f"not valid CSV ({exc})") from None
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
+        from heredity.core.rundir import read_table
 
-        return pq.read_table(path).to_pylist(), str(path)
+        return read_table(path), str(path)
     raise HeredityError(f"{path}: unsupported prompt file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
 
 
 def to_prompts(rows: list[dict[str, Any]], label: str, field: str, id_field: str | None) -> list[Prompt]:
     prompts: list[Prompt] = []
     seen: dict[str, int] = {}
+    texts: dict[str, int] = {}
     for i, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise input_error(label, i, None, "each row must be an object (a mapping of fields)")
         if field not in row:
             raise input_error(label, i, field, f"missing (columns: {', '.join(map(str, row))})")
         text = row[field]
         if not isinstance(text, str) or not text.strip():
             raise input_error(label, i, field, "must be a non-empty string")
+        if lone_surrogate(text):
+            raise input_error(label, i, field, "holds a lone surrogate (e.g. \\ud800), which is not valid Unicode")
         if id_field and id_field in row and row[id_field] not in (None, ""):
             pid = str(row[id_field])
         else:
@@ -121,6 +165,11 @@ def to_prompts(rows: list[dict[str, Any]], label: str, field: str, id_field: str
         if pid in seen:
             raise input_error(label, i, id_field, f"duplicate id '{pid}' (first at row {seen[pid]})")
         seen[pid] = i
+        if (first := texts.get(text.strip())) is not None:
+            # candidates are matched to prompts by text: two ids with one text cannot both be kept
+            raise input_error(label, i, field, f"same text as row {first}; remove one of the two "
+                                               "(each prompt's text must be unique)")
+        texts[text.strip()] = i
         prompts.append(Prompt(id=pid, text=text.strip()))
     if not prompts:
         raise HeredityError(f"{label}: no prompts found")

@@ -8,12 +8,15 @@ upstream reruns exactly the stages downstream of it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +25,23 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from heredity.errors import HeredityError
+
 MANIFEST = "manifest.json"
+LOCK = ".heredity.lock"
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    with _umask_lock:  # reading the umask means setting it; keep that window private
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _as_user_file(path: Path, directory: bool = False) -> None:
+    """Give a temp file (mkstemp: 0600) or folder (mkdtemp: 0700) the mode of an ordinary one."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -46,6 +65,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    _as_user_file(tmp_path)  # a run directory is shared like any folder: respect the umask
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -60,6 +80,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    _as_user_file(tmp, directory=True)
     try:
         yield tmp
         if path.exists():
@@ -89,8 +110,67 @@ def write_table(path: Path, rows: list[dict[str, Any]] | pa.Table) -> None:
         pq.write_table(table, tmp)
 
 
+def read_parquet(path: Path) -> pa.Table:
+    """A Parquet file as a table; a corrupt or truncated file is a one-line error naming it."""
+    try:
+        return pq.read_table(path)
+    except FileNotFoundError:
+        raise HeredityError(f"{path}: file not found") from None
+    except (pa.ArrowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise HeredityError(f"{path}: not a readable Parquet file ({first}); "
+                            "delete it (a stage rebuilds its own files) or replace it") from None
+
+
 def read_table(path: Path) -> list[dict[str, Any]]:
-    return pq.read_table(path).to_pylist()
+    return read_parquet(path).to_pylist()
+
+
+class RunLock:
+    """One run per directory: an exclusive ``flock`` on ``DIR/.heredity.lock`` for the whole run.
+
+    The operating system drops the lock when its process ends, however it ends (a SIGKILL
+    included), so a lock is never stale; the file only records who holds it, for the message
+    a second process gets.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "{}")
+            except ValueError:
+                holder = {}
+            os.close(fd)
+            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+                   f"started {holder.get('started', '?')}") if holder else "another process"
+            raise HeredityError(f"{self.path.parent}: another heredity run is using this directory ({who}); "
+                                "wait for it to finish or use another --out") from None
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode() + b"\n", 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def versions() -> dict[str, str]:
@@ -162,10 +242,12 @@ class Stage:
         return self.dir / MANIFEST
 
     def manifest(self) -> dict[str, Any] | None:
+        """The manifest, or None when there is none or it is unreadable (the stage then reruns)."""
         try:
-            return read_json(self.manifest_path)
-        except (FileNotFoundError, json.JSONDecodeError):
+            manifest = read_json(self.manifest_path)
+        except (OSError, ValueError):  # missing, a folder, not UTF-8, not JSON
             return None
+        return manifest if isinstance(manifest, dict) else None
 
     def is_done(self) -> bool:
         manifest = self.manifest()
@@ -180,7 +262,7 @@ class Stage:
         """Invalidate an older result before overwriting its files."""
         self.dir.mkdir(parents=True, exist_ok=True)
         manifest = self.manifest()
-        if manifest and manifest.get("key") != self.key:
+        if self.manifest_path.is_file() and (manifest is None or manifest.get("key") != self.key):
             self.manifest_path.unlink()
         self._started = time.perf_counter()
 

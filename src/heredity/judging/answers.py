@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from heredity.core.data import data_file
-from heredity.core.prompts import read_rows
+from heredity.core.prompts import lone_surrogate, read_rows
 from heredity.errors import HeredityError, input_error
 from heredity.judging.verdicts import Pair
 
@@ -105,6 +105,8 @@ def load_answers(source: str | Path, prompt_field: str | None = None,
         for field in (pf, af):
             if not isinstance(row.get(field), str):
                 raise input_error(where, i, field, "missing or not a string")
+            if lone_surrogate(row[field]):
+                raise input_error(where, i, field, "holds a lone surrogate (e.g. \\ud800), which is not valid Unicode")
         prompt = row[pf].strip()
         if not prompt:
             raise input_error(where, i, pf, "empty prompt")

@@ -38,7 +38,7 @@ _CHUNK = 900  # bound parameters per query stay under SQLite's limit (999 in old
 
 def text_key(text: str, prompt: str | None = None, tokenizer_id: str | None = None) -> bytes:
     parts = [text] if prompt is None and tokenizer_id is None else [text, prompt, tokenizer_id]
-    data = json.dumps(parts, ensure_ascii=False).encode("utf-8") if len(parts) > 1 else text.encode("utf-8")
+    data = json.dumps(parts, ensure_ascii=False).encode("utf-8", "surrogatepass") if len(parts) > 1 else text.encode("utf-8", "surrogatepass")
     return hashlib.sha256(data).digest()[:16]
 
 

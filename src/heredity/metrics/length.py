@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from heredity.core.prompts import replace_lone_surrogates
 from heredity.metrics.registry import MetricContext, register
 
 _WORD = re.compile(r"\S+")
@@ -15,7 +16,8 @@ _WORD = re.compile(r"\S+")
 def length_tokens(texts: Sequence[str], context: MetricContext) -> list[float]:
     if not texts:
         return []
-    encoded = context.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    # tokenizers refuse a lone surrogate: it counts as U+FFFD, as a UTF-8 decoder would read it
+    encoded = context.tokenizer([replace_lone_surrogates(t) for t in texts], add_special_tokens=False)["input_ids"]
     return [float(len(ids)) for ids in encoded]
 
 

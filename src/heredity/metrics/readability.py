@@ -18,8 +18,14 @@ scores are the same numbers given the same pronouncing dictionary:
   flesch_kincaid_grade = 0.39 * words/sentences + 11.8 * syllables/words - 15.59
   gunning_fog          = 0.4 * (words/sentences + 100 * complex words/words)
 
-Like textstat, Flesch and Flesch-Kincaid are 0.0 when the text has no words or its words have
-no syllables, and the fog index is 0.0 when it has no words.
+Undefined values are NaN (the report leaves them out and counts them), where textstat gives
+0.0: all three are undefined for a text with no words (empty, or punctuation only), and the
+Flesch formulas for words with no syllables. The formulas are also undefined for text that is
+not split into sentences at all: when the mean sentence is longer than
+``MAX_WORDS_PER_SENTENCE`` (100) words (a 1 MB text without a full stop, a code listing),
+words/sentences no longer measures sentence length and Flesch would reach −180,000; such a
+text scores NaN instead. On text within these bounds the values are textstat's.
+Version 2 of each metric (version 1 gave 0.0 and unbounded values).
 
 Dictionary: textstat reads the CMU dictionary through NLTK's ``cmudict`` corpus, which NLTK
 downloads at run time (textstat 0.7.13 fails where it cannot). This module reads it from the
@@ -221,45 +227,49 @@ def readability_counts(text: str) -> ReadabilityCounts:
     )
 
 
+MAX_WORDS_PER_SENTENCE = 100  # beyond this the text is not prose split into sentences
+NAN = float("nan")
+
+
 def flesch_reading_ease(text: str) -> float:
-    """Flesch reading ease (higher = easier); 0.0 for a text with no words or syllables."""
+    """Flesch reading ease (higher = easier); NaN where undefined (see the module docstring)."""
     counts = readability_counts(text)
     wps, spw = counts.words_per_sentence, counts.syllables_per_word
-    if wps == 0 or spw == 0:
-        return 0.0
+    if wps == 0 or spw == 0 or wps > MAX_WORDS_PER_SENTENCE:
+        return NAN
     return 206.835 - 1.015 * wps - 84.6 * spw
 
 
 def flesch_kincaid_grade(text: str) -> float:
-    """Flesch-Kincaid grade level; 0.0 for a text with no words or syllables."""
+    """Flesch-Kincaid grade level; NaN where undefined (see the module docstring)."""
     counts = readability_counts(text)
     wps, spw = counts.words_per_sentence, counts.syllables_per_word
-    if wps == 0 or spw == 0:
-        return 0.0
+    if wps == 0 or spw == 0 or wps > MAX_WORDS_PER_SENTENCE:
+        return NAN
     return 0.39 * wps + 11.8 * spw - 15.59
 
 
 def gunning_fog(text: str) -> float:
-    """Gunning fog index; 0.0 for a text with no words."""
+    """Gunning fog index; NaN where undefined (see the module docstring)."""
     counts = readability_counts(text)
-    if counts.words == 0:
-        return 0.0
+    if counts.words == 0 or counts.words_per_sentence > MAX_WORDS_PER_SENTENCE:
+        return NAN
     return 0.4 * (counts.words_per_sentence + 100 * counts.complex_words / counts.words)
 
 
-@register("flesch-reading-ease", description="Flesch reading ease (higher = easier to read)",
+@register("flesch-reading-ease", version="2", description="Flesch reading ease (higher = easier to read)",
           better="none")
 def flesch_reading_ease_metric(texts: Sequence[str], context: MetricContext) -> list[float]:
     return [flesch_reading_ease(t) for t in texts]
 
 
-@register("flesch-kincaid-grade", description="Flesch-Kincaid grade level (US school grade)",
+@register("flesch-kincaid-grade", version="2", description="Flesch-Kincaid grade level (US school grade)",
           better="none")
 def flesch_kincaid_grade_metric(texts: Sequence[str], context: MetricContext) -> list[float]:
     return [flesch_kincaid_grade(t) for t in texts]
 
 
-@register("gunning-fog", description="Gunning fog index (years of schooling to read it)",
+@register("gunning-fog", version="2", description="Gunning fog index (years of schooling to read it)",
           better="none")
 def gunning_fog_metric(texts: Sequence[str], context: MetricContext) -> list[float]:
     return [gunning_fog(t) for t in texts]

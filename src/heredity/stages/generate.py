@@ -19,7 +19,7 @@ from heredity.backends import Request, open_backend
 from heredity.backends.base import BatchIncomplete
 from heredity.config import RunConfig, TeacherConfig
 from heredity.core.models import chat_messages, model_identity, pick_device
-from heredity.core.prompts import Prompt
+from heredity.core.prompts import Prompt, lone_surrogate, replace_lone_surrogates
 from heredity.core.rundir import Stage, file_hash, read_table, stable_hash, write_table
 from heredity.errors import HeredityError, input_error
 
@@ -106,6 +106,9 @@ def replay_candidates(teacher: TeacherConfig, prompts: list[Prompt], k: int) -> 
         text = row[opts.text_field]
         if not isinstance(text, str):
             raise input_error(label, i, opts.text_field, "must be a string")
+        if lone_surrogate(text):
+            raise input_error(label, i, opts.text_field, "holds a lone surrogate (e.g. \\ud800), "
+                                                         "which is not valid Unicode")
         key = stable_hash({"replay": source_id, "teacher": name, "prompt": prompt.text, "sample": sample_index}, 24)
         numbers = {field: _replayed_number(row, field, kind, label, i) for field, kind in REPLAY_NUMBERS.items()}
         out.append({
@@ -249,7 +252,8 @@ def _keep(teacher, batch, completions, failure, batch_latency, shard_dir, done, 
         if c is None:
             continue
         rows.append({
-            **w, "text": c.text, "finish_reason": c.finish_reason,
+            # a server's JSON may carry a lone surrogate ("\\ud800"): stored as U+FFFD, never a crash
+            **w, "text": replace_lone_surrogates(c.text), "finish_reason": c.finish_reason,
             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
             "latency_s": c.latency_s if c.latency_s is not None else batch_latency,
             "seed": req.seed, "backend": teacher.backend, "model": teacher.model,

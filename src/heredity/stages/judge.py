@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from heredity.config import PRICE_FIELDS, RunConfig
+from heredity.core.http import public_url
 from heredity.core.rundir import Stage, read_json, read_table
 from heredity.judging import Pair, judge_config, pairwise
 
@@ -23,6 +24,8 @@ def run_judge(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Stage], a: s
     # keys written before JudgeConfig.judge was renamed 'model' name it 'judge'; keeping that
     # name keeps those runs' judge stages reusable
     settings["judge"] = settings.pop("model")
+    if settings["judge"].get("openai"):  # the key is written to the manifest: no credentials in it
+        settings["judge"]["openai"]["base_url"] = public_url(settings["judge"]["openai"]["base_url"])
     stage = Stage(run_dir, f"judge/{a}_vs_{b}", {"a": eval_stages[a].key, "b": eval_stages[b].key, "judge": settings})
     if stage.reuse():
         return stage

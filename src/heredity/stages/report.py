@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from heredity.config import RunConfig
-from heredity.errors import HeredityError
 from heredity.core.arms import comparisons, ordered_arms, steered_arms
 from heredity.core.models import model_identity
 from heredity.core.rundir import (
@@ -29,6 +28,8 @@ from heredity.core.rundir import (
     write_text,
 )
 from heredity.core.stats import as_array, mean_ci, paired_difference
+from heredity.errors import HeredityError
+from heredity.plan import persisted_config
 from heredity.stages.judge import summarise_run_judgments
 from heredity.stages.profile import summarise_profiles
 from heredity.stages.report_html import render_html
@@ -99,7 +100,7 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
         "stage_compute_s": compute or {},
         "versions": versions(),
         "provenance": provenance(cfg),
-        "config": cfg.model_dump(mode="json"),
+        "config": persisted_config(cfg),
     }
 
 

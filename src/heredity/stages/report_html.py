@@ -210,7 +210,7 @@ def rule_text(rule: Any) -> str:
 
 
 def _headline(summary: dict[str, Any]) -> str:
-    metric, direction = summary["target"]["metric"], summary["target"]["direction"]
+    metric = summary["target"]["metric"]
     diffs = summary.get("differences") or {}
     cards = []
     for name, label in ((f"{ACTIVE}_vs_{PASSIVE}", "active − passive"), (f"{ACTIVE}_vs_{BASE}", "active − base")):

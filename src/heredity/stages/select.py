@@ -14,10 +14,12 @@ beside a data card.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from heredity.config import RunConfig
 from heredity.core.rundir import Stage, read_table, stable_hash, write_json, write_table
+from heredity.errors import HeredityError
 from heredity.strategies import (
     data_card,
     dose_response,
@@ -40,11 +42,16 @@ def run_select(cfg: RunConfig, run_dir: Path, score: Stage) -> Stage:
     })
     if stage.reuse():
         return stage
-    stage.start()
     pool = read_table(score.dir / "scores.parquet")
     groups = group_by_prompt(pool)
     teacher_order = [t.label for t in cfg.teachers]
     selections = {arm: select(groups, spec, teacher_order) for arm, spec in specs.items()}
+    for arm, rows in selections.items():
+        if not rows:  # refused before anything is written: the stage stays unfinished
+            raise HeredityError(f"select: arm '{arm}' selected no candidate from {len(groups)} prompts "
+                                f"(rule {json.dumps(specs[arm].to_dict(), sort_keys=True, default=str)}); "
+                                "loosen the rule or change the pool")
+    stage.start()
     outputs, data_hashes = {}, {}
     for arm, rows in selections.items():
         write_table(stage.dir / f"{arm}.parquet", rows)

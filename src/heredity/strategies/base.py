@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -18,6 +17,7 @@ from pydantic import (
     field_validator,
 )
 
+from heredity.config import NoBoolNumbers
 from heredity.core.registry import Registry
 from heredity.errors import HeredityError, describe_validation
 
@@ -101,7 +101,7 @@ def prompts(groups: Groups) -> Iterator[tuple[str, Sequence[Row]]]:
 # Registry
 
 
-class Params(BaseModel):
+class Params(NoBoolNumbers):
     """Parameters of one strategy. Unknown keys are errors, as everywhere in a config."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
