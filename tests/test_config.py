@@ -8,7 +8,7 @@ from heredity.plan import bundled_config, config_from_dict, load_config
 
 def test_bundled_quickstart_is_valid_and_targets_length():
     cfg = bundled_config("quickstart")
-    assert cfg.select.metric == "length" and cfg.select.direction == "max"
+    assert cfg.select.metric == "length" and cfg.select.direction == "min"
     assert cfg.k == 4
     assert {"length", "mtld"} <= set(cfg.score.metrics)
 

@@ -107,7 +107,7 @@ def _config(path: Path | None):
 
 @app.command()
 def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Run directory.")) -> None:
-    """Run the bundled quickstart: embedded SmolLM2 as teacher and student, steer towards longer answers."""
+    """Run the bundled quickstart: embedded SmolLM2 as teacher and student, steer towards shorter answers."""
     _run(_config(None), out)
 
 
