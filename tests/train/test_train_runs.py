@@ -27,6 +27,7 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 from heredity.core.models import load_model
 from heredity.core.rundir import Stage
 from heredity.stages.train import run_train
+from heredity.training.checkpoints import is_complete
 
 HERE = Path(__file__).parent
 # LoRA settings of the resume and arms tests: 4 examples, 2 per step, 2 epochs = 4 steps,
@@ -169,7 +170,9 @@ def test_resume_after_sigkill_reaches_the_same_step(tmp_path, pairs, lora_run):
     proc = _start_job(tmp_path, run_dir, "passive")
     try:
         deadline = time.monotonic() + 600
-        while not (checkpoints / "checkpoint-1" / "trainer_state.json").is_file():
+        # Wait for a checkpoint the trainer finished writing (its trainer_state.json parses): a
+        # kill while that file is half-written leaves a checkpoint that is rightly not resumed.
+        while not is_complete(checkpoints / "checkpoint-1"):
             assert proc.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
             time.sleep(0.05)
