@@ -24,7 +24,7 @@ from heredity.config import (
 )
 from heredity.core.http import public_url
 from heredity.core.models import EMBEDDED, adapter_base, chat_messages, gguf_path
-from heredity.core.prompts import Prompt, load_prompts, lone_surrogate, read_rows
+from heredity.core.prompts import Prompt, load_prompts, read_rows, text_field
 from heredity.errors import HeredityError, input_error
 from heredity.metrics import resolve
 from heredity.strategies import parse_spec, spec_metrics
@@ -196,12 +196,7 @@ def _check_replay(teacher: TeacherConfig, index: int, train: list[Prompt]) -> No
         for name in wanted:
             if name not in row:
                 raise input_error(label, i, name, f"missing (columns: {', '.join(map(str, row))})")
-        text = row[opts.text_field]
-        if not isinstance(text, str):
-            raise input_error(label, i, opts.text_field, "must be a string")
-        if lone_surrogate(text):
-            raise input_error(label, i, opts.text_field, "holds a lone surrogate (e.g. \\ud800), "
-                                                         "which is not valid Unicode")
+        text_field(row, opts.text_field, label, i)
     texts = {p.text for p in train}
     if not any(str(row[opts.prompt_field]).strip() in texts for row in rows):
         raise HeredityError(f"{label}: no row's '{opts.prompt_field}' matches any train prompt "

@@ -52,6 +52,16 @@ def lone_surrogate(text: str) -> bool:
 _SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str, a surrogate is always a lone one
 
 
+
+def text_field(row: dict[str, Any], field: str, label: str, row_number: int) -> str:
+    """``row[field]`` as a text, or a one-line error naming the file, row and field."""
+    text = row[field]
+    if not isinstance(text, str):
+        raise input_error(label, row_number, field, "must be a string")
+    if lone_surrogate(text):
+        raise input_error(label, row_number, field, "holds a lone surrogate (e.g. \\ud800), which is not valid Unicode")
+    return text
+
 def replace_lone_surrogates(text: str) -> str:
     """``text`` with each lone surrogate as U+FFFD, as a UTF-8 decoder reads broken text; other
     text is returned as it is (for model output, which must be stored and tokenised)."""

@@ -19,7 +19,7 @@ from heredity.backends import Request, open_backend
 from heredity.backends.base import BatchIncomplete
 from heredity.config import RunConfig, TeacherConfig
 from heredity.core.models import chat_messages, model_identity, pick_device
-from heredity.core.prompts import Prompt, lone_surrogate, replace_lone_surrogates
+from heredity.core.prompts import Prompt, replace_lone_surrogates, text_field
 from heredity.core.rundir import Stage, file_hash, read_table, stable_hash, write_table
 from heredity.errors import HeredityError, input_error
 
@@ -103,12 +103,7 @@ def replay_candidates(teacher: TeacherConfig, prompts: list[Prompt], k: int) -> 
         if sample_index >= k:
             continue
         found[(name, prompt.id)] = sample_index + 1
-        text = row[opts.text_field]
-        if not isinstance(text, str):
-            raise input_error(label, i, opts.text_field, "must be a string")
-        if lone_surrogate(text):
-            raise input_error(label, i, opts.text_field, "holds a lone surrogate (e.g. \\ud800), "
-                                                         "which is not valid Unicode")
+        text = text_field(row, opts.text_field, label, i)
         key = stable_hash({"replay": source_id, "teacher": name, "prompt": prompt.text, "sample": sample_index}, 24)
         numbers = {field: _replayed_number(row, field, kind, label, i) for field, kind in REPLAY_NUMBERS.items()}
         out.append({
