@@ -565,6 +565,15 @@ class EvalConfig(_Strict):
     """Held-out evaluation of base, passive and active students."""
 
     max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(
+        0.0, ge=0.0,
+        description="0 = greedy answers (the default). Above 0, each held-out prompt gets one sampled answer, "
+        "seeded per prompt, so every arm answers with the same decoding and the same seeds. Small students "
+        "often loop under greedy decoding until the cap; sampling measures what they write instead of how "
+        "long a loop runs.",
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling (with temperature > 0).")
+    seed: int = Field(0, description="Seed of the first held-out prompt's sample; prompt i uses seed + i.")
     batch_size: int = Field(64, ge=1)
     metrics: list[str] | None = Field(None, description="Defaults to score.metrics.")
     bootstrap_samples: int = Field(2000, ge=100)

@@ -46,3 +46,13 @@ def ordered_arms(names: Iterable[str]) -> list[str]:
 def steered_arms(card: dict[str, Any]) -> list[str]:
     """The arms of a selection data card other than the passive baseline: active, then variants."""
     return [a for a in ordered_arms(card["teacher_share"]) if a != PASSIVE]
+
+
+def decoding_label(summary: dict[str, Any]) -> str:
+    """How the held-out answers were decoded, as a report states it ("greedy answers" for summaries
+    written before evaluation could sample)."""
+    ev = (summary.get("config") or {}).get("eval") or {}
+    temperature = ev.get("temperature") or 0.0
+    if not temperature:
+        return "greedy answers"
+    return f"one sampled answer each (temperature {temperature:g}, top-p {ev.get('top_p', 1.0):g}, seeded per prompt)"

@@ -1,4 +1,4 @@
-"""Evaluate stage: each student answers the held-out prompts (greedy); answers are scored."""
+"""Evaluate stage: each student answers the held-out prompts (greedy unless eval.temperature > 0); answers are scored."""
 
 from __future__ import annotations
 
@@ -25,19 +25,31 @@ def answer(model_ref: str, prompts: list[Prompt], cfg: RunConfig, progress=None,
     device = pick_device(cfg.device)
     tokenizer = load_tokenizer(model_ref)
     model = load_model(model_ref, device)
-    greedy = SamplingConfig(temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens)
+    decoding = SamplingConfig(temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+                              max_new_tokens=cfg.eval.max_new_tokens)
     # Longest prompts first: the first batch shows early whether memory suffices.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].text))
     task = progress.add_task(f"evaluate [{label}]", total=len(prompts)) if progress else None
     rows: dict[int, dict[str, Any]] = {}
     for chunk in batched(order, cfg.eval.batch_size):
-        requests = [Request(chat_messages(prompts[i].text, cfg.system_prompt), 0) for i in chunk]
-        for i, c in zip(chunk, generate_batch(model, tokenizer, requests, greedy)):
+        # Seeded by the prompt's position, not its batch: the same prompt gets the same seed in every arm.
+        requests = [Request(chat_messages(prompts[i].text, cfg.system_prompt), cfg.eval.seed + i) for i in chunk]
+        for i, c in zip(chunk, generate_batch(model, tokenizer, requests, decoding)):
             rows[i] = {"prompt_id": prompts[i].id, "prompt": prompts[i].text, "text": c.text,
                        "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens}
         if progress is not None:
             progress.update(task, advance=len(chunk))
     return [rows[i] for i in range(len(prompts))]
+
+
+def eval_key(cfg: RunConfig) -> dict[str, Any]:
+    """The evaluation settings that change answers. Greedy decoding leaves the sampling fields out, so
+    runs made before they existed keep their keys (top_p and seed do not change greedy answers)."""
+    key = cfg.eval.model_dump(exclude={"batch_size", "bootstrap_samples", "profile", "judge"})
+    if cfg.eval.temperature == 0.0:
+        for name in ("temperature", "top_p", "seed"):
+            key.pop(name)
+    return key
 
 
 def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Prompt],
@@ -48,7 +60,7 @@ def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Pro
         "model": model_identity(cfg.student) if model_stage is None else model_stage.key,
         "prompts": stable_hash([(p.id, p.text) for p in eval_prompts]),
         "system_prompt": cfg.system_prompt,
-        "eval": cfg.eval.model_dump(exclude={"batch_size", "bootstrap_samples", "profile", "judge"}),
+        "eval": eval_key(cfg),
         "metrics": metric_versions(metrics, cfg.score.metric_options),
         "tokenizer": model_identity(cfg.student),
         "device": cfg.device,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from heredity.config import RunConfig
-from heredity.core.arms import comparisons, ordered_arms, steered_arms
+from heredity.core.arms import comparisons, decoding_label, ordered_arms, steered_arms
 from heredity.core.models import model_identity
 from heredity.core.rundir import (
     git_commit,
@@ -128,7 +128,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"# heredity report: {summary['name']}",
         "",
         f"Target: **{target['direction']} {target['metric']}**. "
-        f"{summary['eval_prompts']} held-out prompts, greedy answers. "
+        f"{summary['eval_prompts']} held-out prompts, {decoding_label(summary)}. "
         "Means with bootstrap 95% CIs.",
         "",
         "## Students on held-out prompts",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from heredity.config import ACTIVE, BASE, PASSIVE, TeacherConfig
-from heredity.core.arms import ordered_arms, steered_arms
+from heredity.core.arms import decoding_label, ordered_arms, steered_arms
 from heredity.core.rundir import read_json, read_table
 from heredity.stages import report_plots as plots
 from heredity.stages.report_plots import significant
@@ -533,7 +533,7 @@ def render_html(summary: dict[str, Any], run_dir: Path) -> str:
         details("Provenance: target, teachers, student, prompts, seeds, versions, model identities",
                 _provenance(summary, run_dir)),
         "<h2>The students on held-out prompts</h2>",
-        f"<p class=note>{fmt(summary.get('eval_prompts'))} held-out prompts, greedy answers. Means with bootstrap 95% CIs; "
+        f"<p class=note>{fmt(summary.get('eval_prompts'))} held-out prompts, {escape(decoding_label(summary))}. Means with bootstrap 95% CIs; "
         "differences are paired over prompts and count when their 95% CI excludes 0.</p>",
         _students(summary),
         "<h2>The selection: what each arm trained on</h2>",

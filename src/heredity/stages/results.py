@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from heredity.core.arms import ordered_arms
+from heredity.core.arms import decoding_label, ordered_arms
 from heredity.core.rundir import read_json
 from heredity.errors import HeredityError
 
@@ -81,7 +81,7 @@ def render_study(folder: Path, summary: dict[str, Any], root: Path) -> list[str]
     lines = [f"## {title or folder.name}", ""]
     if question:
         lines += [question, ""]
-    lines += [f"Target: **{direction} {target}**; {summary['eval_prompts']} held-out prompts, greedy answers. "
+    lines += [f"Target: **{direction} {target}**; {summary['eval_prompts']} held-out prompts, {decoding_label(summary)}. "
               f"Reproduce: `heredity run {rel}/config.yaml --out runs/{folder.name}` "
               f"(compute when run: {compute / 60:.0f} min).", ""]
     lines += ["| metric | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
