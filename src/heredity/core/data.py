@@ -128,9 +128,15 @@ def read_table_file(path: Path) -> list[dict[str, Any]]:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether huggingface.co answers on 443; spares a user offline the hub client's ~25 s of retries."""
+    """Whether the hub (``$HF_ENDPOINT``'s host, default huggingface.co) answers on its port; spares
+    a user offline the hub client's ~25 s of retries. Behind a proxy the client is left to try."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or f"https://{HUB_HOST}")
     try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+        with socket.create_connection((url.hostname or HUB_HOST, url.port or 443), timeout=timeout):
             return True
     except OSError:
         return False
@@ -140,7 +146,8 @@ def hub_rows(dataset: HubDataset) -> list[dict[str, Any]]:
     """The pinned split's rows from the hub (or ``datasets``' cache with ``HF_HUB_OFFLINE=1``)."""
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0")
     if not offline and not hub_reachable():
-        raise HeredityError(f"{dataset.ref}: cannot reach {HUB_HOST} (offline?); with HF_HUB_OFFLINE=1 a copy "
+        host = os.environ.get("HF_ENDPOINT") or HUB_HOST
+        raise HeredityError(f"{dataset.ref}: cannot reach {host} (offline?); with HF_HUB_OFFLINE=1 a copy "
                             "in datasets' cache is used")
     try:
         import datasets

@@ -213,16 +213,19 @@ def instructions(record: dict[str, Any]) -> str:
 
 
 def download(data_dir: Path, suites: list[str] | None = None, log=print) -> list[Path]:
-    """Fetch the pinned hub dataset of every (chosen) suite whose data is missing; write each as
+    """Fetch the pinned hub dataset of every (chosen) suite with none of its data found; write each as
     ``<data_dir>/<owner>/<name>/<config>/<split>.jsonl`` with a ``SHA256SUMS`` and ``source.json``
     beside it. The hub client checks each downloaded file against the hub's own sha256 (LFS)."""
     from datetime import datetime, timezone
 
     from heredity.core.rundir import write_json, write_text
 
+    records = status(data_dir)
+    # a suite with any of its data found reads that (bbq: the categories present) and never the hub copy
+    working = {r["suite"] for r in records if r["found"]}
     wanted = {}
-    for record in status(data_dir):
-        if record["hub"] is None or record["found"] or (suites and record["suite"] not in suites):
+    for record in records:
+        if record["hub"] is None or record["suite"] in working or (suites and record["suite"] not in suites):
             continue
         wanted[record["hub"]] = record
     written = []
