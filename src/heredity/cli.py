@@ -185,7 +185,9 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
                            "else the offline toxicity)."),
             out: Path | None = typer.Option(None, "--out", help="Write per-item Parquet and summary.json here."),
             device: str = typer.Option("cpu"),
-            data_dir: Path | None = typer.Option(None, help="Folder with the benchmark data sets."),
+            data_dir: Path | None = typer.Option(None, help="Benchmark data folder: shared layout or hub-schema copies "
+                                                           "(see 'heredity data'; default $HEREDITY_DATA_DIR); what is "
+                                                           "in neither comes from the pinned hub datasets."),
             threads: int | None = typer.Option(None, help="torch threads (CPU)."),
             groups: bool = typer.Option(True, "--groups/--no-groups", help="Show per-group rows."),
             lm_eval: list[str] = typer.Option([], "--lm-eval", help="lm-evaluation-harness task to run (repeatable; "
@@ -238,41 +240,66 @@ def _lm_eval(model: str, tasks: list[str], limit: int, include: Path | None, dev
 
 @app.command("data")
 def data_cmd(data_dir: Path | None = typer.Option(None, "--data-dir", help="Benchmark data folder (default: "
-                                                                          "$HEREDITY_SHARED_DATA or ../shared/data)."),
-             suite: list[str] = typer.Option([], "--suite", "-s", help="Only these suites (repeatable).")) -> None:
-    """List each profile suite's benchmark data: source, license, files expected, local status, how to get it."""
+                                                                          "$HEREDITY_DATA_DIR, $HEREDITY_SHARED_DATA, "
+                                                                          "../shared/data beside a checkout, else "
+                                                                          "~/.cache/heredity/data)."),
+             suite: list[str] = typer.Option([], "--suite", "-s", help="Only these suites (repeatable)."),
+             download: bool = typer.Option(False, "--download", help="Fetch each missing suite's pinned hub dataset "
+                                                                     "into the folder (needs the hub), with its sha256.")
+             ) -> None:
+    """List each profile suite's benchmark data: source (upstream, hub id@revision), license, local status
+    (found where, rows, checksum), and how to get what is missing; --download fetches it from the hub."""
     from heredity.core.data import default_data_dir
+    from heredity.errors import HeredityError
+    from heredity.profile.sources import download as fetch
     from heredity.profile.sources import instructions, status
 
     root = data_dir if data_dir is not None else default_data_dir()
+    out = Console()
+    if download:
+        try:
+            fetch(root, suite or None, log=lambda line: out.print(line, highlight=False, soft_wrap=True))
+        except HeredityError as exc:
+            _fail(str(exc))
     records = [r for r in status(root) if not suite or r["suite"] in suite]
     if not records:
         _fail(f"no data listed for suite(s) {', '.join(suite)}")
     table = Table(title=f"benchmark data in {root}")
-    for col in ("suite", "file", "state", "rows", "source", "license"):
+    for col in ("suite", "file", "state", "rows", "sha256", "source", "license"):
         table.add_column(col, overflow="fold", justify="right" if col == "rows" else "left")
     for r in records:
         rows = "" if r["rows"] is None else f"{r['rows']}" + ("" if r["unit"] == "rows" else f" {r['unit']}")
         if r["files"] is not None and r["unit"] == "rows":
             rows += f" ({r['files']} files)"
-        if r["expected_rows"] is not None:
+        if r["expected_rows"] is not None and r["layout"] == "shared":
             rows += f" / {r['expected_rows']}"
-        state = r["state"]
-        colour = "green" if state == "found" else "yellow" if state.startswith("found") else "red"
-        table.add_row(r["suite"], r["path"] + (f"/{r['pattern']}" if r["pattern"] else ""),
-                      f"[{colour}]{state}[/{colour}]", rows, f"{r['upstream']} {r['upstream_file']}", r["license"])
-    out = Console()
+        state = r["state"] + (" (hub schema)" if r["layout"] == "hub schema" else "")
+        colour = "green" if state.startswith("found") and "partial" not in state else "yellow" if state.startswith("found") else "red"
+        checksum = r["checksum"] or ""
+        if "MISMATCH" in checksum:
+            checksum = f"[red]{checksum}[/red]"
+        hub = r["hub"]
+        source = f"{r['upstream']} {r['upstream_file']}" + (
+            f"; hub {hub.ref}" + ("" if hub.verified else " (unverified pin)") if hub else "; not on the hub")
+        file = r["path"] + (f"/{r['pattern']}" if r["pattern"] else "")
+        if r["layout"] == "hub schema":
+            file = r["where"]
+        table.add_row(r["suite"], file, f"[{colour}]{state}[/{colour}]", rows, checksum, source, r["license"])
     out.print(table)
     missing = [r for r in records if not r["state"].startswith("found")]
     if missing:
-        out.print(f"{len(missing)} missing: download each file from its source (no download is done here) "
-                  "and put it at the path shown; each suite reads its data in this schema:", soft_wrap=True)
+        out.print(f"{len(missing)} missing: each suite reads the first of its shared-layout file, a hub-schema copy "
+                  "(<owner>/<name>/<config>/<split>.jsonl in the folder) or its pinned hub dataset; to get them:",
+                  soft_wrap=True, highlight=False)
         for r in missing:
             out.print(f"  {instructions(r)} [schema: {r['schema']}]", soft_wrap=True, highlight=False)
-        out.print(f"then run 'heredity data --data-dir {root}' again; suites whose data is missing fail with a "
-                  "one-line error naming the file.", soft_wrap=True, highlight=False)
+        out.print(f"then run 'heredity data --data-dir {root}' again; a suite whose data is in none of these places "
+                  "fails with a one-line error naming every place it looked.", soft_wrap=True, highlight=False)
     else:
         out.print("all benchmark data found", highlight=False)
+    if any("MISMATCH" in (r["checksum"] or "") for r in records):
+        _fail("a file's sha256 differs from the one pinned or recorded at download (column sha256): "
+              "results computed on it may differ from the project's")
 
 
 @app.command("metrics")

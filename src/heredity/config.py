@@ -481,7 +481,7 @@ class ProfileConfig(_Strict):
     teachers: bool = Field(False, description="Profile the local-model teachers too.")
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks (optional extra).")
     lm_eval_include: str | None = Field(None, description="Folder of custom harness task YAMLs.")
-    data_dir: str | None = Field(None, description="Benchmark data; None: $HEREDITY_SHARED_DATA or ../shared/data.")
+    data_dir: str | None = Field(None, description="Benchmark data folder (shared layout or hub-schema copies); None: $HEREDITY_DATA_DIR, $HEREDITY_SHARED_DATA or ../shared/data; what is in none comes from the hub.")
     seed: int = 0
     batch_size: int = Field(32, ge=1)
 

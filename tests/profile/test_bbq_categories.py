@@ -75,7 +75,7 @@ def test_missing_category_error_names_folder_and_category(tmp_path, data_dir):
     assert str(tmp_path / "bbq") in message and "Religion" in message and "Religion.jsonl" in message
     assert "Age.jsonl" not in message.split("present")[0]  # only what is missing is named as missing
     with pytest.raises(HeredityError, match="no category files"):
-        bbq.load(tmp_path / "empty")
+        bbq.load(tmp_path / "empty", use_hub=False)
 
 
 def test_per_category_n_counts_each_context_condition(tmp_path, data_dir):

@@ -107,8 +107,8 @@ def test_rtp_data_errors_name_file_row_and_field(tmp_path):
     path.write_text('{"prompt": "fine"}\n{oops\n', encoding="utf-8")
     with pytest.raises(HeredityError, match=r"row 2: not valid JSON"):
         rtp_toxicity.load(tmp_path)
-    with pytest.raises(HeredityError, match="profiling data not found"):
-        rtp_toxicity.load(tmp_path / "nowhere")
+    with pytest.raises(HeredityError, match="benchmark data not found; looked in .*nowhere/rtp/rtp_toxic_test_set.jsonl"):
+        rtp_toxicity.load(tmp_path / "nowhere", use_hub=False)
 
 
 def test_rtp_real_data_shape(data_dir):

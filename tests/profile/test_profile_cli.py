@@ -22,7 +22,9 @@ def heredity_profile(*args: str) -> subprocess.CompletedProcess:
     # the subprocess must import the heredity under test, not another installed copy
     src = str(Path(heredity.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
-           "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+           "COLUMNS": "200", "OMP_NUM_THREADS": "1",
+           # data missing locally is looked for in datasets' cache only: no download during tests
+           "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "heredity.cli", "profile", *args], capture_output=True, text=True,
                           check=False, timeout=600, env=env)
 
@@ -80,10 +82,14 @@ def test_profile_command_prints_the_table_and_writes_the_summary(tmp_path, data_
 
 @pytest.mark.parametrize("args, message", [
     (["--suite", "nosuch"], "error: unknown profile suite 'nosuch'; known: all, calibration,"),
+    # no such folder, or a folder without the suite's files: every place looked is named (after the
+    # model is loaded: a folder may hold some suites' data and not others')
     (["--suite", "crows_pairs", "--data-dir", "/nonexistent/heredity-data"],
-     "error: /nonexistent/heredity-data: profiling data folder not found"),
-    # the folder exists but lacks the suite's file: found after the model is loaded
-    (["--suite", "crows_pairs", "--data-dir", "{empty}"], "crows_pairs_anonymized.csv: profiling data not found"),
+     "error: crows_pairs (CrowS-Pairs): benchmark data not found; looked in "
+     "/nonexistent/heredity-data/crows_pairs/crows_pairs_anonymized.csv (shared layout); "
+     "/nonexistent/heredity-data/nyu-mll/crows_pairs/default/test.jsonl|.parquet (hub schema); "
+     "the hub: nyu-mll/crows_pairs@refs/convert/parquet (test): cannot load from the hub"),
+    (["--suite", "crows_pairs", "--data-dir", "{empty}"], "crows_pairs_anonymized.csv (shared layout)"),
 ])
 def test_bad_input_is_one_line_without_traceback(tmp_path, args, message):
     args = [a.replace("{empty}", str(tmp_path)) for a in args]

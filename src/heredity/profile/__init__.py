@@ -9,8 +9,10 @@ the shared batched scorer. Likelihood suites get the right-padded scoring tokeni
 suites (``Suite.generates``) the left-padded chat tokenizer of ``heredity.core.models.load_tokenizer``.
 A suite whose items two models share also has ``paired_items(rows, summary)`` (``Suite.pair``):
 its per-item values, keyed ``"suite/metric"``, that a run's profile stage pairs across models.
-Data comes from ``data_dir`` (default ``$HEREDITY_SHARED_DATA`` or ``shared/data``
-beside the checkout); see each module's docstring for its protocol.
+Data comes from ``data_dir`` (default ``$HEREDITY_DATA_DIR``, ``$HEREDITY_SHARED_DATA`` or ``shared/data``
+beside the checkout), in the shared layout or as a local copy of the suite's pinned hub dataset, else
+from the hub itself (``heredity.core.data``; the catalogue is ``heredity.profile.sources``); see each
+module's docstring for its protocol.
 
     from heredity.profile import profile_model, render_table
     result = profile_model("embedded:smollm2-135m-instruct", ["all"], limit=100, out=Path("profile"))
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heredity.core.data import SuiteResult, default_data_dir
+from heredity.core.data import SuiteResult, data_root
 from heredity.core.stats import BOOTSTRAP_SAMPLES
 from heredity.errors import HeredityError
 from heredity.profile import (
@@ -127,9 +129,9 @@ def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Pat
     from heredity.core.rundir import versions, write_json, write_table
 
     names = resolve_suites(suites)
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
-    if not root.is_dir():
-        raise HeredityError(f"{root}: profiling data folder not found (pass data_dir or set HEREDITY_SHARED_DATA)")
+    # no check that the folder exists: a suite whose files are not there loads its pinned hub dataset,
+    # or fails naming what it looked for
+    root = data_root(data_dir)
     if threads is not None:
         import torch
 

@@ -34,7 +34,6 @@ figure counts that condition's items only, overall and per category.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from heredity.core import loglik
-from heredity.core.data import SuiteResult, data_file, default_data_dir
+from heredity.core.data import HubDataset, SuiteResult, data_root, hub_rows, read_table_file
 from heredity.core.stats import estimate, grouped
 from heredity.errors import HeredityError
 from heredity.profile.common import Paired, per_item_means, sample_indices
@@ -51,6 +50,10 @@ from heredity.profile.common import Paired, per_item_means, sample_indices
 ALL_CATEGORIES = ("Age", "Disability_status", "Gender_identity", "Nationality", "Physical_appearance",
                   "Race_ethnicity", "Race_x_SES", "Race_x_gender", "Religion", "SES", "Sexual_orientation")
 FOLDER = "bbq"
+# All eleven categories in one split, rows in the original jsonl's fields (plus ``category``), the copy
+# lm-evaluation-harness reads. No commit could be checked here: pinned to the branch name (unverified).
+HUB = HubDataset("oskarvanderwal/bbq", "main", "test", "All", verified=False,
+                 note="branch name, not a commit; unverified")
 
 
 def prompt(row: dict) -> str:
@@ -150,22 +153,57 @@ def _condition_n(metrics: dict, ambiguous: np.ndarray) -> dict:
     return metrics
 
 
-def available_categories(data_dir: Path | None) -> list[str]:
-    """The categories whose ``bbq/<Category>.jsonl`` is in the data folder: the eleven in the
-    benchmark's order, then any other file's name in alphabetical order."""
-    folder = (Path(data_dir) if data_dir is not None else default_data_dir()) / FOLDER
+def _shared_present(folder: Path) -> list[str]:
     found = {p.stem for p in folder.glob("*.jsonl")} if folder.is_dir() else set()
     return [c for c in ALL_CATEGORIES if c in found] + sorted(found - set(ALL_CATEGORIES))
 
 
+def _by_category(rows: list[dict], where: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row.get("category"), str):
+            raise HeredityError(f"bbq: {where}, row {i}, field 'category': missing")
+        out.setdefault(row["category"], []).append(row)
+    return {c: out[c] for c in [c for c in ALL_CATEGORIES if c in out] + sorted(set(out) - set(ALL_CATEGORIES))}
+
+
+def available_categories(data_dir: Path | None) -> list[str]:
+    """The categories in the data folder (``bbq/<Category>.jsonl``, else the hub-schema copy): the
+    eleven in the benchmark's order, then any other in alphabetical order. The hub is not asked."""
+    root = data_root(data_dir)
+    present = _shared_present(root / FOLDER)
+    if present or not HUB.local_files(root):
+        return present
+    return list(_by_category([r for f in HUB.local_files(root) for r in read_table_file(f)], str(root / HUB.folder)))
+
+
+def _all_rows(data_dir: Path | None, use_hub: bool = True) -> tuple[dict[str, list[dict] | None], str]:
+    """Every category present -> its rows (None: a shared-layout file not read yet), and where they are."""
+    root = data_root(data_dir)
+    folder = root / FOLDER
+    present = _shared_present(folder)
+    if present:
+        return dict.fromkeys(present), str(folder)
+    files = HUB.local_files(root)
+    if files:
+        where = ", ".join(map(str, files))
+        return _by_category([r for f in files for r in read_table_file(f)], where), where
+    looked = f"no category files (<Category>.jsonl) in {folder}, no hub-schema copy in {root / HUB.folder}"
+    if use_hub:
+        try:
+            return _by_category(hub_rows(HUB), HUB.ref), HUB.ref
+        except HeredityError as exc:
+            looked += f", and the hub: {exc}"
+    raise HeredityError(f"bbq: {looked}; BBQ's categories: {', '.join(ALL_CATEGORIES)} (see 'heredity data')")
+
+
 def resolve_categories(data_dir: Path | None, categories: list[str] | None = None) -> list[str]:
-    """The categories to profile: ``categories`` as given (each file must exist), else all present."""
-    folder = (Path(data_dir) if data_dir is not None else default_data_dir()) / FOLDER
-    present = available_categories(data_dir)
+    """The categories to profile: ``categories`` as given (each must be present), else all present."""
+    return _resolve(list(_all_rows(data_dir)[0]), data_root(data_dir) / FOLDER, categories)
+
+
+def _resolve(present: list[str], folder: Path | str, categories: list[str] | None) -> list[str]:
     if categories is None:
-        if not present:
-            raise HeredityError(f"bbq: no category files (<Category>.jsonl) in {folder}; BBQ's categories: "
-                                f"{', '.join(ALL_CATEGORIES)} (see 'heredity data')")
         return present
     if isinstance(categories, str):
         categories = [categories]
@@ -180,14 +218,20 @@ def resolve_categories(data_dir: Path | None, categories: list[str] | None = Non
     return wanted
 
 
-def load(data_dir: Path | None, categories: list[str] | None = None) -> dict[str, list[dict]]:
-    """Rows per category: every category present in ``data_dir/bbq/``, or those named."""
+def load(data_dir: Path | None, categories: list[str] | None = None, use_hub: bool = True) -> dict[str, list[dict]]:
+    """Rows per category: every category present (shared layout, hub-schema copy or hub), or those named."""
+    rows, where = _all_rows(data_dir, use_hub)
+    folder = data_root(data_dir) / FOLDER if all(v is None for v in rows.values()) else where
     out = {}
-    for cat in resolve_categories(data_dir, categories):
-        with open(data_file(data_dir, f"{FOLDER}/{cat}.jsonl"), encoding="utf-8") as fh:
-            out[cat] = [json.loads(line) for line in fh if line.strip()]
+    for cat in _resolve(list(rows), folder, categories):
+        if rows[cat] is None:
+            path = data_root(data_dir) / FOLDER / f"{cat}.jsonl"
+            out[cat] = read_table_file(path)
+            where = str(path)
+        else:
+            out[cat] = rows[cat]
         if not out[cat]:
-            raise HeredityError(f"bbq: {data_file(data_dir, f'{FOLDER}/{cat}.jsonl')} holds no items")
+            raise HeredityError(f"bbq: {where} holds no items for category {cat}")
     return out
 
 

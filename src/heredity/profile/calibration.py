@@ -28,11 +28,15 @@ from typing import Any
 import numpy as np
 
 from heredity.core import loglik
-from heredity.core.data import SuiteResult, data_file
+from heredity.core.data import HubDataset, SuiteResult, load_benchmark
 from heredity.core.stats import estimate
 from heredity.profile.common import Paired, per_item_means, sample_indices
 
 DATA = "hellaswag/hellaswag_val.jsonl"
+# The validation split, 10,042 rows. The sha is a README commit of the dataset seen on the hub;
+# whether it loads with datasets>=4 (no loading scripts) is unverified here (no hub access).
+HUB = HubDataset("Rowan/hellaswag", "6002345709e0801764318f06bf06ce1e7d1a1fe3", "validation", verified=False,
+                 note="sha seen on the hub (README history), not loaded here")
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -76,9 +80,21 @@ def score(option_scores: np.ndarray, labels: np.ndarray, *, samples: int = 1000,
     return {"metrics": metrics, "probs": probs, "pred": pred, "confidence": conf}
 
 
-def load(data_dir: Path | None) -> list[dict]:
-    with open(data_file(data_dir, DATA), encoding="utf-8") as fh:
+def from_hub(rows: list[dict]) -> list[dict]:
+    """Hub rows (``activity_label``, ``ctx``, ``endings``, ``label`` as a string) in the shared shape:
+    ``ctx`` prefixed with the activity label as the profiling code's copy has it, ``label`` an int."""
+    return [{"ctx": f"{r['activity_label']}: {r['ctx']}", "endings": list(r["endings"]), "label": int(r["label"])}
+            for r in rows]
+
+
+def _read(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def load(data_dir: Path | None, use_hub: bool = True) -> list[dict]:
+    return load_benchmark(data_dir, "calibration (HellaSwag)", shared=DATA, read_shared=_read, hub=HUB,
+                          from_hub=from_hub, use_hub=use_hub).rows
 
 
 def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = None, seed: int = 0,

@@ -23,12 +23,18 @@ from typing import Any
 import numpy as np
 
 from heredity.core import loglik
-from heredity.core.data import SuiteResult, data_file
+from heredity.core.data import HubDataset, SuiteResult, load_benchmark
 from heredity.core.stats import estimate, grouped
+from heredity.errors import HeredityError
 from heredity.profile.common import Paired, per_item_means, sample_indices
 
 DATA = "stereoset/stereoset_intrasentence_799.json"
 LABELS = ("stereotype", "anti-stereotype", "unrelated")
+# The whole intrasentence validation split (2,106 items; the shared copy is EditBias's 799 of them).
+# The sha is a main-branch commit seen on the hub; that it loads with datasets>=4 is unverified.
+HUB = HubDataset("McGill-NLP/stereoset", "b6b45341d2a1af93cab61a813397411443aefa80", "validation", "intrasentence",
+                 verified=False, note="sha seen on the hub (main history), not loaded here")
+GOLD_LABELS = ("anti-stereotype", "stereotype", "unrelated")  # the hub's ClassLabel order
 
 
 def _beats(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -55,8 +61,44 @@ def score(stereo: np.ndarray, anti: np.ndarray, unrelated: np.ndarray, domains: 
             "groups": grouped(stats, list(domains), samples, seed), "pro": pro, "meaningful": meaningful}
 
 
-def load(data_dir: Path | None) -> list[dict]:
-    return json.loads(data_file(data_dir, DATA).read_text(encoding="utf-8"))
+def with_data(row: dict) -> dict:
+    """The row with its ``data`` map (gold label -> sentence record), built from ``sentences`` if absent."""
+    if "data" in row:
+        return row
+    data = {s["gold_label"]: {"sentence": s["sentence"], "id": s["id"]} for s in row["sentences"]}
+    missing = [lab for lab in LABELS if lab not in data]
+    if missing:
+        raise HeredityError(f"stereoset item {row.get('id')}: no sentence labelled {', '.join(missing)}")
+    return {**row, "data": data}
+
+
+def from_hub(rows: list[dict]) -> list[dict]:
+    """Hub rows (``sentences`` as columns: ``sentence[]``, ``id[]``, ``labels[]``, ClassLabel
+    ``gold_label[]``) in the original StereoSet shape: ``sentences`` a list of records."""
+    out = []
+    for r in rows:
+        cols = r["sentences"]
+        sentences = []
+        for k, text in enumerate(cols["sentence"]):
+            gold = cols["gold_label"][k]
+            labels = cols.get("labels", [])
+            sentences.append({"sentence": text, "id": cols["id"][k],
+                              "labels": ([{"label": (GOLD_LABELS + ("related",))[lab] if isinstance(lab, int) else lab,
+                                           "human_id": hid} for lab, hid in zip(labels[k]["label"], labels[k]["human_id"])]
+                                         if k < len(labels) else []),
+                              "gold_label": GOLD_LABELS[gold] if isinstance(gold, int) else gold})
+        out.append(with_data({"id": r["id"], "target": r["target"], "bias_type": r["bias_type"],
+                              "context": r["context"], "sentences": sentences}))
+    return out
+
+
+def _read(path: Path) -> list[dict]:
+    return [with_data(r) for r in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def load(data_dir: Path | None, use_hub: bool = True) -> list[dict]:
+    return load_benchmark(data_dir, "stereoset (StereoSet intrasentence)", shared=DATA, read_shared=_read, hub=HUB,
+                          from_hub=from_hub, use_hub=use_hub).rows
 
 
 def run(model, tokenizer, *, data_dir: Path | None = None, limit: int | None = None, seed: int = 0,

@@ -38,13 +38,19 @@ from typing import Any
 
 import numpy as np
 
-from heredity.core.data import SuiteResult, data_file
+from heredity.core.data import HubDataset, SuiteResult, load_benchmark
 from heredity.core.stats import describe, estimate
 from heredity.errors import HeredityError
 from heredity.profile import toolkit
 from heredity.profile.common import Paired, sample_indices
 
 DATA = "dolly200/dolly_eval_eng.json"
+# The shared file is the English rows of Aya's machine-translated Dolly (same columns: id, inputs,
+# targets, language, script, source_id). The sha is a commit seen on the hub; that its English rows
+# are the same 200 in the same order (val = first 100) is unverified here.
+HUB = HubDataset("CohereForAI/aya_evaluation_suite", "8a622ea40687244b7849e6cf15c93a8b33fa9575", "test",
+                 "dolly_machine_translated", verified=True, note="the rows with language == 'eng'")
+LANGUAGE = "eng"
 SPLITS = ("val", "test", "all")
 VAL_SIZE = 100  # the paper's code: rows [:100] are val, [100:] test
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -62,11 +68,16 @@ def load_prompts(data_dir: Path | None, split: str = "test", prompts: str | Path
         return to_prompts(rows, label, field, id_field), str(prompts)
     if split not in SPLITS:
         raise HeredityError(f"textual: unknown split '{split}'; known: {', '.join(SPLITS)}")
-    path = data_file(data_dir, DATA)
-    rows, label = read_rows(str(path))
-    items = to_prompts(rows, label, "inputs", "id")
+    loaded = load_benchmark(data_dir, "textual (Dolly-200)", shared=DATA,
+                            read_shared=lambda path: read_rows(str(path))[0], hub=HUB, from_hub=from_hub)
+    items = to_prompts(loaded.rows, loaded.where, "inputs", "id")
     chosen = {"val": items[:VAL_SIZE], "test": items[VAL_SIZE:], "all": items}[split]
     return chosen, f"{DATA} ({split})"
+
+
+def from_hub(rows: list[dict]) -> list[dict]:
+    """Hub rows of every language: the English ones, in hub order."""
+    return [r for r in rows if r.get("language") == LANGUAGE]
 
 
 def needs_model(metric) -> bool:

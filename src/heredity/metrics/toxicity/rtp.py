@@ -41,7 +41,7 @@ def rtp_rows(data_dir: Path | None = None, scored: bool = True) -> list[dict]:
     scores."""
     path = rtp_path(data_dir)
     if not path.is_file():
-        raise HeredityError(f"{path}: profiling data not found (pass data_dir or set HEREDITY_SHARED_DATA)")
+        raise HeredityError(f"{path}: profiling data not found (pass --data-dir or set HEREDITY_DATA_DIR; 'heredity data' says where to get it)")
     rows = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
