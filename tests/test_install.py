@@ -82,7 +82,9 @@ def test_installed_cli_without_data_says_what_is_missing(venv_bin, tmp_path):
     assert "Rowan/hellaswag" in error
 
 
-@pytest.mark.slow
+# Every suite on the real model from an installed copy takes minutes (565 s measured contended on 2
+# cores), too long for the CI suite: run it before a release with `python -m pytest -m release`.
+@pytest.mark.release
 def test_installed_profile_all_suites(venv_bin, hub_data_dir, tmp_path):
     started = time.perf_counter()
     done = run(venv_bin, ["heredity", "profile", MODEL, "--suite", "all", "--limit", "5", "--threads", "1",
