@@ -24,8 +24,14 @@ def run_judge(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Stage], a: s
     # keys written before JudgeConfig.judge was renamed 'model' name it 'judge'; keeping that
     # name keeps those runs' judge stages reusable
     settings["judge"] = settings.pop("model")
-    if settings["judge"].get("openai"):  # the key is written to the manifest: no credentials in it
-        settings["judge"]["openai"]["base_url"] = public_url(settings["judge"]["openai"]["base_url"])
+    openai = settings["judge"].get("openai")
+    if openai:
+        openai["base_url"] = public_url(openai["base_url"])  # the key is written to the manifest: no credentials
+        # a check changes no verdict; options added later stay out of the key at their defaults,
+        # so judge stages written before them are reused
+        del openai["check_model"]
+        if not openai["extra_body"]:
+            del openai["extra_body"]
     stage = Stage(run_dir, f"judge/{a}_vs_{b}", {"a": eval_stages[a].key, "b": eval_stages[b].key, "judge": settings})
     if stage.reuse():
         return stage
