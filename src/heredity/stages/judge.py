@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from heredity.config import PRICE_FIELDS, RunConfig
+from heredity.config import PRICE_FIELDS, JudgeConfig, RunConfig
 from heredity.core.http import public_url
 from heredity.core.rundir import Stage, read_json, read_table
 from heredity.judging import Pair, judge_config, pairwise
@@ -19,6 +19,23 @@ def run_judge(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Stage], a: s
     comparisons that involve the active arm.
     """
     jc = judge_config(cfg.eval.judge, device=cfg.device, bootstrap_samples=cfg.eval.bootstrap_samples)
+    stage = Stage(run_dir, f"judge/{a}_vs_{b}", {"a": eval_stages[a].key, "b": eval_stages[b].key,
+                                                 "judge": judge_key(jc)})
+    if stage.reuse():
+        return stage
+    stage.start()
+    answers_b = {r["prompt_id"]: r for r in read_table(eval_stages[b].dir / "answers.parquet")}
+    pairs = [Pair(pair_id=str(r["prompt_id"]), instruction=r["prompt"], answer_a=r["text"],
+                  answer_b=answers_b[r["prompt_id"]]["text"], model_a=a, model_b=b)
+             for r in read_table(eval_stages[a].dir / "answers.parquet") if r["prompt_id"] in answers_b]
+    result = pairwise(jc, pairs, jc, out=stage.dir)
+    stage.finish({"judgments": "judgments.parquet", "summary": "summary.json"},
+                 counts={"pairs": result.summary["pairs"]})
+    return stage
+
+
+def judge_key(jc: JudgeConfig) -> dict[str, Any]:
+    """The judge settings that change verdicts, as a judge stage's key holds them."""
     settings = jc.model_dump(mode="json", exclude={"bootstrap_samples": True, "device": True,
                                                    "model": set(PRICE_FIELDS)})
     # keys written before JudgeConfig.judge was renamed 'model' name it 'judge'; keeping that
@@ -32,18 +49,7 @@ def run_judge(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Stage], a: s
         del openai["check_model"]
         if not openai["extra_body"]:
             del openai["extra_body"]
-    stage = Stage(run_dir, f"judge/{a}_vs_{b}", {"a": eval_stages[a].key, "b": eval_stages[b].key, "judge": settings})
-    if stage.reuse():
-        return stage
-    stage.start()
-    answers_b = {r["prompt_id"]: r for r in read_table(eval_stages[b].dir / "answers.parquet")}
-    pairs = [Pair(pair_id=str(r["prompt_id"]), instruction=r["prompt"], answer_a=r["text"],
-                  answer_b=answers_b[r["prompt_id"]]["text"], model_a=a, model_b=b)
-             for r in read_table(eval_stages[a].dir / "answers.parquet") if r["prompt_id"] in answers_b]
-    result = pairwise(jc, pairs, jc, out=stage.dir)
-    stage.finish({"judgments": "judgments.parquet", "summary": "summary.json"},
-                 counts={"pairs": result.summary["pairs"]})
-    return stage
+    return settings
 
 
 def summarise_run_judgments(stages: dict[str, Stage]) -> dict[str, Any]:
