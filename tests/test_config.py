@@ -105,3 +105,21 @@ def test_old_inner_judge_key_still_works_with_one_deprecation_line(caplog):
     assert len(notes) == 1 and "deprecated" in notes[0].getMessage() and "\n" not in notes[0].getMessage()
     with pytest.raises(HeredityError, match="'model' only"):
         config_from_dict({"eval": {"judge": {"judge": "m", "model": "m"}}})
+
+
+def test_openai_extra_body_adds_fields_and_keys_only_when_set():
+    from heredity.stages.generate import teacher_fingerprint
+
+    def teacher(**openai):
+        cfg = config_from_dict({"teachers": [{"model": "m", "backend": "openai",
+                                              "openai": {"base_url": "http://127.0.0.1:1/v1", **openai}}]})
+        return cfg.teachers[0]
+
+    plain = teacher_fingerprint(teacher(), None)
+    # options added after keys were first written leave those keys (and the pools behind them) valid
+    assert "openai_extra_body" not in plain and plain == teacher_fingerprint(teacher(check_model=False), None)
+    tuned = teacher_fingerprint(teacher(extra_body={"repeat_penalty": 1.0}), None)
+    assert tuned["openai_extra_body"] == {"repeat_penalty": 1.0} and tuned != plain
+    with pytest.raises(HeredityError, match=r"field 'teachers.0.openai.extra_body': .*seed, temperature") as err:
+        teacher(extra_body={"temperature": 0.2, "seed": 1, "top_k": 0})
+    assert "\n" not in str(err.value)

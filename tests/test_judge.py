@@ -440,3 +440,19 @@ def test_openai_backend_judge_prefers_longer(tmp_path, monkeypatch):
     assert result.summary["position_consistency"]["value"] == pytest.approx(100 * 3 / 4)
     written = (tmp_path / "o" / "summary.json").read_text() + (tmp_path / "o" / "judgments.parquet").read_bytes().decode("latin-1")
     assert "sk-secret-judge-key" not in written
+
+
+def test_judge_stage_key_keeps_older_keys_and_holds_no_credentials():
+    from heredity.stages.judge import judge_key
+
+    def key(**openai):
+        return judge_key(judge_config({"model": {"model": "m", "backend": "openai", "openai": {
+            "base_url": "https://user:sk-in-url@api.example/v1?key=sk-q", **openai}}}))["judge"]["openai"]
+
+    # the openai options a judge key held before check_model and extra_body existed: such a key
+    # (and the judge stage behind it) stays the same
+    before = {"base_url", "api_key_env", "served_model", "concurrency", "max_retries", "timeout_s",
+              "backoff_initial_s", "backoff_max_s", "retry_after_max_s"}
+    assert set(key()) == before and key() == key(check_model=False)
+    assert key(extra_body={"top_k": 0})["extra_body"] == {"top_k": 0}  # it changes verdicts: keyed
+    assert "sk-" not in key()["base_url"] and "api.example" in key()["base_url"]

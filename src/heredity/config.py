@@ -119,6 +119,30 @@ class OpenAIOptions(_Strict):
     retry_after_max_s: float = Field(
         300.0, gt=0, description="Longest 'Retry-After' wait honoured; a server asking for more waits this long."
     )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Server-specific fields added to every request body, e.g. llama.cpp's "
+        "{repeat_penalty: 1.0, top_k: 0, min_p: 0} (its server otherwise applies its own defaults) or "
+        "vLLM's {top_k: 50}. They cannot replace the fields heredity sets (model, messages, sampling, seed).",
+    )
+    check_model: bool = Field(
+        True,
+        description="Before the first request, look the served model up in the server's /models list and "
+        "stop if it is not there (llama.cpp's server, for one, answers any name with its own model). "
+        "Skipped when the server has no such list; false for a server that lists other names than it accepts.",
+    )
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body_adds_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(set(value) & OPENAI_REQUEST_FIELDS)
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: heredity sets this request field itself; not in extra_body")
+        return value
+
+
+# Request fields the openai backend sets itself (stream: it reads whole answers); extra_body may not set them.
+OPENAI_REQUEST_FIELDS = frozenset({"model", "messages", "temperature", "top_p", "max_tokens", "seed", "n", "stream"})
 
 
 class ReplayOptions(_Strict):

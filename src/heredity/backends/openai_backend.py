@@ -8,6 +8,12 @@ a request is only retried after its previous attempt has failed, so the retries 
 request can never both succeed (a timed-out attempt may still run on the server, but its
 answer is never read).
 
+Before its first request the backend looks the served model up in the server's ``/models``
+list (``check_model``): llama.cpp's server, for one, answers a request for any model name with
+the one model it holds, so a wrong name would otherwise pass unnoticed. ``extra_body`` adds
+server-specific fields to every request (llama.cpp's server applies its own top-k, min-p and
+repetition penalty unless told otherwise).
+
 The API key is read from the environment variable the config names and goes into the
 ``Authorization`` header only; it is never stored on public attributes, logged, or put into
 an exception message (server error texts are scrubbed of it, too).
@@ -99,6 +105,7 @@ class OpenAIBackend:
                     "(openai.api_key_env) is not set or empty"
                 )
             self._key = key
+        self._model_checked = not self.options.check_model
         self._policy = RetryPolicy(max_retries=self.options.max_retries,
                                    backoff_initial_s=self.options.backoff_initial_s,
                                    backoff_max_s=self.options.backoff_max_s,
@@ -127,6 +134,7 @@ class OpenAIBackend:
 
     def _payload(self, request: Request, sampling: SamplingConfig) -> dict[str, Any]:
         return {
+            **self.options.extra_body,  # its keys never overlap the ones below (checked in the config)
             "model": self.served_model,
             "messages": request.messages,
             "temperature": sampling.temperature,
@@ -145,6 +153,8 @@ class OpenAIBackend:
         async with httpx.AsyncClient(
             timeout=httpx.Timeout(opts.timeout_s), limits=limits, headers=self._headers()
         ) as client:
+            if not self._model_checked:
+                await self._check_model(client)
             tasks = [
                 asyncio.create_task(self._complete(client, gate, self._payload(r, sampling)))
                 for r in requests
@@ -161,6 +171,28 @@ class OpenAIBackend:
                 completions,
             )
         return [t.result() for t in tasks]
+
+    async def _check_model(self, client: "httpx.AsyncClient") -> None:
+        """Stop at once if the server lists its models and the served model is not among them.
+
+        A server without the list (404, an unexpected body, no answer) is not checked: the
+        requests themselves then report what is wrong.
+        """
+        import httpx
+
+        url = self.url.removesuffix("/chat/completions") + "/models"
+        try:
+            response = await client.get(url)
+            listed = [" ".join(str(m["id"]).split()) for m in response.json()["data"]] if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            listed = []
+        if listed and self.served_model not in listed:
+            shown = ", ".join(f"'{m}'" for m in listed[:5]) + (f" and {len(listed) - 5} more" if len(listed) > 5 else "")
+            raise HeredityError(
+                f"teacher '{self.teacher}': {public_url(url)} serves {shown}, not '{self.served_model}' "
+                "(openai.served_model, default: the teacher's model; openai.check_model: false skips this check)"
+            )
+        self._model_checked = True
 
     async def _settle(self, tasks: list[asyncio.Task]) -> None:
         """Wait for every task; on a fatal error cancel the rest and raise it at once.

@@ -41,6 +41,8 @@ def teacher_fingerprint(teacher: TeacherConfig, system_prompt: str | None) -> di
         "sampling": teacher.sampling.model_dump(),
         "system_prompt": system_prompt,
     }
+    if teacher.openai is not None and teacher.openai.extra_body:  # absent when empty: older keys stay valid
+        fingerprint["openai_extra_body"] = teacher.openai.extra_body
     if teacher.backend == "vllm" and teacher.vllm.n_per_prompt:
         # One request samples all of a prompt's candidates, so they depend on that grouping.
         fingerprint["vllm_n_per_prompt"] = True

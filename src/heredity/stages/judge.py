@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from heredity.config import PRICE_FIELDS, RunConfig
+from heredity.config import PRICE_FIELDS, JudgeConfig, RunConfig
 from heredity.core.http import public_url
 from heredity.core.rundir import Stage, read_json, read_table
 from heredity.judging import Pair, judge_config, pairwise
@@ -19,14 +19,8 @@ def run_judge(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Stage], a: s
     comparisons that involve the active arm.
     """
     jc = judge_config(cfg.eval.judge, device=cfg.device, bootstrap_samples=cfg.eval.bootstrap_samples)
-    settings = jc.model_dump(mode="json", exclude={"bootstrap_samples": True, "device": True,
-                                                   "model": set(PRICE_FIELDS)})
-    # keys written before JudgeConfig.judge was renamed 'model' name it 'judge'; keeping that
-    # name keeps those runs' judge stages reusable
-    settings["judge"] = settings.pop("model")
-    if settings["judge"].get("openai"):  # the key is written to the manifest: no credentials in it
-        settings["judge"]["openai"]["base_url"] = public_url(settings["judge"]["openai"]["base_url"])
-    stage = Stage(run_dir, f"judge/{a}_vs_{b}", {"a": eval_stages[a].key, "b": eval_stages[b].key, "judge": settings})
+    stage = Stage(run_dir, f"judge/{a}_vs_{b}", {"a": eval_stages[a].key, "b": eval_stages[b].key,
+                                                 "judge": judge_key(jc)})
     if stage.reuse():
         return stage
     stage.start()
@@ -38,6 +32,24 @@ def run_judge(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Stage], a: s
     stage.finish({"judgments": "judgments.parquet", "summary": "summary.json"},
                  counts={"pairs": result.summary["pairs"]})
     return stage
+
+
+def judge_key(jc: JudgeConfig) -> dict[str, Any]:
+    """The judge settings that change verdicts, as a judge stage's key holds them."""
+    settings = jc.model_dump(mode="json", exclude={"bootstrap_samples": True, "device": True,
+                                                   "model": set(PRICE_FIELDS)})
+    # keys written before JudgeConfig.judge was renamed 'model' name it 'judge'; keeping that
+    # name keeps those runs' judge stages reusable
+    settings["judge"] = settings.pop("model")
+    openai = settings["judge"].get("openai")
+    if openai:
+        openai["base_url"] = public_url(openai["base_url"])  # the key is written to the manifest: no credentials
+        # a check changes no verdict; options added later stay out of the key at their defaults,
+        # so judge stages written before them are reused
+        del openai["check_model"]
+        if not openai["extra_body"]:
+            del openai["extra_body"]
+    return settings
 
 
 def summarise_run_judgments(stages: dict[str, Stage]) -> dict[str, Any]:
