@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -145,6 +146,7 @@ def cluster():
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         kill_marked(temp)  # Ray workers run in sessions of their own
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def ray_config(cluster: Cluster, **extra) -> dict:
