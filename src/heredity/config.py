@@ -181,7 +181,8 @@ class LlamaCppOptions(_Strict):
 
 
 class RayConfig(_Strict):
-    """Generation spread over Ray actors (``pip install 'heredity[ray]'``)."""
+    """Heavy stages spread over Ray (``pip install 'heredity[ray]'``): generation and scoring on
+    ``replicas`` actors, evaluation and profiling one model per task."""
 
     address: str | None = Field(
         None, description="Cluster to join ('auto', 'ray://head:10001'); None starts a local Ray.",
@@ -190,6 +191,12 @@ class RayConfig(_Strict):
     num_cpus_per_replica: float = Field(1.0, ge=0)
     num_gpus_per_replica: float = Field(0.0, ge=0, description="1 on a GPU cluster: one GPU per replica.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs a local Ray may use (None: all).")
+    batch_size: int = Field(64, ge=1, description="Texts per Ray Data batch when the score stage runs on Ray.")
+    max_retries: int = Field(
+        3, ge=-1, description="Times a generation replica (and its batch in flight) or a per-model task is rerun "
+        "after its worker or node is lost (-1: always); errors of the work itself are not retried. Scoring uses "
+        "Ray Data's own retries.",
+    )
 
 
 # TeacherConfig fields that describe cost, not the samples: never part of a stage key.
@@ -624,7 +631,8 @@ class RunConfig(_Strict):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ray: RayConfig | None = Field(
-        None, description="Spread generation over Ray replicas (local or a cluster); None runs in-process.",
+        None, description="Spread generation, scoring, evaluation and profiling over Ray (local or a cluster); "
+        "None runs in-process.",
     )
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)

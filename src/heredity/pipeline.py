@@ -124,6 +124,17 @@ def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,
             stages[name] = stage
             return stage
 
+        def fan(prefix: str, make) -> dict[str, Stage]:
+            """Stages computed together (on Ray): each is timed as the whole fan-out took."""
+            with timer.stage(prefix):
+                done = make()
+            for name, stage in done.items():
+                timer.timings[f"{prefix}/{name}"] = 0.0 if stage.reused else timer.timings[prefix]
+                timer.note(f"{prefix}/{name}", stage, reused=stage.reused)
+                stages[f"{prefix}/{name}"] = stage
+            del timer.timings[prefix]
+            return done
+
         generate = step("generate", lambda: run_generate(cfg, out, train_prompts, progress))
         if until == "generate":
             return {"stopped_after": "generate", "timings_s": dict(timer.timings)}
@@ -138,10 +149,17 @@ def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,
                                 "set eval_every or eval_source to train and evaluate students")
         # Same settings and the same number of optimiser steps in every arm (see plan_equal_steps).
         trained = run_train_arms(cfg, out, select, cfg.select.arms(), step)
-        evaluated = {"base": step("evaluate/base", lambda: run_evaluate(cfg, out, "base", eval_prompts, None, progress))}
-        for arm in cfg.select.arms():
-            evaluated[arm] = step(f"evaluate/{arm}", lambda arm=arm: run_evaluate(
-                cfg, out, arm, eval_prompts, trained[arm], progress))
+        if cfg.ray is not None:  # every model at once, one Ray task each (stages/fanout.py)
+            from heredity.stages.fanout import run_evaluations_on_ray
+
+            evaluated = fan("evaluate", lambda: run_evaluations_on_ray(
+                cfg, out, eval_prompts, {"base": None, **{arm: trained[arm] for arm in cfg.select.arms()}}))
+        else:
+            evaluated = {"base": step("evaluate/base", lambda: run_evaluate(
+                cfg, out, "base", eval_prompts, None, progress))}
+            for arm in cfg.select.arms():
+                evaluated[arm] = step(f"evaluate/{arm}", lambda arm=arm: run_evaluate(
+                    cfg, out, arm, eval_prompts, trained[arm], progress))
         judged = {}
         if cfg.eval.judge is not None:
             for a, b in judged_comparisons(cfg.select.variants):
@@ -156,9 +174,14 @@ def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,
                 profile_skipped = skipped_teachers(cfg)
                 for name, why in profile_skipped.items():
                     console.print(f"[bold]profile/{name}[/bold] skipped: {why}", highlight=False)
+            if cfg.ray is not None:
+                from heredity.stages.fanout import run_profiles_on_ray
+
+                profiled = fan("profile", lambda: run_profiles_on_ray(cfg, out, models))
             for name, (ref, key) in models.items():
-                profiled[name] = step(f"profile/{name}", lambda name=name, ref=ref, key=key: run_profile(
-                    cfg, out, name, ref, key))
+                if name not in profiled:
+                    profiled[name] = step(f"profile/{name}", lambda name=name, ref=ref, key=key: run_profile(
+                        cfg, out, name, ref, key))
 
     # What each stage cost when it was computed (a reused stage costs ~0 s in this run).
     compute = {name: (stage.manifest() or {}).get("seconds") for name, stage in stages.items()}

@@ -6,7 +6,7 @@ resumable: it hands out batches, and as each finishes (in any order) it writes t
 counts progress, exactly as a local run does. Samples do not change: every request carries
 its own seed, and the batches are the same ones a local run would send.
 
-Ray is imported only here (``pip install 'heredity[ray]'``). ``ray.address`` joins an
+Ray is started by ``core.cluster`` (``pip install 'heredity[ray]'``). ``ray.address`` joins an
 existing cluster (``auto`` or ``ray://host:10001``); without it a local Ray starts.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from heredity.backends.base import BatchIncomplete, Completion, Request
 from heredity.config import RayConfig, SamplingConfig, TeacherConfig
+from heredity.core.cluster import actor_retries, ray_error_line, replica_resources, start_ray
 from heredity.errors import HeredityError
 
 
@@ -40,24 +41,6 @@ class _Replica:
         self.backend.close()
 
 
-def _start_ray(rc: RayConfig) -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise HeredityError("ray: scale-out needs Ray installed: pip install 'heredity[ray]'") from None
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"address": rc.address, "include_dashboard": False, "log_to_driver": False,
-                                  "logging_level": "ERROR"}
-        if rc.address is None and rc.num_cpus is not None:
-            kwargs["num_cpus"] = rc.num_cpus
-        try:
-            ray.init(**kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise HeredityError(f"ray: cannot start or join a cluster at {rc.address or 'a local Ray'}: "
-                                f"{str(exc).splitlines()[0]}") from None
-    return ray
-
-
 def generate_on_ray(teacher: TeacherConfig, device: str, rc: RayConfig, batches: Sequence[Sequence[Request]]
                     ) -> Iterator[tuple[int, list[Completion | None], HeredityError | None]]:
     """Yield ``(batch index, completions, failure)`` as batches finish on ``rc.replicas`` actors.
@@ -66,8 +49,10 @@ def generate_on_ray(teacher: TeacherConfig, device: str, rc: RayConfig, batches:
     is set when a batch finished only in part. Each replica holds at most one batch in flight
     plus one queued, so a fast replica is never idle waiting for the driver.
     """
-    ray = _start_ray(rc)
-    actor = ray.remote(num_cpus=rc.num_cpus_per_replica, num_gpus=rc.num_gpus_per_replica)(_Replica)
+    ray = start_ray(rc)
+    # A replica lost with its node restarts (elsewhere if need be) and its batches rerun; the
+    # driver keeps one shard per batch, so nothing is generated into the pool twice.
+    actor = ray.remote(**replica_resources(rc), **actor_retries(rc))(_Replica)
     replicas = [actor.remote(teacher, device) for _ in range(min(rc.replicas, max(len(batches), 1)))]
     pending: dict[Any, tuple[int, int]] = {}  # object ref → (batch index, replica index)
     queue = list(range(len(batches)))
@@ -86,11 +71,8 @@ def generate_on_ray(teacher: TeacherConfig, device: str, rc: RayConfig, batches:
             index, replica = pending.pop(ready)
             try:
                 result = ray.get(ready)
-            except Exception as exc:  # an actor's error arrives wrapped; report its own first line
-                cause = getattr(exc, "cause", None) or exc
-                message = str(cause).strip().splitlines()
-                raise HeredityError(f"teacher '{teacher.label}' on Ray: {message[-1] if message else type(cause).__name__}"
-                                    ) from None
+            except Exception as exc:  # an actor's error arrives wrapped; report its own line
+                raise HeredityError(f"teacher '{teacher.label}' on Ray: {ray_error_line(exc)}") from None
             failure = result.pop() if result and isinstance(result[-1], HeredityError) else None
             submit(replica)
             yield index, result, failure

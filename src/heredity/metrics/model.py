@@ -131,7 +131,7 @@ def answer_logliks(texts: Sequence[str], context: MetricContext, options: dict[s
     return out
 
 
-@register("perplexity", version="1", better="lower", needs_prompts=True, options=LoglikOptions,
+@register("perplexity", loads_model=True, version="1", better="lower", needs_prompts=True, options=LoglikOptions,
           identity=_loglik_identity,
           description="Perplexity of the answer under a reference model (default: the student), prompt as chat context")
 def perplexity(texts: Sequence[str], context: MetricContext) -> list[float]:
@@ -139,7 +139,7 @@ def perplexity(texts: Sequence[str], context: MetricContext) -> list[float]:
             for ll in answer_logliks(texts, context, context.options, "perplexity")]
 
 
-@register("loglik", version="1", better="higher", needs_prompts=True, options=MeanLoglikOptions,
+@register("loglik", loads_model=True, version="1", better="higher", needs_prompts=True, options=MeanLoglikOptions,
           identity=_loglik_identity,
           description="Mean log-probability per answer token under a reference model (default: the student)")
 def loglik(texts: Sequence[str], context: MetricContext) -> list[float]:
@@ -267,7 +267,7 @@ def judge_replies(texts: Sequence[str], context: MetricContext, options: dict[st
     return replies
 
 
-@register("judge", version="1", better="higher", needs_prompts=True, options=JudgeOptions,
+@register("judge", loads_model=True, version="1", better="higher", needs_prompts=True, options=JudgeOptions,
           identity=_judge_identity,
           description="An LLM judge's 1-10 rating of the answer (rubric prompt, any backend; NaN if unparseable)")
 def judge(texts: Sequence[str], context: MetricContext) -> list[float]:
@@ -325,7 +325,7 @@ def _reward_identity(options: dict[str, Any], context: MetricContext) -> dict[st
     return {"model": model_identity(options["model"]), "system_prompt": context.system_prompt}
 
 
-@register("reward", version="1", better="higher", needs_prompts=True, options=RewardOptions,
+@register("reward", loads_model=True, version="1", better="higher", needs_prompts=True, options=RewardOptions,
           identity=_reward_identity,
           description="A reward model's score of the (prompt, answer) conversation (sequence-classification head)")
 def reward(texts: Sequence[str], context: MetricContext) -> list[float]:

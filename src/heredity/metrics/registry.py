@@ -79,6 +79,9 @@ class Metric:
     # A pydantic model of the options; None: the metric takes none.
     options: type[BaseModel] | None = None
     identity: IdentityFn | None = None
+    # It loads a model (or holds a client) worth keeping between batches: on Ray it runs in a
+    # pool of long-lived actors, the others in stateless tasks.
+    loads_model: bool = False
     # Where it came from: "heredity" (built in), "plugin:<entry point>", "import" (module:function)
     # or "user" (@register elsewhere). Non-heredity metrics add their source code to cache keys.
     origin: str = "user"
@@ -187,6 +190,7 @@ def register(
     needs_prompts: bool = False,
     options: type[BaseModel] | None = None,
     identity: IdentityFn | None = None,
+    loads_model: bool = False,
 ) -> Callable[[MetricFn], MetricFn]:
     """Decorator: add ``fn(texts, context) -> list[float]`` to the registry under ``name``.
 
@@ -209,6 +213,7 @@ def register(
             needs_prompts=needs_prompts,
             options=options,
             identity=identity,
+            loads_model=loads_model,
             origin=origin,
         ))
         return fn
@@ -235,7 +240,7 @@ def adapt(fn: Callable[..., Sequence[float]]) -> MetricFn:
 
 def metric_from_function(name: str, fn: Callable[..., Any], origin: str) -> Metric:
     """Wrap an unregistered function; attributes on it (``version``, ``better``,
-    ``needs_tokenizer``, ``needs_prompts``, ``options``, ``description``) fill in the rest."""
+    ``needs_tokenizer``, ``needs_prompts``, ``loads_model``, ``options``, ``description``) fill in the rest."""
     options = getattr(fn, "options", None)
     if not (isinstance(options, type) and issubclass(options, BaseModel)):
         options = FreeOptions
@@ -247,6 +252,7 @@ def metric_from_function(name: str, fn: Callable[..., Any], origin: str) -> Metr
         better=getattr(fn, "better", "none"),
         needs_tokenizer=bool(getattr(fn, "needs_tokenizer", False)),
         needs_prompts=bool(getattr(fn, "needs_prompts", False)),
+        loads_model=bool(getattr(fn, "loads_model", False)),
         options=options,
         origin=origin,
     )

@@ -52,23 +52,25 @@ def eval_key(cfg: RunConfig) -> dict[str, Any]:
     return key
 
 
-def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Prompt],
-                 model_stage: Stage | None, progress=None) -> Stage:
+def evaluate_stage(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Prompt],
+                   model_stage: Stage | None) -> tuple[Stage, str]:
+    """The stage ``evaluate/<arm>`` with its key, and the model it answers with (nothing computed)."""
     model_ref = cfg.student if model_stage is None else str(model_stage.dir / "model")
-    metrics = cfg.eval_metrics
     stage = Stage(run_dir, f"evaluate/{arm}", {
         "model": model_identity(cfg.student) if model_stage is None else model_stage.key,
         "prompts": stable_hash([(p.id, p.text) for p in eval_prompts]),
         "system_prompt": cfg.system_prompt,
         "eval": eval_key(cfg),
-        "metrics": metric_versions(metrics, cfg.score.metric_options),
+        "metrics": metric_versions(cfg.eval_metrics, cfg.score.metric_options),
         "tokenizer": model_identity(cfg.student),
         "device": cfg.device,
     })
-    if stage.reuse():
-        return stage
-    stage.start()
-    rows = answer(model_ref, eval_prompts, cfg, progress, arm)
+    return stage, model_ref
+
+
+def finish_evaluate(cfg: RunConfig, stage: Stage, arm: str, rows: list[dict[str, Any]]) -> Stage:
+    """Score the answers (on the driver, through the score cache) and write them."""
+    metrics = cfg.eval_metrics
     # Every arm is measured with the base student's tokenizer, so lengths are comparable.
     context = metric_context(cfg, [r["prompt"] for r in rows], with_tokenizer=True)
     scores = score_texts([r["text"] for r in rows], metrics, context, cache=cfg.score.cache)
@@ -78,3 +80,12 @@ def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Pro
     write_table(stage.dir / "answers.parquet", rows)
     stage.finish({"answers": "answers.parquet"}, counts={"prompts": len(rows)})
     return stage
+
+
+def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Prompt],
+                 model_stage: Stage | None, progress=None) -> Stage:
+    stage, model_ref = evaluate_stage(cfg, run_dir, arm, eval_prompts, model_stage)
+    if stage.reuse():
+        return stage
+    stage.start()
+    return finish_evaluate(cfg, stage, arm, answer(model_ref, eval_prompts, cfg, progress, arm))

@@ -38,6 +38,7 @@ import numpy as np
 
 from heredity.config import ProfileConfig, RunConfig
 from heredity.core.arms import comparisons
+from heredity.core.data import default_data_dir
 from heredity.core.models import pick_device
 from heredity.core.rundir import Stage, read_json, read_table, stable_hash, write_json
 from heredity.core.stats import estimate, paired_difference, percentile_ci
@@ -73,11 +74,11 @@ def profile_key(pc: ProfileConfig) -> dict[str, Any]:
     return {k: v for k, v in key.items() if k not in KEY_WHEN_SET or v != KEY_WHEN_SET[k]}
 
 
-def run_profile(cfg: RunConfig, run_dir: Path, name: str, model_ref: str, model_key: str) -> Stage:
-    """Profile one model (``name``: base, an arm, or ``teacher-<label>``)."""
+def profile_stage(cfg: RunConfig, run_dir: Path, name: str, model_key: str) -> Stage:
+    """The stage ``profile/<name>`` with its key (nothing computed)."""
     pc = cfg.eval.profile
     assert pc is not None
-    stage = Stage(run_dir, f"profile/{name}", {
+    return Stage(run_dir, f"profile/{name}", {
         "model": model_key,
         "suites": resolve_suites(pc.suites),
         "profile": profile_key(pc),
@@ -85,22 +86,43 @@ def run_profile(cfg: RunConfig, run_dir: Path, name: str, model_ref: str, model_
         "device": cfg.device,
         **({"eval_prompts": stable_hash(eval_prompt_texts(run_dir))} if pc.toxicity_prompts == "eval" else {}),
     })
-    if stage.reuse():
-        return stage
-    stage.start()
-    data_dir = Path(pc.data_dir).expanduser() if pc.data_dir else None
-    result = profile_model(model_ref, pc.suites, pc.limit, stage.dir, pick_device(cfg.device), data_dir=data_dir,
-                           batch_size=pc.batch_size, bootstrap_samples=cfg.eval.bootstrap_samples, seed=pc.seed,
-                           options=_options(pc, run_dir))
+
+
+def profile_job(cfg: RunConfig, run_dir: Path, model_ref: str) -> dict[str, Any]:
+    """Everything profiling one model needs, read on the driver (the run's eval prompts, the data
+    folder made absolute), so that the work can run in another process or on another node."""
+    pc = cfg.eval.profile
+    assert pc is not None
+    data_dir = Path(pc.data_dir).expanduser().resolve() if pc.data_dir else default_data_dir()
+    return {"model_ref": model_ref, "profile": pc, "device": cfg.device, "data_dir": data_dir,
+            "bootstrap_samples": cfg.eval.bootstrap_samples, "options": _options(pc, run_dir)}
+
+
+def compute_profile(job: dict[str, Any], folder: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """Profile ``job``'s model, writing its files into ``folder``; ``(outputs, counts)`` for the manifest."""
+    pc: ProfileConfig = job["profile"]
+    model_ref, device = job["model_ref"], pick_device(job["device"])
+    result = profile_model(model_ref, pc.suites, pc.limit, folder, device, data_dir=job["data_dir"],
+                           batch_size=pc.batch_size, bootstrap_samples=job["bootstrap_samples"], seed=pc.seed,
+                           options=job["options"])
     outputs = {"summary": "summary.json", **{s: f"{s}.parquet" for s in result["suites"]}}
     if pc.lm_eval_tasks:
         harness = lm_eval_tasks.run_lm_eval(model_ref, pc.lm_eval_tasks, limit=pc.limit,
                                             include_path=Path(pc.lm_eval_include) if pc.lm_eval_include else None,
-                                            device=pick_device(cfg.device), seed=pc.seed,
-                                            bootstrap_samples=cfg.eval.bootstrap_samples)
-        write_json(stage.dir / "lm_eval.json", harness)
+                                            device=device, seed=pc.seed, bootstrap_samples=job["bootstrap_samples"])
+        write_json(folder / "lm_eval.json", harness)
         outputs["lm_eval"] = "lm_eval.json"
-    stage.finish(outputs, counts={s: r["n"] for s, r in result["suites"].items()})
+    return outputs, {s: r["n"] for s, r in result["suites"].items()}
+
+
+def run_profile(cfg: RunConfig, run_dir: Path, name: str, model_ref: str, model_key: str) -> Stage:
+    """Profile one model (``name``: base, an arm, or ``teacher-<label>``)."""
+    stage = profile_stage(cfg, run_dir, name, model_key)
+    if stage.reuse():
+        return stage
+    stage.start()
+    outputs, counts = compute_profile(profile_job(cfg, run_dir, model_ref), stage.dir)
+    stage.finish(outputs, counts=counts)
     return stage
 
 

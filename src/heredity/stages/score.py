@@ -153,7 +153,12 @@ def run_score(cfg: RunConfig, run_dir: Path, generate: Stage) -> Stage:
     context = metric_context(cfg, [r["prompt"] for r in rows], with_tokenizer)
     store = open_cache(cfg.score.cache)
     hits, misses = (store.hits, store.misses) if store else (0, 0)
-    scores = score_texts([r["text"] for r in rows], metrics, context, cache=store if store else False)
+    entries: Sequence[MetricEntry] = metrics
+    if cfg.ray is not None:  # same values and cache, computed on the cluster (metrics/ray_scoring.py)
+        from heredity.metrics.ray_scoring import on_ray
+
+        entries = on_ray(cfg.ray, metrics, options)
+    scores = score_texts([r["text"] for r in rows], entries, context, cache=store if store else False)
     out: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
         out.append({

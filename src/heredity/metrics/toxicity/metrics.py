@@ -22,7 +22,7 @@ from heredity.metrics.toxicity.perspective import (
 )
 
 
-@register("toxicity", version="1", better="lower",
+@register("toxicity", loads_model=True, version="1", better="lower",
           description="Predicted Perspective toxicity, offline: MiniLM embedding + profanity "
                       "probability, ridge head (0..1)")
 def toxicity(texts: Sequence[str], context: MetricContext) -> list[float]:
@@ -73,7 +73,7 @@ class DetoxifyOptions(BaseModel):
     device: str = "cpu"
 
 
-@register("toxicity-detoxify", version="1", better="lower", options=DetoxifyOptions,
+@register("toxicity-detoxify", loads_model=True, version="1", better="lower", options=DetoxifyOptions,
           description="Detoxify's toxicity probability (optional: pip install detoxify; downloads weights once)")
 def toxicity_detoxify(texts: Sequence[str], context: MetricContext) -> list[float]:
     if not texts:

@@ -1,0 +1,69 @@
+"""Evaluate and profile over Ray: one model per Ray task, all models at once.
+
+With ``ray:`` set, the pipeline hands every model that an evaluate or profile stage needs
+(base, each trained arm, the teachers) to :func:`heredity.core.cluster.fan_out`, one task
+each with one replica's resources (``ray.num_cpus_per_replica``/``num_gpus_per_replica``),
+so profiling base, every arm and the teachers takes about as long as the slowest of them,
+given a replica's worth of resources per model.
+
+Workers compute; the driver writes. A profile task writes its files into a temporary folder
+on its own node and returns them; an evaluate task returns its answers, which the driver
+scores (through the score cache) and writes. The driver finishes each stage as its task
+comes back, so a stage is written once whatever Ray reran, and a run stopped midway reuses
+the stages that finished.
+
+What workers read: the models. A trained arm is read from the run directory
+(``train/<arm>/model``), so on a multi-node cluster the run directory must be on a file system
+every node mounts; the profile data folder must be at the same path on every node.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from heredity.config import RunConfig
+from heredity.core.cluster import fan_out, folder_files, write_files
+from heredity.core.prompts import Prompt
+from heredity.core.rundir import Stage
+from heredity.stages.evaluate import answer, evaluate_stage, finish_evaluate
+from heredity.stages.profile import compute_profile, profile_job, profile_stage
+
+
+def _profile_on_worker(job: dict[str, Any]) -> tuple[dict[str, str], dict[str, int], dict[str, bytes]]:
+    with tempfile.TemporaryDirectory(prefix="heredity-profile-") as tmp:
+        outputs, counts = compute_profile(job, Path(tmp))
+        return outputs, counts, folder_files(Path(tmp))
+
+
+def run_profiles_on_ray(cfg: RunConfig, run_dir: Path, models: dict[str, tuple[str, str]]) -> dict[str, Stage]:
+    """``profile/<name>`` for every ``name → (model reference, model key)``, one Ray task per model
+    whose stage is not already done."""
+    assert cfg.ray is not None
+    stages = {name: profile_stage(cfg, run_dir, name, key) for name, (_, key) in models.items()}
+    todo = [name for name, stage in stages.items() if not stage.reuse()]
+    for name in todo:
+        stages[name].start()
+    jobs = {name: (_profile_on_worker, (profile_job(cfg, run_dir, models[name][0]),)) for name in todo}
+    for name, (outputs, counts, files) in fan_out(cfg.ray, jobs, "profile"):
+        write_files(stages[name].dir, files)
+        stages[name].finish(outputs, counts=counts)
+    return stages
+
+
+def run_evaluations_on_ray(cfg: RunConfig, run_dir: Path, eval_prompts: list[Prompt],
+                           models: dict[str, Stage | None]) -> dict[str, Stage]:
+    """``evaluate/<arm>`` for every ``arm → trained stage`` (None: the base student), one Ray task
+    per arm whose stage is not already done; answers are scored and written here."""
+    assert cfg.ray is not None
+    stages, refs = {}, {}
+    for arm, model_stage in models.items():
+        stages[arm], refs[arm] = evaluate_stage(cfg, run_dir, arm, eval_prompts, model_stage)
+    todo = [arm for arm, stage in stages.items() if not stage.reuse()]
+    for arm in todo:
+        stages[arm].start()
+    jobs = {arm: (answer, (refs[arm], eval_prompts, cfg)) for arm in todo}
+    for arm, rows in fan_out(cfg.ray, jobs, "evaluate"):
+        finish_evaluate(cfg, stages[arm], arm, rows)
+    return stages
