@@ -171,7 +171,17 @@ def iter_parquet(path: Path, columns: list[str] | None = None,
         # buffer_size: column chunks are read a buffer at a time. Without it a whole row group
         # is loaded first, and pq.write_table puts up to 1M rows (a whole pool) in one.
         reader = pq.ParquetFile(path, buffer_size=4 << 20)
-        yield from reader.iter_batches(batch_size=batch_size or BATCH_ROWS, columns=columns)
+        arrow = pa.default_memory_pool()
+        # One reader per row group: a single iter_batches over many row groups keeps memory
+        # from each of them (pyarrow 26: 140 MB live after 19 row groups of 20 MB of text);
+        # and after each batch, the allocator hands back what it freed, else RSS climbs to a few
+        # hundred MB over a long file although little is live.
+        for group in range(reader.num_row_groups):
+            for batch in reader.iter_batches(batch_size=batch_size or BATCH_ROWS, columns=columns,
+                                             row_groups=[group]):
+                yield batch
+                del batch
+                arrow.release_unused()
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable(path, exc) from None
 

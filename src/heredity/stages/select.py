@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from heredity.config import RunConfig
 from heredity.core.rundir import (
@@ -63,6 +64,7 @@ from heredity.strategies import (
 HEAVY_COLUMNS = ("prompt", "text", "candidate_key")
 # Rows per chunk when an arm is written out as chat data.
 EXPORT_ROWS = 2048
+KEPT_MEMORY = pa.system_memory_pool()
 
 
 def read_pool(path: Path, whole_rows: bool) -> list[Row]:
@@ -100,7 +102,10 @@ def chosen_rows(path: Path, selections: dict[str, list[Row]], pool: list[Row]) -
         end = start + batch.num_rows
         lo, hi = np.searchsorted(wanted, [start, end])
         if hi > lo:
-            pieces.append(batch.take(pa.array(wanted[lo:hi] - start)))
+            # kept rows go to another allocator than the batches they come from, so that the
+            # reader's memory can be handed back after each row group instead of staying
+            # pinned by the few rows kept from it
+            pieces.append(pc.take(batch, pa.array(wanted[lo:hi] - start), memory_pool=KEPT_MEMORY))
         start = end
     fetched = pa.Table.from_batches(pieces, schema=parquet_schema(path))
     for arm, positions in arm_positions.items():
