@@ -19,9 +19,10 @@ sample index, finish reason and the metric values, not the prompt and answer tex
 those by prompt and runs every rule on them. It then reads the file once more, in batches,
 taking just the chosen rows of every arm, and writes each arm's Parquet, chat export and data
 hash from them. Time grows linearly with the pool (two reads, one pass of each rule); memory
-grows with it too, but only by the small per-candidate record (a few hundred bytes, whatever
-the answer's length), plus the chosen rows (at most one per prompt and arm: the output
-itself) and one batch. A rule from a
+grows with it too, but only by the per-candidate record (about half a KB, whatever the
+answer's length), plus the chosen rows (at most one per prompt and arm: the output itself)
+and one batch. (``benchmarks/scaling.py``: from 100k to 300k candidates, 8 per prompt, peak
+RSS grew by about 2 KB per candidate in all, allocator overhead included.) A rule from a
 plugin may read any field, the texts included, so when one is configured the stage holds
 whole rows instead, as before the stage streamed.
 """
