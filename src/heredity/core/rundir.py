@@ -49,6 +49,30 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(data).hexdigest()[:length]
 
 
+class ListHash:
+    """``stable_hash(list(items))`` fed one item at a time, for lists too large to hold.
+
+    JSON without indentation writes a list as ``[`` + the items joined by ``", "`` + ``]``,
+    each item exactly as ``json.dumps`` writes it alone, so hashing those pieces in order
+    gives the same digest.
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256(b"[")
+        self._empty = True
+
+    def update(self, item: Any) -> None:
+        if not self._empty:
+            self._digest.update(b", ")
+        self._digest.update(json.dumps(item, sort_keys=True, default=str, ensure_ascii=False).encode())
+        self._empty = False
+
+    def hexdigest(self, length: int = 16) -> str:
+        digest = self._digest.copy()
+        digest.update(b"]")
+        return digest.hexdigest()[:length]
+
+
 def file_hash(path: Path, length: int = 16) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -110,16 +134,64 @@ def write_table(path: Path, rows: list[dict[str, Any]] | pa.Table) -> None:
         pq.write_table(table, tmp)
 
 
+def _unreadable(path: Path, exc: BaseException) -> HeredityError:
+    if isinstance(exc, FileNotFoundError):
+        return HeredityError(f"{path}: file not found")
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return HeredityError(f"{path}: not a readable Parquet file ({first}); "
+                         "delete it (a stage rebuilds its own files) or replace it")
+
+
 def read_parquet(path: Path) -> pa.Table:
     """A Parquet file as a table; a corrupt or truncated file is a one-line error naming it."""
     try:
         return pq.read_table(path)
-    except FileNotFoundError:
-        raise HeredityError(f"{path}: file not found") from None
     except (pa.ArrowException, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise HeredityError(f"{path}: not a readable Parquet file ({first}); "
-                            "delete it (a stage rebuilds its own files) or replace it") from None
+        raise _unreadable(path, exc) from None
+
+
+# Rows per batch when a stage streams a Parquet file: a few tens of MB of text at most, and
+# few enough batches that per-batch overheads (a cache query, a tokenizer call) stay small.
+BATCH_ROWS = 16_384
+
+
+def parquet_schema(path: Path) -> pa.Schema:
+    """A Parquet file's schema (read from its footer only); errors as :func:`read_parquet`."""
+    try:
+        return pq.ParquetFile(path).schema_arrow
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def iter_parquet(path: Path, columns: list[str] | None = None,
+                 batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
+    """A Parquet file in record batches of ``batch_size`` rows (default ``BATCH_ROWS``), so a
+    reader holds one batch at a time; a corrupt file fails in one line wherever it breaks."""
+    try:
+        # buffer_size: column chunks are read a buffer at a time. Without it a whole row group
+        # is loaded first, and pq.write_table puts up to 1M rows (a whole pool) in one.
+        reader = pq.ParquetFile(path, buffer_size=4 << 20)
+        arrow = pa.default_memory_pool()
+        # One reader per row group: a single iter_batches over many row groups keeps memory
+        # from each of them (pyarrow 26: 140 MB live after 19 row groups of 20 MB of text);
+        # and after each batch, the allocator hands back what it freed, else RSS climbs to a few
+        # hundred MB over a long file although little is live.
+        for group in range(reader.num_row_groups):
+            for batch in reader.iter_batches(batch_size=batch_size or BATCH_ROWS, columns=columns,
+                                             row_groups=[group]):
+                yield batch
+                del batch
+                arrow.release_unused()
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+@contextmanager
+def parquet_writer(path: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A ParquetWriter on a temp file beside ``path``, renamed into place when the block
+    succeeds: write batch by batch, and a killed writer leaves nothing under ``path``."""
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        yield writer
 
 
 def read_table(path: Path) -> list[dict[str, Any]]:

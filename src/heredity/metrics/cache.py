@@ -42,6 +42,21 @@ def text_key(text: str, prompt: str | None = None, tokenizer_id: str | None = No
     return hashlib.sha256(data).digest()[:16]
 
 
+def text_keys(texts: Sequence[str], prompts: Sequence[str] | None = None,
+              tokenizer_id: str | None = None) -> list[bytes]:
+    """``text_key`` of each text (with its prompt, if given); a (text, prompt) pair that repeats
+    is hashed once — a resampled pool repeats its texts many times."""
+    memo: dict[tuple[str, str | None], bytes] = {}
+    keys = []
+    for i, text in enumerate(texts):
+        pair = (text, None if prompts is None else prompts[i])
+        key = memo.get(pair)
+        if key is None:
+            key = memo[pair] = text_key(text, pair[1], tokenizer_id)
+        keys.append(key)
+    return keys
+
+
 def default_path() -> Path | None:
     """Where the cache lives, or None when the environment turns it off."""
     raw = os.environ.get(ENV, "").strip()

@@ -4,6 +4,15 @@ Scores go through the score cache (``heredity.metrics.cache``): a text already s
 same metric version, options and (where they matter) prompt, tokenizer and reference model is
 not scored again, so re-scoring a pool, adding a metric or scoring the eval answers of an
 unchanged student costs only what is new.
+
+The stage streams: ``candidates.parquet`` is read in batches of ``BATCH_ROWS`` rows, each
+batch is scored by :func:`score_batch` and appended to ``scores.parquet`` (a temp file renamed
+into place at the end). Memory is one batch (its texts, their cache keys and values) plus the
+metric's own state (a model, a tokenizer): it does not grow with the pool. Time grows linearly
+with the pool: per candidate a cache key (a SHA-256 of the text) and a lookup per metric, and
+the metric itself only for texts the cache has not seen — repeated texts (the same answer to
+the same prompt from several samples) cost a lookup after their first batch, and are scored
+once within a batch.
 """
 
 from __future__ import annotations
@@ -15,13 +24,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from heredity.config import RunConfig
 from heredity.core.models import load_tokenizer, model_identity
-from heredity.core.rundir import Stage, read_table, write_table
+from heredity.core.rundir import Stage, iter_parquet, parquet_schema, parquet_writer
+from heredity.errors import HeredityError
 from heredity.metrics import BoundMetric, MetricContext, resolve_all
-from heredity.metrics.cache import ScoreCache, open_cache, text_key
+from heredity.metrics.cache import ScoreCache, open_cache, text_keys
 
 MetricEntry = str | Mapping[str, Any] | BoundMetric
+
+# What scores.parquet keeps of each candidate, before its metric columns.
+# Candidates per Ray Data pass when scoring on a cluster (see run_score).
+RAY_BATCH_ROWS = 262_144
+
+CANDIDATE_COLUMNS = ("candidate_key", "prompt_id", "prompt", "teacher", "sample_index", "text", "finish_reason")
 
 
 def tokenizer_identity(tokenizer: Any) -> str:
@@ -57,7 +75,7 @@ def score_metric(bound: BoundMetric, texts: Sequence[str], context: MetricContex
         if context.tokenizer is None:
             return bound(texts, context)  # raises: needs a tokenizer
         tok_id = context.tokenizer_id or tokenizer_identity(context.tokenizer)
-    keys = [text_key(t, None if prompts is None else prompts[i], tok_id) for i, t in enumerate(texts)]
+    keys = text_keys(texts, prompts, tok_id)
     ns = bound.namespace(context)
     found = cache.get(ns, keys)
     missing: dict[bytes, int] = {}  # key -> first index with it
@@ -83,7 +101,15 @@ def score_texts(texts: list[str], metrics: Sequence[MetricEntry], context: Metri
     (unless ``HEREDITY_SCORE_CACHE=0``), False for none, or a ScoreCache."""
     bound = resolve_all(list(metrics), _options(context, options))
     store = cache if isinstance(cache, ScoreCache) else open_cache(bool(cache))
-    return {b.column: score_metric(b, texts, context, store) for b in bound}
+    return score_batch(texts, bound, context, store)
+
+
+def score_batch(texts: Sequence[str], bound: Sequence[BoundMetric], context: MetricContext,
+                cache: ScoreCache | None) -> dict[str, list[float]]:
+    """``{column: values}`` of one batch: what the score stage does per Parquet batch (and
+    what a distributed runner can call per block). ``context.prompts``, when set, are the
+    prompts of these texts."""
+    return {b.column: score_metric(b, texts, context, cache) for b in bound}
 
 
 def metric_versions(metrics: Sequence[MetricEntry],
@@ -149,28 +175,43 @@ def run_score(cfg: RunConfig, run_dir: Path, generate: Stage) -> Stage:
     if stage.reuse():
         return stage
     stage.start()
-    rows = read_table(generate.dir / "candidates.parquet")
-    context = metric_context(cfg, [r["prompt"] for r in rows], with_tokenizer)
+    source = generate.dir / "candidates.parquet"
+    candidates = parquet_schema(source)
+    if missing := [c for c in CANDIDATE_COLUMNS if c not in candidates.names]:
+        raise HeredityError(f"{source}: no column {', '.join(repr(c) for c in missing)}; "
+                            "delete the generate folder to rebuild it")
+    bound = resolve_all(list(metrics), options)
+    context = metric_context(cfg, None, with_tokenizer)
     store = open_cache(cfg.score.cache)
     hits, misses = (store.hits, store.misses) if store else (0, 0)
-    entries: Sequence[MetricEntry] = metrics
+    # the candidates' own column types, then one float64 per metric
+    schema = pa.schema([candidates.field(c) for c in CANDIDATE_COLUMNS] + [pa.field(m, pa.float64()) for m in metrics])
+    total, nans = 0, dict.fromkeys(metrics, 0)
+    batch_rows = None
     if cfg.ray is not None:  # same values and cache, computed on the cluster (metrics/ray_scoring.py)
         from heredity.metrics.ray_scoring import on_ray
 
-        entries = on_ray(cfg.ray, metrics, options)
-    scores = score_texts([r["text"] for r in rows], entries, context, cache=store if store else False)
-    out: list[dict[str, Any]] = []
-    for i, row in enumerate(rows):
-        out.append({
-            "candidate_key": row["candidate_key"], "prompt_id": row["prompt_id"], "prompt": row["prompt"],
-            "teacher": row["teacher"], "sample_index": row["sample_index"], "text": row["text"],
-            "finish_reason": row["finish_reason"], **{m: scores[m][i] for m in metrics},
-        })
-    write_table(stage.dir / "scores.parquet", out)
-    counts: dict[str, Any] = {"candidates": len(out)}
+        bound = on_ray(cfg.ray, metrics, options)
+        # Each batch is one Ray Data pass, which starts its own actor pool (a model load per
+        # replica): larger batches on the cluster amortise that; the driver still holds one batch.
+        batch_rows = RAY_BATCH_ROWS
+    with parquet_writer(stage.dir / "scores.parquet", schema) as writer:
+        for batch in iter_parquet(source, columns=list(CANDIDATE_COLUMNS), batch_size=batch_rows):
+            texts = batch.column("text").to_pylist()
+            # prompts go to every metric, as they always have: a metric may read them
+            # without declaring needs_prompts (the judge's rubric does)
+            sub = replace(context, prompts=batch.column("prompt").to_pylist())
+            scores = score_batch(texts, bound, sub, store)
+            columns = [batch.column(c) for c in CANDIDATE_COLUMNS]
+            columns += [pa.array(scores[m], type=pa.float64()) for m in metrics]
+            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+            total += batch.num_rows
+            for m, n in nan_counts(scores).items():
+                nans[m] += n
+    counts: dict[str, Any] = {"candidates": total}
     if store:
         counts["cache"] = {"hits": store.hits - hits, "computed": store.misses - misses}
-    if nans := nan_counts(scores):
+    if nans := {m: n for m, n in nans.items() if n}:
         counts["nan"] = nans
     if context.notes:
         counts["notes"] = context.notes

@@ -65,6 +65,7 @@ from heredity.strategies.base import (
     oriented,
     parse_spec,
     passes,
+    reads_scores_only,
     register_strategy,
     select,
     spec_metrics,
@@ -99,6 +100,7 @@ from heredity.strategies.builtin import (  # noqa: E402
 from heredity.strategies.card import data_card  # noqa: E402
 from heredity.strategies.export import (  # noqa: E402
     ChatFormat,
+    export_batches,
     export_selection,
     to_chat_rows,
     to_sft_dataset,
@@ -109,8 +111,8 @@ __all__ = [
     "BASE_FIELDS", "STRATEGIES", "BestParams", "ChatFormat", "ClosestParams", "Condition", "ConstrainedParams",
     "Context", "Direction", "FreeParams", "Groups", "Op", "ParetoParams", "Params", "RandomParams", "Row", "Spec",
     "SpecError", "Strategy", "StrategyFn", "TeacherParams", "ThresholdParams", "WeightedParams", "average_ranks",
-    "data_card", "dose_response", "export_selection", "get_strategy", "group_by_prompt", "list_strategies",
-    "oriented", "pareto_front", "parse_spec", "passes", "register_strategy", "select", "select_best",
+    "data_card", "dose_response", "export_batches", "export_selection", "get_strategy", "group_by_prompt", "list_strategies",
+    "oriented", "pareto_front", "parse_spec", "passes", "reads_scores_only", "register_strategy", "select", "select_best",
     "select_closest", "select_constrained", "select_first", "select_pareto", "select_random", "select_teacher",
     "select_threshold", "select_weighted", "spec_metrics", "sweep", "to_chat_rows", "to_sft_dataset", "value",
     "weighted_scores", "zscore_stats",

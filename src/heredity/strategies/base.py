@@ -237,6 +237,18 @@ class NestedRuleParams(Params):
         return self.then.metrics()
 
 
+def reads_scores_only(spec: str | Mapping[str, Any] | Spec) -> bool:
+    """True when the rule and every rule nested in it are heredity's own, which read nothing of
+    a row but ``prompt_id``, ``teacher``, ``sample_index``, ``finish_reason`` and metric values
+    and return rows of the pool they were given: such rules can run on rows without the texts.
+    A plugin may read anything (the text itself), so it gets whole rows."""
+    parsed = parse_spec(spec)
+    if not getattr(parsed.strategy.fn, "__module__", "").startswith("heredity.strategies."):
+        return False
+    then = getattr(parsed.params, "then", None)
+    return then is None or reads_scores_only(then)
+
+
 def spec_metrics(spec: str | Mapping[str, Any] | Spec) -> list[str]:
     """Every metric a spec reads, nested specs included (for adding them to score.metrics)."""
     return sorted(parse_spec(spec).metrics())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,17 +57,28 @@ def chat_schema(fmt: ChatFormat, metadata: bool):
 def export_selection(rows: Sequence[Row], path: str | Path, system_prompt: str | None = None,
                      fmt: ChatFormat = "messages", metadata: bool = False) -> Path:
     """Write the selection as chat rows to ``.jsonl`` (one JSON object a line) or ``.parquet``."""
+    return export_batches([rows], path, system_prompt, fmt, metadata)
+
+
+def export_batches(batches: Iterable[Sequence[Row]], path: str | Path, system_prompt: str | None = None,
+                   fmt: ChatFormat = "messages", metadata: bool = False) -> Path:
+    """:func:`export_selection` fed a batch of rows at a time (the same file), so a large
+    selection is never held as chat rows all at once."""
     path = Path(path)
-    chat = to_chat_rows(rows, system_prompt, fmt, metadata)
     if path.suffix == ".jsonl":
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in chat)
+            for rows in batches:
+                chat = to_chat_rows(rows, system_prompt, fmt, metadata)
+                fh.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in chat)
     elif path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        with atomic_path(path) as tmp:
-            pq.write_table(pa.Table.from_pylist(chat, schema=chat_schema(fmt, metadata)), tmp)
+        schema = chat_schema(fmt, metadata)
+        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            for rows in batches:
+                writer.write_table(pa.Table.from_pylist(to_chat_rows(rows, system_prompt, fmt, metadata),
+                                                        schema=schema))
     else:
         raise HeredityError(f"{path}: export writes .jsonl or .parquet, not '{path.suffix or 'no suffix'}'")
     return path
