@@ -3,12 +3,11 @@ prompts of the ``toxicity`` profile suite."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from heredity.core.data import default_data_dir
+from heredity.core.data import default_data_dir, read_table_file
 from heredity.errors import HeredityError
 
 if TYPE_CHECKING:
@@ -42,23 +41,14 @@ def rtp_rows(data_dir: Path | None = None, scored: bool = True) -> list[dict]:
     path = rtp_path(data_dir)
     if not path.is_file():
         raise HeredityError(f"{path}: profiling data not found (pass --data-dir or set HEREDITY_DATA_DIR; 'heredity data' says where to get it)")
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HeredityError(f"{path}, row {i}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise HeredityError(f"{path}, row {i}: expected a JSON object")
+    rows = read_table_file(path)
+    for i, row in enumerate(rows, start=1):
         for name in ("prompt", "completion") if scored else ("prompt",):
             if not isinstance(row.get(name), str) or not row[name].strip():
                 raise HeredityError(f"{path}, row {i}, field '{name}': must be a non-empty string")
         for name in ("prompt_toxicity", "completion_toxicity") if scored else ():
             if name not in row:
                 raise HeredityError(f"{path}, row {i}, field '{name}': missing")
-        rows.append(row)
     if not rows:
         raise HeredityError(f"{path}: no prompts found")
     return rows
