@@ -28,7 +28,9 @@ from heredity.pipeline import run
 from heredity.plan import config_from_dict
 from heredity.core.prompts import Prompt
 from heredity.stages.evaluate import run_evaluate
-from heredity.stages.fanout import run_evaluations_on_ray, run_profiles_on_ray
+from heredity.core.rundir import Stage, write_table
+from heredity.stages.fanout import run_evaluations_on_ray, run_judges_on_ray, run_profiles_on_ray
+from heredity.stages.judge import run_judge
 from heredity.stages.profile import run_profile
 
 ray = pytest.importorskip("ray", reason="Ray is optional (pip install 'heredity[ray]')")
@@ -245,3 +247,35 @@ def test_score_on_the_cluster_survives_a_lost_node_and_equals_local(cluster, dat
     manifest = json.loads((tmp_path / "ray" / "score" / "manifest.json").read_text())
     assert manifest["counts"]["cache"] == {"hits": 0, "computed": 180}
     assert manifest["counts"]["notes"]["ray"]["toxicity"]["nodes"] == 2
+
+
+def test_judge_fans_out_one_comparison_per_task_with_local_verdicts(cluster, data_dir, tmp_path, monkeypatch):
+    """Two comparisons judged at once on the cluster give the local verdicts, written by the driver."""
+    cfg = config_from_dict({"teachers": [{"model": MODEL}], "device": "cpu", "ray": ray_config(cluster),
+                            "score": {"metrics": ["words"]}, "select": {"metric": "words"},
+                            "eval": {"judge": {"model": {"model": MODEL, "batch_size": 8}, "max_answer_chars": 400},
+                                     "bootstrap_samples": 100}})
+    answers = {name: json.loads((data_dir / "alpaca_eval" / f"{name}.json").read_text())[:3]
+               for name in ("alpaca-7b", "gemma-7b-it", "vicuna-7b-v1.5")}
+    eval_stages = {}
+    for name, rows in answers.items():  # three arms' held-out answers: real AlpacaEval outputs
+        stage = Stage(tmp_path / "ray", f"evaluate/{name}", {"answers": name})
+        stage.start()
+        write_table(stage.dir / "answers.parquet", [{"prompt_id": f"p{i}", "prompt": r["instruction"],
+                                                     "text": r["output"]} for i, r in enumerate(rows)])
+        stage.finish({"answers": "answers.parquet"})
+        eval_stages[name] = stage
+    comparisons = [("gemma-7b-it", "alpaca-7b"), ("vicuna-7b-v1.5", "alpaca-7b")]
+    judged = run_judges_on_ray(cfg, tmp_path / "ray", eval_stages, comparisons)
+    assert set(judged) == {"gemma-7b-it_vs_alpaca-7b", "vicuna-7b-v1.5_vs_alpaca-7b"}
+    for a, b in comparisons:
+        local = run_judge(cfg, tmp_path / "ray-local", eval_stages, a, b)
+        stage = judged[f"{a}_vs_{b}"]
+        assert stage.key == local.key
+        assert json.loads((stage.dir / "manifest.json").read_text())["status"] == "complete"
+        got, want = (pq.read_table(s.dir / "judgments.parquet").to_pylist() for s in (stage, local))
+        assert len(got) == 3
+        assert [(r["pair_id"], r["choice_ab"], r["choice_ba"]) for r in got] == \
+            [(r["pair_id"], r["choice_ab"], r["choice_ba"]) for r in want]
+        assert [r["pref_a"] for r in got] == pytest.approx([r["pref_a"] for r in want], abs=1e-5)
+    assert all(s.reused for s in run_judges_on_ray(cfg, tmp_path / "ray", eval_stages, comparisons).values())

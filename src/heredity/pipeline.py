@@ -161,7 +161,12 @@ def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,
                 evaluated[arm] = step(f"evaluate/{arm}", lambda arm=arm: run_evaluate(
                     cfg, out, arm, eval_prompts, trained[arm], progress))
         judged = {}
-        if cfg.eval.judge is not None:
+        if cfg.eval.judge is not None and cfg.ray is not None:  # every comparison at once, one Ray task each
+            from heredity.stages.fanout import run_judges_on_ray
+
+            judged = fan("judge", lambda: run_judges_on_ray(cfg, out, evaluated,
+                                                            judged_comparisons(cfg.select.variants)))
+        elif cfg.eval.judge is not None:
             for a, b in judged_comparisons(cfg.select.variants):
                 judged[f"{a}_vs_{b}"] = step(f"judge/{a}_vs_{b}", lambda a=a, b=b: run_judge(cfg, out, evaluated, a, b))
         profiled = {}

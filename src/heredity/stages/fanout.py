@@ -1,4 +1,4 @@
-"""Evaluate and profile over Ray: one model per Ray task, all models at once.
+"""Evaluate, profile and judge over Ray: one model (or comparison) per Ray task, all at once.
 
 With ``ray:`` set, the pipeline hands every model that an evaluate or profile stage needs
 (base, each trained arm, the teachers) to :func:`heredity.core.cluster.fan_out`, one task
@@ -27,7 +27,9 @@ from heredity.config import RunConfig
 from heredity.core.cluster import fan_out, folder_files, write_files
 from heredity.core.prompts import Prompt
 from heredity.core.rundir import Stage
+from heredity.judging import pairwise
 from heredity.stages.evaluate import answer, evaluate_stage, finish_evaluate
+from heredity.stages.judge import JUDGE_OUTPUTS, answer_pairs, judge_stage
 from heredity.stages.profile import compute_profile, profile_job, profile_stage
 
 
@@ -66,4 +68,28 @@ def run_evaluations_on_ray(cfg: RunConfig, run_dir: Path, eval_prompts: list[Pro
     jobs = {arm: (answer, (refs[arm], eval_prompts, cfg)) for arm in todo}
     for arm, rows in fan_out(cfg.ray, jobs, "evaluate"):
         finish_evaluate(cfg, stages[arm], arm, rows)
+    return stages
+
+
+def _judge_on_worker(jc: Any, pairs: list[Any]) -> tuple[int, dict[str, bytes]]:
+    with tempfile.TemporaryDirectory(prefix="heredity-judge-") as tmp:
+        result = pairwise(jc, pairs, jc, out=Path(tmp))
+        return result.summary["pairs"], folder_files(Path(tmp))
+
+
+def run_judges_on_ray(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Stage],
+                      comparisons: list[tuple[str, str]]) -> dict[str, Stage]:
+    """``judge/<a>_vs_<b>`` for every comparison, one Ray task each (its own copy of a local judge
+    model, or its own client of an API judge) for those not already done."""
+    assert cfg.ray is not None
+    stages, jobs = {}, {}
+    for a, b in comparisons:
+        name = f"{a}_vs_{b}"
+        stages[name], jc = judge_stage(cfg, run_dir, eval_stages, a, b)
+        if not stages[name].reuse():
+            stages[name].start()
+            jobs[name] = (_judge_on_worker, (jc, answer_pairs(eval_stages, a, b)))
+    for name, (pairs, files) in fan_out(cfg.ray, jobs, "judge"):
+        write_files(stages[name].dir, files)
+        stages[name].finish(JUDGE_OUTPUTS, counts={"pairs": pairs})
     return stages

@@ -18,20 +18,34 @@ def run_judge(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Stage], a: s
     Keyed by both evaluate stages' keys and the judge config, so a new target re-judges only
     comparisons that involve the active arm.
     """
-    jc = judge_config(cfg.eval.judge, device=cfg.device, bootstrap_samples=cfg.eval.bootstrap_samples)
-    stage = Stage(run_dir, f"judge/{a}_vs_{b}", {"a": eval_stages[a].key, "b": eval_stages[b].key,
-                                                 "judge": judge_key(jc)})
+    stage, jc = judge_stage(cfg, run_dir, eval_stages, a, b)
     if stage.reuse():
         return stage
     stage.start()
-    answers_b = {r["prompt_id"]: r for r in read_table(eval_stages[b].dir / "answers.parquet")}
-    pairs = [Pair(pair_id=str(r["prompt_id"]), instruction=r["prompt"], answer_a=r["text"],
-                  answer_b=answers_b[r["prompt_id"]]["text"], model_a=a, model_b=b)
-             for r in read_table(eval_stages[a].dir / "answers.parquet") if r["prompt_id"] in answers_b]
-    result = pairwise(jc, pairs, jc, out=stage.dir)
-    stage.finish({"judgments": "judgments.parquet", "summary": "summary.json"},
-                 counts={"pairs": result.summary["pairs"]})
+    result = pairwise(jc, answer_pairs(eval_stages, a, b), jc, out=stage.dir)
+    stage.finish(JUDGE_OUTPUTS, counts={"pairs": result.summary["pairs"]})
     return stage
+
+
+# What a judge stage writes (pairwise's files).
+JUDGE_OUTPUTS = {"judgments": "judgments.parquet", "summary": "summary.json"}
+
+
+def judge_stage(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Stage], a: str,
+                b: str) -> tuple[Stage, JudgeConfig]:
+    """The stage ``judge/<a>_vs_<b>`` with its key, and the judge's config (nothing computed)."""
+    jc = judge_config(cfg.eval.judge, device=cfg.device, bootstrap_samples=cfg.eval.bootstrap_samples)
+    stage = Stage(run_dir, f"judge/{a}_vs_{b}", {"a": eval_stages[a].key, "b": eval_stages[b].key,
+                                                 "judge": judge_key(jc)})
+    return stage, jc
+
+
+def answer_pairs(eval_stages: dict[str, Stage], a: str, b: str) -> list[Pair]:
+    """Arm a's and arm b's answers to each held-out prompt both answered."""
+    answers_b = {r["prompt_id"]: r for r in read_table(eval_stages[b].dir / "answers.parquet")}
+    return [Pair(pair_id=str(r["prompt_id"]), instruction=r["prompt"], answer_a=r["text"],
+                 answer_b=answers_b[r["prompt_id"]]["text"], model_a=a, model_b=b)
+            for r in read_table(eval_stages[a].dir / "answers.parquet") if r["prompt_id"] in answers_b]
 
 
 def judge_key(jc: JudgeConfig) -> dict[str, Any]:
