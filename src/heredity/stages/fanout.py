@@ -23,11 +23,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from heredity.config import RunConfig
+from heredity.config import JudgeConfig, RunConfig
 from heredity.core.cluster import fan_out, folder_files, write_files
 from heredity.core.prompts import Prompt
 from heredity.core.rundir import Stage
-from heredity.judging import pairwise
+from heredity.judging import Pair, pairwise
 from heredity.stages.evaluate import answer, evaluate_stage, finish_evaluate
 from heredity.stages.judge import JUDGE_OUTPUTS, answer_pairs, judge_stage
 from heredity.stages.profile import compute_profile, profile_job, profile_stage
@@ -71,7 +71,7 @@ def run_evaluations_on_ray(cfg: RunConfig, run_dir: Path, eval_prompts: list[Pro
     return stages
 
 
-def _judge_on_worker(jc: Any, pairs: list[Any]) -> tuple[int, dict[str, bytes]]:
+def _judge_on_worker(jc: JudgeConfig, pairs: list[Pair]) -> tuple[int, dict[str, bytes]]:
     with tempfile.TemporaryDirectory(prefix="heredity-judge-") as tmp:
         result = pairwise(jc, pairs, jc, out=Path(tmp))
         return result.summary["pairs"], folder_files(Path(tmp))
