@@ -35,10 +35,10 @@ from heredity.metrics.cache import ScoreCache, open_cache, text_keys
 
 MetricEntry = str | Mapping[str, Any] | BoundMetric
 
-# What scores.parquet keeps of each candidate, before its metric columns.
 # Candidates per Ray Data pass when scoring on a cluster (see run_score).
 RAY_BATCH_ROWS = 262_144
 
+# What scores.parquet keeps of each candidate, before its metric columns.
 CANDIDATE_COLUMNS = ("candidate_key", "prompt_id", "prompt", "teacher", "sample_index", "text", "finish_reason")
 
 
@@ -180,15 +180,15 @@ def run_score(cfg: RunConfig, run_dir: Path, generate: Stage) -> Stage:
     if missing := [c for c in CANDIDATE_COLUMNS if c not in candidates.names]:
         raise HeredityError(f"{source}: no column {', '.join(repr(c) for c in missing)}; "
                             "delete the generate folder to rebuild it")
-    bound = resolve_all(list(metrics), options)
     context = metric_context(cfg, None, with_tokenizer)
     store = open_cache(cfg.score.cache)
     hits, misses = (store.hits, store.misses) if store else (0, 0)
     # the candidates' own column types, then one float64 per metric
     schema = pa.schema([candidates.field(c) for c in CANDIDATE_COLUMNS] + [pa.field(m, pa.float64()) for m in metrics])
     total, nans = 0, dict.fromkeys(metrics, 0)
-    batch_rows = None
-    if cfg.ray is not None:  # same values and cache, computed on the cluster (metrics/ray_scoring.py)
+    if cfg.ray is None:
+        bound, batch_rows = resolve_all(list(metrics), options), None
+    else:  # same values and cache, computed on the cluster (metrics/ray_scoring.py)
         from heredity.metrics.ray_scoring import on_ray
 
         bound = on_ray(cfg.ray, metrics, options)
