@@ -146,7 +146,11 @@ def score_on_ray(rc: RayConfig, bound: BoundMetric, texts: Sequence[str], contex
         raise HeredityError(f"metric '{bound.column}' on Ray: {lost} of {len(texts)} texts came back without a "
                             "score; rerun the stage")
     # Where the work went; rows Ray delivered twice (a batch rerun after its first result had
-    # arrived) were kept once.
-    context.notes.setdefault("ray", {})[bound.column] = {"batches": batches, "nodes": len(nodes),
-                                                         "repeated_rows": repeated}
+    # arrived) were kept once. The score stage makes one pass per Parquet batch, sharing these
+    # notes, so the figures add up over passes (nodes: the most that one pass used).
+    entry = context.notes.setdefault("ray", {}).setdefault(
+        bound.column, {"batches": 0, "nodes": 0, "repeated_rows": 0})
+    entry["batches"] += batches
+    entry["repeated_rows"] += repeated
+    entry["nodes"] = max(entry["nodes"], len(nodes))
     return [v for v in values if v is not None]
