@@ -79,8 +79,10 @@ def fan_out(rc: RayConfig, jobs: Mapping[str, tuple[Callable[..., Any], tuple[An
 
     A task whose worker or node is lost is rerun (``rc.max_retries``); an error raised by the
     work itself is not retried and becomes one line naming ``what`` and the job. Each name is
-    yielded once, whatever Ray reran.
+    yielded once, whatever Ray reran. With no jobs (every stage reused) Ray is not started.
     """
+    if not jobs:
+        return
     ray = start_ray(rc)
     options = {**replica_resources(rc), "max_retries": rc.max_retries, "retry_exceptions": False}
     remote = ray.remote(_call).options(**options)
