@@ -123,3 +123,18 @@ def test_openai_extra_body_adds_fields_and_keys_only_when_set():
     with pytest.raises(HeredityError, match=r"field 'teachers.0.openai.extra_body': .*seed, temperature") as err:
         teacher(extra_body={"temperature": 0.2, "seed": 1, "top_k": 0})
     assert "\n" not in str(err.value)
+
+
+def test_repetition_penalty_keys_only_when_set_and_not_for_openai():
+    from heredity.stages.generate import teacher_fingerprint
+
+    def teacher(**sampling):
+        return config_from_dict({"teachers": [{"model": "embedded:smollm2-135m-instruct",
+                                               "sampling": sampling}]}).teachers[0]
+
+    assert "repetition_penalty" not in teacher_fingerprint(teacher(), None)["sampling"]
+    assert teacher_fingerprint(teacher(repetition_penalty=1.2), None)["sampling"]["repetition_penalty"] == 1.2
+    with pytest.raises(HeredityError, match="repetition_penalty: transformers backend only") as err:
+        config_from_dict({"teachers": [{"model": "m", "backend": "openai", "sampling": {"repetition_penalty": 1.2},
+                                        "openai": {"base_url": "http://127.0.0.1:1/v1"}}]})
+    assert "\n" not in str(err.value)

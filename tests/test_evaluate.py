@@ -17,6 +17,8 @@ def test_greedy_key_has_no_sampling_fields():
     assert set(eval_key(cfg)) == {"max_new_tokens", "metrics"}
     sampled = config_from_dict(tiny_config(eval={"max_new_tokens": 24, "temperature": 0.7, "top_p": 0.9}))
     assert eval_key(sampled)["temperature"] == 0.7 and eval_key(sampled)["seed"] == 0
+    penalised = config_from_dict(tiny_config(eval={"max_new_tokens": 24, "repetition_penalty": 1.2}))
+    assert eval_key(penalised)["repetition_penalty"] == 1.2
 
 
 def test_sampled_answers_are_seeded_per_prompt_not_per_batch():

@@ -101,6 +101,12 @@ class SamplingConfig(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(96, ge=1)
     seed: int = 0
+    repetition_penalty: float = Field(
+        1.0, gt=0.0,
+        description="CTRL's repetition penalty on the tokens of the answer so far, not the prompt's (so the chat "
+        "template's end-of-turn token is never penalised and answers still stop); 1.0 = off. Transformers "
+        "backend and evaluation only: servers have their own (openai.extra_body).",
+    )
 
 
 class OpenAIOptions(_Strict):
@@ -246,6 +252,11 @@ class TeacherConfig(_Strict):
             raise ValueError("backend 'openai' needs an 'openai:' section with at least base_url")
         if self.backend == "replay" and self.replay is None:
             raise ValueError("backend 'replay' needs a 'replay:' section with at least path")
+        if self.backend != "transformers" and self.sampling.repetition_penalty != 1.0:
+            # vLLM and llama.cpp penalise prompt tokens too (llama.cpp only the last 64), so the same number
+            # would mean something else there; the OpenAI API has no such field
+            raise ValueError(f"sampling.repetition_penalty: transformers backend only; backend '{self.backend}' "
+                             "has its own (vLLM: repetition_penalty, llama.cpp: repeat_penalty, via openai.extra_body)")
         return self
 
     @property
@@ -605,6 +616,11 @@ class EvalConfig(_Strict):
     )
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling (with temperature > 0).")
     seed: int = Field(0, description="Seed of the first held-out prompt's sample; prompt i uses seed + i.")
+    repetition_penalty: float = Field(
+        1.0, gt=0.0,
+        description="Repetition penalty of every arm's answers (1.0 = off). A small base student can loop until the "
+        "cap, so its 'length' is how long a loop runs; a penalty measures what it writes instead.",
+    )
     batch_size: int = Field(64, ge=1)
     metrics: list[str] | None = Field(None, description="Defaults to score.metrics.")
     bootstrap_samples: int = Field(2000, ge=100)

@@ -39,3 +39,23 @@ def test_greedy_and_finish_reasons(model_and_tokenizer):
     done = generate_batch(model, tok, [Request(chat_messages("Say only the word yes.", ""), 0)],
                           SamplingConfig(temperature=0.0, max_new_tokens=64))[0]
     assert done.finish_reason == "stop" and 0 < done.completion_tokens < 64
+
+
+def distinct_2(text: str) -> float:
+    words = text.split()
+    pairs = list(zip(words, words[1:]))
+    return len(set(pairs)) / len(pairs)
+
+
+def test_repetition_penalty_breaks_a_greedy_loop(model_and_tokenizer):
+    # Greedy SmolLM2-135M repeats itself on this prompt; the penalty (CTRL's, applied by
+    # transformers before the sampler) makes it write something else, and 1.0 changes nothing.
+    model, tok = model_and_tokenizer
+    req = Request(chat_messages("List the days of the week, over and over.", None), seed=0)
+    def decode(penalty):
+        return generate_batch(model, tok, [req], SamplingConfig(temperature=0.0, max_new_tokens=96,
+                                                                repetition_penalty=penalty))[0].text
+    plain, off, penalised = decode(1.0), generate_batch(model, tok, [req], SamplingConfig(
+        temperature=0.0, max_new_tokens=96))[0].text, decode(1.3)
+    assert plain == off
+    assert distinct_2(penalised) > distinct_2(plain) + 0.2

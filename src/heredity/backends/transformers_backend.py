@@ -61,7 +61,7 @@ def eos_ids(model, tokenizer) -> list[int]:
 def generate_batch(model, tokenizer, requests: Sequence[Request], sampling: SamplingConfig) -> list[Completion]:
     """Decode one batch (left-padded) and return one completion per request."""
     import torch
-    from transformers import GenerationConfig, LogitsProcessorList
+    from transformers import GenerationConfig, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
     texts = [
         tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in requests
@@ -75,6 +75,11 @@ def generate_batch(model, tokenizer, requests: Sequence[Request], sampling: Samp
         eos_token_id=stop_ids,
     )
     processors = LogitsProcessorList()
+    if sampling.repetition_penalty != 1.0:
+        # On the answer's tokens only: the prompt holds the chat template's end-of-turn token, and
+        # penalising it would keep answers from stopping. Before the sampler: on the raw scores.
+        processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty,
+                                                           prompt_ignore_length=enc["input_ids"].shape[1]))
     if sampling.temperature > 0:
         processors.append(_GumbelSampler([r.seed for r in requests], sampling.temperature, sampling.top_p))
     with torch.inference_mode():

@@ -56,3 +56,12 @@ def decoding_label(summary: dict[str, Any]) -> str:
     if not temperature:
         return "greedy answers"
     return f"one sampled answer each (temperature {temperature:g}, top-p {ev.get('top_p', 1.0):g}, seeded per prompt)"
+
+
+def target_of(summary: dict[str, Any], arm: str) -> tuple[str, str]:
+    """(metric, direction) an arm steers towards: the run's target, or a variant's own rule."""
+    target = summary["target"]
+    variant = ((summary.get("config") or {}).get("select") or {}).get("variants", {}).get(arm)
+    if isinstance(variant, dict) and variant.get("metric"):
+        return variant["metric"], variant.get("direction") or target["direction"]
+    return target["metric"], target["direction"]

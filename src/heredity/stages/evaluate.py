@@ -26,7 +26,7 @@ def answer(model_ref: str, prompts: list[Prompt], cfg: RunConfig, progress=None,
     tokenizer = load_tokenizer(model_ref)
     model = load_model(model_ref, device)
     decoding = SamplingConfig(temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-                              max_new_tokens=cfg.eval.max_new_tokens)
+                              max_new_tokens=cfg.eval.max_new_tokens, repetition_penalty=cfg.eval.repetition_penalty)
     # Longest prompts first: the first batch shows early whether memory suffices.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].text))
     task = progress.add_task(f"evaluate [{label}]", total=len(prompts)) if progress else None
@@ -43,9 +43,12 @@ def answer(model_ref: str, prompts: list[Prompt], cfg: RunConfig, progress=None,
 
 
 def eval_key(cfg: RunConfig) -> dict[str, Any]:
-    """The evaluation settings that change answers. Greedy decoding leaves the sampling fields out, so
-    runs made before they existed keep their keys (top_p and seed do not change greedy answers)."""
+    """The evaluation settings that change answers. Greedy decoding leaves the sampling fields out, and
+    no penalty leaves repetition_penalty out, so runs made before they existed keep their keys (top_p
+    and seed do not change greedy answers)."""
     key = cfg.eval.model_dump(exclude={"batch_size", "bootstrap_samples", "profile", "judge"})
+    if key["repetition_penalty"] == 1.0:
+        key.pop("repetition_penalty")
     if cfg.eval.temperature == 0.0:
         for name in ("temperature", "top_p", "seed"):
             key.pop(name)

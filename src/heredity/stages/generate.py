@@ -38,9 +38,11 @@ def teacher_fingerprint(teacher: TeacherConfig, system_prompt: str | None) -> di
         "backend": teacher.backend,
         # where an endpoint serves the model matters; the key's environment variable does not
         "endpoint": None if teacher.openai is None else [teacher.openai.base_url, teacher.openai.served_model],
-        "sampling": teacher.sampling.model_dump(),
+        "sampling": teacher.sampling.model_dump(exclude={"repetition_penalty"}),
         "system_prompt": system_prompt,
     }
+    if teacher.sampling.repetition_penalty != 1.0:  # absent when off: older keys stay valid
+        fingerprint["sampling"]["repetition_penalty"] = teacher.sampling.repetition_penalty
     if teacher.openai is not None and teacher.openai.extra_body:  # absent when empty: older keys stay valid
         fingerprint["openai_extra_body"] = teacher.openai.extra_body
     if teacher.backend == "vllm" and teacher.vllm.n_per_prompt:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from heredity.config import ACTIVE, BASE, PASSIVE, TeacherConfig
-from heredity.core.arms import decoding_label, ordered_arms, steered_arms
+from heredity.core.arms import decoding_label, ordered_arms, steered_arms, target_of
 from heredity.core.rundir import read_json, read_table
 from heredity.stages import report_plots as plots
 from heredity.stages.report_plots import significant
@@ -118,15 +118,6 @@ def teacher_label(t: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- the run's data
-
-
-def target_of(summary: dict[str, Any], arm: str) -> tuple[str, str]:
-    """(metric, direction) an arm steers towards: the run's target, or a variant's own rule."""
-    target = summary["target"]
-    variant = ((summary.get("config") or {}).get("select") or {}).get("variants", {}).get(arm)
-    if isinstance(variant, dict) and variant.get("metric"):
-        return variant["metric"], variant.get("direction") or target["direction"]
-    return target["metric"], target["direction"]
 
 
 def side_effects(summary: dict[str, Any]) -> list[dict[str, Any]]:

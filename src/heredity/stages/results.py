@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from heredity.core.arms import decoding_label, ordered_arms
+from heredity.core.arms import decoding_label, ordered_arms, target_of
 from heredity.core.rundir import read_json
 from heredity.errors import HeredityError
 
@@ -91,15 +91,16 @@ def render_study(folder: Path, summary: dict[str, Any], root: Path) -> list[str]
     cut = summary.get("truncated_share") or {}
     if cut:
         lines += ["", "Answers cut at the cap: " + ", ".join(f"{a} {cut[a]:.0%}" for a in arms if a in cut) + "."]
-    lines += ["", "Effect on the target (paired over prompts):", "",
-              "| comparison | difference | 95% CI | ratio | verdict |", "|---|---|---|---|---|"]
+    lines += ["", "Effect on each arm's target (paired over prompts; a variant steers its own metric):", "",
+              "| comparison | target | difference | 95% CI | ratio | verdict |", "|---|---|---|---|---|---|"]
     diffs = summary["differences"]
     for arm in steered(summary):
+        arm_target, arm_direction = target_of(summary, arm)
         for other in ("passive", "base"):
-            d = diffs.get(f"{arm}_vs_{other}", {}).get(target)
+            d = diffs.get(f"{arm}_vs_{other}", {}).get(arm_target)
             if d is not None:
-                lines.append(f"| {arm} − {other} | {_fmt(d['diff'])} | {_ci(d['ci95'])} | {_fmt(d['ratio'])}× | "
-                             f"{verdict(d, direction)} |")
+                lines.append(f"| {arm} − {other} | {arm_direction} {arm_target} | {_fmt(d['diff'])} | "
+                             f"{_ci(d['ci95'])} | {_fmt(d['ratio'])}× | {verdict(d, arm_direction)} |")
     side = []
     for name in SIDE_EFFECT_COMPARISONS:
         for m, d in diffs.get(name, {}).items():
