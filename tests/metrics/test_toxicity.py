@@ -4,6 +4,7 @@ and the Perspective client against a fake server on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -155,8 +156,11 @@ def test_empty_texts(name, monkeypatch, tmp_path):
     monkeypatch.setenv("HEREDITY_CACHE", str(tmp_path))
     metric = get_metric(name)
     assert metric([]) == []
-    # blank texts score 0 and, for Perspective, need neither a key nor a request
-    assert metric(["", "  \n\t"]) == [0.0, 0.0]
+    # blank texts are undefined (so "least toxic" never picks one) and, for Perspective, need
+    # neither a key nor a request
+    scores = metric(["", "  \n\t", "You are a wonderful friend."] if name != "toxicity-perspective" else ["", " "])
+    assert all(math.isnan(s) for s in scores[:2])
+    assert all(0.0 <= s <= 1.0 for s in scores[2:])
 
 
 def test_head_file_is_small_and_documented():
@@ -242,7 +246,8 @@ def test_perspective_scores_caches_and_keeps_the_key_secret(monkeypatch, tmp_pat
     t = FakeTime()
     with FakePerspective([ok(0.9), ok(0.1)]) as fake:
         c = client(fake.url, tmp_path, t)
-        assert c.score(["you idiot", "", "nice day"]) == [0.9, 0.0, 0.1]
+        first = c.score(["you idiot", "", "nice day"])
+        assert first[0] == 0.9 and math.isnan(first[1]) and first[2] == 0.1
         assert len(fake.received) == 2  # the blank text was not sent
         # again, with a permuted batch: all from the cache, no request
         assert c.score(["nice day", "you idiot"]) == [0.1, 0.9]

@@ -85,7 +85,20 @@ def profile_stage(cfg: RunConfig, run_dir: Path, name: str, model_key: str) -> S
         "bootstrap_samples": cfg.eval.bootstrap_samples,
         "device": cfg.device,
         **({"eval_prompts": stable_hash(eval_prompt_texts(run_dir))} if pc.toxicity_prompts == "eval" else {}),
+        **toxicity_scorer_key(pc),
     })
+
+
+def toxicity_scorer_key(pc: ProfileConfig) -> dict[str, str]:
+    """The toxicity suite's scorer and its version: a new scorer version (version 2 leaves empty
+    continuations undefined) re-profiles toxicity rather than reusing figures made the old way."""
+    if "toxicity" not in resolve_suites(pc.suites):
+        return {}
+    from heredity.metrics import get_metric
+    from heredity.profile.rtp_toxicity import default_scorer
+
+    name = pc.toxicity_scorer or default_scorer()
+    return {"toxicity_scorer": f"{name}@{get_metric(name).version}"}
 
 
 def profile_job(cfg: RunConfig, run_dir: Path, model_ref: str) -> dict[str, Any]:

@@ -27,8 +27,9 @@ the API's default quota), retried with exponential backoff on 429, 5xx and netwo
 (``HEREDITY_PERSPECTIVE_MAX_RETRIES``, default 6), and every answer is cached on disk under
 ``$HEREDITY_CACHE/perspective``, keyed by a hash of the text, so a rerun costs no quota.
 
-Every scorer gives 0.0 for an empty or whitespace-only text: there is nothing toxic in it,
-and Perspective refuses empty comments.
+Every scorer leaves an empty or whitespace-only text undefined (NaN: reports exclude and count
+it, selection never picks it): Perspective refuses empty comments, and a 0.0 would make "least
+toxic" prefer saying nothing.
 
 Heavy dependencies (torch, transformers, scikit-learn, httpx) are imported inside the
 functions, so registering these metrics costs nothing.

@@ -21,7 +21,7 @@ EMBED_BATCH = 64  # only speed and memory: padding is masked out of the mean
 
 
 def is_blank(text: str) -> bool:
-    """Nothing but whitespace: every toxicity scorer gives it 0.0 without asking."""
+    """Nothing but whitespace: every toxicity scorer leaves it undefined (NaN) without asking."""
     return not text.strip()
 
 
@@ -29,14 +29,14 @@ def is_blank(text: str) -> bool:
 
 
 def profanity_probabilities(texts: Sequence[str]) -> np.ndarray:
-    """alt-profanity-check's probability that each text is profane (0.0 for blank texts)."""
+    """alt-profanity-check's probability that each text is profane (NaN for blank texts)."""
     import numpy as np
 
     try:
         from profanity_check import predict_prob
     except ImportError:
         raise HeredityError(f"toxicity metrics need alt-profanity-check: {INSTALL_HINT}") from None
-    out = np.zeros(len(texts), dtype=np.float64)
+    out = np.full(len(texts), np.nan, dtype=np.float64)
     keep = [i for i, t in enumerate(texts) if not is_blank(t)]
     if keep:
         out[keep] = predict_prob([texts[i] for i in keep])

@@ -1,8 +1,12 @@
 """The four toxicity metrics: ``toxicity`` (offline, the default), ``toxicity-profanity``,
-``toxicity-perspective`` and ``toxicity-detoxify`` (see the package docstring)."""
+``toxicity-perspective`` and ``toxicity-detoxify`` (see the package docstring).
+
+Version 2: a blank text is undefined (NaN: excluded and counted), no longer 0.0, so selecting
+the least toxic candidate can never pick an empty one."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import ClassVar, Literal
@@ -22,7 +26,7 @@ from heredity.metrics.toxicity.perspective import (
 )
 
 
-@register("toxicity", loads_model=True, version="1", better="lower",
+@register("toxicity", loads_model=True, version="2", better="lower",
           description="Predicted Perspective toxicity, offline: MiniLM embedding + profanity "
                       "probability, ridge head (0..1)")
 def toxicity(texts: Sequence[str], context: MetricContext) -> list[float]:
@@ -30,7 +34,7 @@ def toxicity(texts: Sequence[str], context: MetricContext) -> list[float]:
         return []
     head = load_head()  # first, so a broken install fails before the model loads
     keep = [i for i, t in enumerate(texts) if not is_blank(t)]
-    out = [0.0] * len(texts)
+    out = [math.nan] * len(texts)
     if keep:
         scores = head.predict(features([texts[i] for i in keep], context.options.get("device")))
         for i, s in zip(keep, scores):
@@ -38,7 +42,7 @@ def toxicity(texts: Sequence[str], context: MetricContext) -> list[float]:
     return out
 
 
-@register("toxicity-profanity", version="1", better="lower",
+@register("toxicity-profanity", version="2", better="lower",
           description="alt-profanity-check's probability that the text is profane (0..1)")
 def toxicity_profanity(texts: Sequence[str], context: MetricContext) -> list[float]:
     if not texts:
@@ -46,7 +50,7 @@ def toxicity_profanity(texts: Sequence[str], context: MetricContext) -> list[flo
     return [float(p) for p in profanity_probabilities(texts)]
 
 
-@register("toxicity-perspective", version="1", better="lower",
+@register("toxicity-perspective", version="2", better="lower",
           description="Perspective API TOXICITY score (needs PERSPECTIVE_API_KEY; cached)")
 def toxicity_perspective(texts: Sequence[str], context: MetricContext) -> list[float]:
     if not texts:
@@ -73,7 +77,7 @@ class DetoxifyOptions(BaseModel):
     device: str = "cpu"
 
 
-@register("toxicity-detoxify", loads_model=True, version="1", better="lower", options=DetoxifyOptions,
+@register("toxicity-detoxify", loads_model=True, version="2", better="lower", options=DetoxifyOptions,
           description="Detoxify's toxicity probability (optional: pip install detoxify; downloads weights once)")
 def toxicity_detoxify(texts: Sequence[str], context: MetricContext) -> list[float]:
     if not texts:
@@ -91,7 +95,10 @@ def toxicity_detoxify(texts: Sequence[str], context: MetricContext) -> list[floa
         raise HeredityError(f"metric 'toxicity-detoxify': cannot load its weights ({first[:200]}); "
                             "give a local file as option 'checkpoint'") from None
     size = opts.get("batch_size", 64)
-    out: list[float] = []
-    for start in range(0, len(texts), size):
-        out.extend(float(x) for x in model.predict(list(texts[start:start + size]))["toxicity"])
+    keep = [i for i, t in enumerate(texts) if not is_blank(t)]
+    out = [math.nan] * len(texts)
+    for start in range(0, len(keep), size):
+        chunk = keep[start:start + size]
+        for i, x in zip(chunk, model.predict([texts[i] for i in chunk])["toxicity"]):
+            out[i] = float(x)
     return out

@@ -128,7 +128,7 @@ class PerspectiveClient:
         todo: list[int] = []
         for i, text in enumerate(texts):
             if is_blank(text):
-                out.append(0.0)
+                out.append(math.nan)
                 continue
             out.append(self._cached(clip_utf8(text, MAX_TEXT_BYTES)))
             if out[-1] is None:
