@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heredity.core.rundir import atomic_dir
 from heredity.errors import HeredityError
 
 
@@ -75,9 +76,24 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_dir(target) as tmp:
+    # Built aside, then renamed in. Two processes may convert at once (parallel runs or test
+    # workers on a fresh machine): the first rename wins, the loser keeps the winner's folder, and
+    # nothing ever deletes a folder another process may be loading from.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if not (target / "config.json").is_file():
+            if target.exists():  # a folder left by an interrupted older version: never loaded from
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not (target / "config.json").is_file():
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def gguf_path(ref: str) -> Path:
