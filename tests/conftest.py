@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+# Under pytest-xdist each worker gets its share of the cores, set before anything imports torch
+# (subprocesses inherit it): torch's default of every core per process oversubscribes a small
+# machine, where a thread waiting for a descheduled sibling makes each step several times slower.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
 
-from heredity.core.data import default_data_dir
+import pytest  # noqa: E402
+
+from heredity.core.data import default_data_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
