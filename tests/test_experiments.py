@@ -40,6 +40,24 @@ def test_verdict_reads_the_interval_in_the_intended_direction():
     assert verdict({"ci95": [None, None]}, "max") == "undefined"
 
 
+def test_decoding_and_each_arms_target_are_read_from_the_summary():
+    from heredity.core.arms import decoding_label, target_of
+
+    def summary(**ev):
+        return {"target": {"metric": "length", "direction": "max"},
+                "config": {"eval": ev, "select": {"variants": {"lexical": {"strategy": "best", "metric": "mtld"},
+                                                               "k2": {"strategy": "first_k", "k": 2}}}}}
+
+    assert decoding_label(summary()) == "greedy answers"  # summaries from before sampling existed
+    assert decoding_label(summary(temperature=0.7, top_p=0.9, repetition_penalty=1.0)) == \
+        "one sampled answer each (temperature 0.7, top-p 0.9, seeded per prompt)"
+    assert "repetition penalty 1.1" in decoding_label(summary(temperature=0.7, top_p=0.9, repetition_penalty=1.1))
+    assert "repetition penalty 1.2" in decoding_label(summary(repetition_penalty=1.2))
+    assert target_of(summary(), "active") == ("length", "max")
+    assert target_of(summary(), "lexical") == ("mtld", "max")  # a variant steers its own metric
+    assert target_of(summary(), "k2") == ("length", "max")  # a rule without a metric: the run's target
+
+
 def test_results_page_shows_every_committed_summary(tmp_path):
     summaries = sorted(EXPERIMENTS.glob("*/summary.json"))
     if not summaries:

@@ -53,9 +53,12 @@ def decoding_label(summary: dict[str, Any]) -> str:
     written before evaluation could sample)."""
     ev = (summary.get("config") or {}).get("eval") or {}
     temperature = ev.get("temperature") or 0.0
+    penalty = ev.get("repetition_penalty") or 1.0
+    penalised = f"repetition penalty {penalty:g} on the answer's own tokens" if penalty != 1.0 else ""
     if not temperature:
-        return "greedy answers"
-    return f"one sampled answer each (temperature {temperature:g}, top-p {ev.get('top_p', 1.0):g}, seeded per prompt)"
+        return f"greedy answers ({penalised})" if penalised else "greedy answers"
+    return (f"one sampled answer each (temperature {temperature:g}, top-p {ev.get('top_p', 1.0):g}, "
+            f"{penalised + ', ' if penalised else ''}seeded per prompt)")
 
 
 def target_of(summary: dict[str, Any], arm: str) -> tuple[str, str]:
