@@ -136,7 +136,8 @@ def test_perplexity_fluent_below_shuffled_and_matches_direct_computation(model_a
         assert total_ll[i] / len(direct) == pytest.approx(mean, abs=1e-4)  # float32: ~5e-6 per token
         assert ppl[i] == pytest.approx(math.exp(-mean), rel=1e-4)
     # the default reduce is the mean per token
-    assert get_metric("loglik").bind()(texts[2:3], context(1))[0] == pytest.approx(-math.log(ppl[2]), abs=1e-6)
+    # alone vs in a batch of four: float32, a few 1e-6 apart
+    assert get_metric("loglik").bind()(texts[2:3], context(1))[0] == pytest.approx(-math.log(ppl[2]), abs=1e-5)
 
 
 def test_perplexity_depends_on_the_prompt_and_is_cached(model_and_tokenizer, tmp_path, monkeypatch):

@@ -13,7 +13,9 @@ from heredity.core.models import load_model
 from heredity.profile import bbq, scoring_tokenizer
 
 MODEL = "embedded:smollm2-135m-instruct"
-TOLERANCE = 1e-4
+# float32 sums over a batch differ from one-at-a-time sums by a few 1e-6 per token, more with
+# fewer threads (other reduction order): 1e-5 per token, for continuations of up to ~30 tokens
+TOLERANCE = 3e-4
 
 
 @pytest.fixture(scope="module")

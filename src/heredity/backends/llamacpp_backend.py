@@ -1,7 +1,8 @@
 """The llamacpp backend: a GGUF teacher through llama-cpp-python (``pip install heredity[llamacpp]``).
 
 On a small CPU this decodes a small model several times faster than transformers. It takes
-one request at a time. Each request is sampled with its own seed and with llama.cpp's extra
+one request at a time, each from a clean context (no prefix reused from an earlier request).
+Each request is sampled with its own seed and with llama.cpp's extra
 samplers switched off (top-k, min-p, repetition penalty), so temperature and top_p mean what
 they mean for the other backends. llama-cpp-python has few prebuilt wheels and otherwise
 compiles from source (minutes), so heredity never requires it.
@@ -38,6 +39,10 @@ class LlamaCppBackend:
         completions = []
         for request in requests:
             started = time.perf_counter()
+            # Every request from a clean context: llama-cpp-python reuses the previous request's
+            # cached prefix, and from 0.3.36 a prompt met again samples otherwise than the first
+            # time (same seed, other text), so an answer would depend on what was asked before.
+            self.llm.reset()
             greedy = sampling.temperature == 0
             out = self.llm.create_chat_completion(
                 messages=request.messages, max_tokens=sampling.max_new_tokens,
