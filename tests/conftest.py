@@ -17,6 +17,13 @@ import pytest  # noqa: E402
 from heredity.core.data import default_data_dir  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Files with slow tests first (a stable sort: each file keeps its order). Two workers take whole
+    files; started first, the long files run side by side and the short ones fill in at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     path = default_data_dir()

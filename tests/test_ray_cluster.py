@@ -33,6 +33,8 @@ from heredity.stages.fanout import run_evaluations_on_ray, run_judges_on_ray, ru
 from heredity.stages.judge import run_judge
 from heredity.stages.profile import run_profile
 
+pytestmark = pytest.mark.slow  # tens of seconds: scheduled first (tests/conftest.py)
+
 ray = pytest.importorskip("ray", reason="Ray is optional (pip install 'heredity[ray]')")
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -10,6 +10,8 @@ from heredity.errors import HeredityError
 from heredity.pipeline import run
 from heredity.plan import config_from_dict
 
+pytestmark = pytest.mark.slow  # tens of seconds: scheduled first (tests/conftest.py)
+
 ray = pytest.importorskip("ray", reason="Ray is optional (pip install 'heredity[ray]')")
 
 

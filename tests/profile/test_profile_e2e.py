@@ -20,6 +20,8 @@ from heredity.profile import (
     seat,
 )
 
+pytestmark = pytest.mark.slow  # tens of seconds: scheduled first (tests/conftest.py)
+
 MODEL = "embedded:smollm2-135m-instruct"
 LIMIT = 20
 

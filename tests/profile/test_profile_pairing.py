@@ -15,6 +15,8 @@ from heredity.profile import profile_model
 from heredity.stages.profile import summarise_profiles
 from heredity.stages.report import render_profile
 
+pytestmark = pytest.mark.slow  # tens of seconds: scheduled first (tests/conftest.py)
+
 MODEL = "embedded:smollm2-135m-instruct"
 
 

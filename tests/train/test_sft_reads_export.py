@@ -18,6 +18,8 @@ from heredity.pipeline import run
 from heredity.plan import config_from_dict
 from heredity.strategies import export_selection
 
+pytestmark = pytest.mark.slow  # tens of seconds: scheduled first (tests/conftest.py)
+
 pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 

@@ -25,6 +25,8 @@ from heredity.stages.train import run_train
 from heredity.training.distributed import launch_command
 from heredity.training.steps import split_validation, train_key
 
+pytestmark = pytest.mark.slow  # tens of seconds: scheduled first (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def pairs(data_dir, tokenizer):

@@ -29,6 +29,8 @@ from heredity.core.rundir import Stage
 from heredity.stages.train import run_train
 from heredity.training.checkpoints import is_complete
 
+pytestmark = pytest.mark.slow  # tens of seconds: scheduled first (tests/conftest.py)
+
 HERE = Path(__file__).parent
 # LoRA settings of the resume and arms tests: 4 examples, 2 per step, 2 epochs = 4 steps,
 # with a checkpoint after every step so the kill lands between two of them.
