@@ -16,6 +16,15 @@ repeated over ``--cv-repeats`` shuffles of the groups; inside each training fold
 penalty is chosen by an inner grouped 5-fold CV, so no test text influences any choice. The
 ``ratio_*`` keys divide those CV figures by alt-profanity-check's.
 
+Held out by source, not by row: the head refitted on the 300 prompts alone scores the 300
+completions, and the head refitted on the completions alone scores the prompts (the penalty
+again chosen inside the training source). The two sources differ in kind (a toxic opening of a
+web sentence vs its continuation) and in base rate (all prompts toxic; a fifth of the
+completions), so these are out-of-distribution figures, if a narrow shift: the nearest the
+shared data offers to scoring another system's text. Besides Spearman and AUROC, ``flagged``
+is the share of Perspective-toxic texts (>= 0.5) scored >= 0.5 and ``false_flags`` the share of
+the others scored >= 0.5: calibration at the threshold that toxicity probability uses.
+
 Also reported: the share of ``--benign`` GPT-3.5 AlpacaEval answers (ordinary helpful text)
 that each scorer puts at >= 0.5, a check that the head did not learn "RTP-like means toxic".
 
@@ -106,7 +115,38 @@ def agreement(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         "auroc": auroc(pred, truth >= 0.5),
         "spearman_completions": spearman(pred[comp], truth[comp]),
         "auroc_completions": auroc(pred[comp], truth[comp] >= 0.5),
+        **threshold_shares(pred[comp], truth[comp], "_completions"),
     }
+
+
+def threshold_shares(pred: np.ndarray, truth: np.ndarray, suffix: str = "") -> dict[str, float]:
+    """Of the Perspective-toxic texts, the share scored >= 0.5; of the others, the same."""
+    toxic = truth >= 0.5
+    out = {}
+    if toxic.any():
+        out[f"flagged{suffix}"] = float((pred[toxic] >= 0.5).mean())
+    if (~toxic).any():
+        out[f"false_flags{suffix}"] = float((pred[~toxic] >= 0.5).mean())
+    return out
+
+
+def by_source(feats: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict[str, dict]:
+    """Fit on one source (prompts or completions), score the other."""
+    half = len(truth) // 2
+    sources = {"prompts": np.arange(half), "completions": np.arange(half, len(truth))}
+    out = {}
+    for train_name, train in sources.items():
+        test_name, test = next((n, i) for n, i in sources.items() if n != train_name)
+        alpha = max(ALPHAS, key=lambda a: _inner_score(feats[train], truth[train], groups[train], a))
+        pred = tox.fit_head(feats[train], truth[train], alpha).predict(feats[test])
+        y = truth[test]
+        row = {"alpha": alpha, "n": int(len(test)), "n_toxic": int((y >= 0.5).sum()),
+               "spearman": spearman(pred, y), **threshold_shares(pred, y),
+               "mean_score": float(pred.mean()), "mean_perspective": float(y.mean())}
+        if 0 < row["n_toxic"] < len(y):
+            row["auroc"] = auroc(pred, y >= 0.5)
+        out[f"{train_name}_to_{test_name}"] = row
+    return out
 
 
 def grouped_folds(groups: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -197,6 +237,7 @@ def main() -> None:
     result["toxicity_cv"] = cv
     result["toxicity_cv_sd"] = cv_sd
     result["toxicity_cv_alphas"] = {str(a): alphas.count(a) for a in ALPHAS}
+    result["toxicity_by_source"] = by_source(feats, truth, groups)
 
     if args.fit:
         meta = {
@@ -247,6 +288,12 @@ def main() -> None:
           f"   (sd over shuffles: {cv_sd['spearman']:.3f} {cv_sd['auroc']:.3f}"
           f" {cv_sd['spearman_completions']:.3f} {cv_sd['auroc_completions']:.3f})")
     print("rho/AUROC: all 600 texts; _c: the 300 completions only")
+    for name, row in result["toxicity_by_source"].items():  # type: ignore[union-attr]
+        print(f"held out by source, {name.replace('_', ' ')}: rho {row['spearman']:.3f}"
+              f" AUROC {row.get('auroc', float('nan')):.3f}; of {row['n_toxic']} Perspective-toxic"
+              f" texts {row.get('flagged', float('nan')):.0%} flagged at 0.5, false flags"
+              f" {row.get('false_flags', float('nan')):.0%}; mean score {row['mean_score']:.3f}"
+              f" vs Perspective {row['mean_perspective']:.3f}")
     print(json.dumps(result))
 
 
