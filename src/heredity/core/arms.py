@@ -20,8 +20,8 @@ from typing import Any
 
 from heredity.config import ACTIVE, ARM_ORDER, BASE, PASSIVE
 
-__all__ = ["ACTIVE", "ARM_ORDER", "BASE", "PASSIVE", "comparisons", "judged_comparisons", "ordered_arms",
-           "steered_arms"]
+__all__ = ["ACTIVE", "ARM_ORDER", "BASE", "PASSIVE", "comparisons", "dose_response", "judged_comparisons",
+           "ordered_arms", "selection_strength", "steered_arms"]
 COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE), (PASSIVE, BASE))
 JUDGED_COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE))
 
@@ -68,3 +68,58 @@ def target_of(summary: dict[str, Any], arm: str) -> tuple[str, str]:
     if isinstance(variant, dict) and variant.get("metric"):
         return variant["metric"], variant.get("direction") or target["direction"]
     return target["metric"], target["direction"]
+
+
+def selection_strength(summary: dict[str, Any], arm: str) -> float | None:
+    """k': how many candidates per prompt the arm's rule chose among, towards the run's target.
+
+    A random pick is k' = 1 (no steering); ``best`` on the target, all candidates of the prompt;
+    ``first_k`` then ``best`` on the target, its first k samples of every teacher (``unit:
+    sample``) or its first k candidates (``unit: candidate``). Any other rule (a teacher, a
+    threshold, another metric) has no strength on the target: None.
+    """
+    card = summary.get("selection") or {}
+    rule = (card.get("rules") or {}).get(arm)
+    if not isinstance(rule, dict) or not card.get("prompts"):
+        return None
+    target = summary["target"]
+    per_prompt = card["pool_size"] / card["prompts"]
+
+    def steers_target(r: Any) -> bool:
+        return (isinstance(r, dict) and r.get("strategy") == "best"
+                and (r.get("metric") or target["metric"]) == target["metric"]
+                and (r.get("direction") or target["direction"]) == target["direction"])
+
+    if rule.get("strategy") == "random":
+        return 1.0
+    if steers_target(rule):
+        return per_prompt
+    if rule.get("strategy") == "first_k" and steers_target(rule.get("then")) and rule.get("k"):
+        teachers = len((summary.get("config") or {}).get("teachers") or []) or 1
+        per_unit = teachers if rule.get("unit", "sample") == "sample" else 1
+        return float(min(rule["k"] * per_unit, per_prompt))
+    return None
+
+
+def dose_response(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The student-level dose-response of a run: for each trained arm with a selection
+    strength k' on the target, in k' order, the mean of its kept data, the student's held-out
+    mean with its CI, and its paired differences against passive and base. Empty unless at
+    least three strengths differ (passive, active and one between): two points are the
+    active-passive comparison the report already shows."""
+    target = summary["target"]["metric"]
+    kept = ((summary.get("selection") or {}).get("metrics") or {}).get(target) or {}
+    points = []
+    for arm in ordered_arms(summary.get("arms") or {}):
+        k = None if arm == BASE else selection_strength(summary, arm)
+        if k is None:
+            continue
+        diffs = summary.get("differences") or {}
+        points.append({
+            "arm": arm, "k": k, "kept_mean": (kept.get(arm) or {}).get("mean"),
+            "mean": summary["arms"][arm].get(target), "ci95": (summary.get("ci95") or {}).get(arm, {}).get(target),
+            "vs_passive": None if arm == PASSIVE else diffs.get(f"{arm}_vs_{PASSIVE}", {}).get(target),
+            "vs_base": diffs.get(f"{arm}_vs_{BASE}", {}).get(target),
+        })
+    points.sort(key=lambda p: p["k"])
+    return points if len({p["k"] for p in points}) >= 3 else []

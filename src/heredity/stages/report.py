@@ -33,6 +33,7 @@ from heredity.plan import persisted_config
 from heredity.stages.judge import summarise_run_judgments
 from heredity.stages.profile import summarise_profiles
 from heredity.stages.report_html import render_html
+from heredity.stages.results import dose_response_lines
 
 
 def training_check(train_results: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +156,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
             left_out = f" ({d['n_undefined']} pairs undefined)" if d.get("n_undefined") else ""
             lines.append(f"| {name.replace('_vs_', ' − ')} | {m} | {_fmt(d['diff'])}{left_out} | "
                          f"[{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}] | {_fmt(d['ratio'])}× |")
+    dose = dose_response_lines(summary)
+    if dose:
+        lines += ["", "## Dose-response", "", *dose]
     card = summary["selection"]
     steered = steered_arms(card)
     lines += ["", "## Selected training data", "",

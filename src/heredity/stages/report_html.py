@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from heredity.config import ACTIVE, BASE, PASSIVE, TeacherConfig
-from heredity.core.arms import decoding_label, ordered_arms, steered_arms, target_of
+from heredity.core.arms import decoding_label, dose_response, ordered_arms, steered_arms, target_of
 from heredity.core.rundir import read_json, read_table
 from heredity.stages import report_plots as plots
 from heredity.stages.report_plots import significant
@@ -288,6 +288,24 @@ def _students(summary: dict[str, Any]) -> str:
     return "".join(parts) + details("Means and paired differences as tables", body)
 
 
+def _dose_response(summary: dict[str, Any]) -> str:
+    points = dose_response(summary)
+    if not points:
+        return ""
+    target = summary["target"]["metric"]
+    base = summary["arms"].get(BASE, {})
+    base_ci = (summary.get("ci95") or {}).get(BASE, {}).get(target) or (None, None)
+    rows = [[fmt(p["k"]), escape(p["arm"]), fmt(p["kept_mean"]), f"{fmt(p['mean'])} {ci(p['ci95'])}",
+             *(f"{signed(d['diff'])} {ci(d['ci95'])}" if d else "–" for d in (p["vs_passive"], p["vs_base"]))]
+            for p in points]
+    return ("<h2>Dose-response: how strong the selection must be</h2>"
+            "<p class=note>Each trained arm whose rule steers the target, placed at k', the number of candidates per "
+            "prompt it chose among (passive: a random one, k' = 1). Differences are paired over held-out prompts.</p>"
+            + plots.dose_response(points, (base.get(target), *base_ci), target)
+            + table(["k'", "arm", f"kept data mean {escape(target)}", f"student {escape(target)}", "− passive",
+                     "− base"], rows, numeric_from=2))
+
+
 def _selection(summary: dict[str, Any], run_dir: Path) -> str:
     card = summary.get("selection") or {}
     if not card.get("metrics"):
@@ -527,6 +545,7 @@ def render_html(summary: dict[str, Any], run_dir: Path) -> str:
         f"<p class=note>{fmt(summary.get('eval_prompts'))} held-out prompts, {escape(decoding_label(summary))}. Means with bootstrap 95% CIs; "
         "differences are paired over prompts and count when their 95% CI excludes 0.</p>",
         _students(summary),
+        _dose_response(summary),
         "<h2>The selection: what each arm trained on</h2>",
         _selection(summary, run_dir),
         "<h2>Cost per teacher</h2>",

@@ -156,6 +156,48 @@ def sweep(steps: dict[str, dict[str, Any]], metrics: Sequence[str], unit: str) -
     return figure_html(fig, "steering-strength sweep")
 
 
+def dose_response(points: Sequence[dict[str, Any]], base: tuple[float | None, float | None, float | None],
+                  metric: str) -> str:
+    """The student-level dose-response: against the selection strength k', the mean of each
+    arm's kept data (left) and the student's held-out mean with its 95% CI (right), the
+    untrained base as a dashed line and band."""
+    if len(points) < 3:
+        return ""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 2.9))
+    ks = [p["k"] for p in points]
+    names = [p["arm"] for p in points]
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [f"{k:g}\n{a}" for k, a in zip(ks, names)])
+        ax.minorticks_off()
+        ax.set_xlabel("k' (candidates per prompt the rule chose among)")
+        ax.grid(alpha=0.3)
+    kept = [p["kept_mean"] if p["kept_mean"] is not None else float("nan") for p in points]
+    left.plot(ks, kept, color="#9e9e9e", linewidth=1, zorder=1)
+    for k, v, a in zip(ks, kept, names):
+        left.plot([k], [v], "o", color=colour(a, names), zorder=2)
+    left.set_title(f"the training data: mean {metric} kept", fontsize=9)
+    value, lo, hi = base
+    if value is not None:
+        right.axhline(value, color=ARM_COLOURS["base"], linestyle="--", linewidth=1, label="base (untrained)")
+        if lo is not None and hi is not None:
+            right.axhspan(lo, hi, color=ARM_COLOURS["base"], alpha=0.12)
+        right.legend(fontsize=8, frameon=False)
+    means_ = [p["mean"] if p["mean"] is not None else float("nan") for p in points]
+    right.plot(ks, means_, color="#9e9e9e", linewidth=1, zorder=1)
+    for p in points:
+        c = colour(p["arm"], names)
+        if p["ci95"] and None not in p["ci95"]:
+            right.plot([p["k"], p["k"]], p["ci95"], color=c, linewidth=2, alpha=0.7)
+        if p["mean"] is not None:
+            right.plot([p["k"]], [p["mean"]], "o", color=c, zorder=2)
+    right.set_title(f"the student: held-out {metric}, 95% CI", fontsize=9)
+    fig.suptitle("Dose-response: how strong the selection must be to move the student", fontsize=9)
+    fig.tight_layout()
+    return figure_html(fig, f"dose-response of {metric} against the selection strength")
+
+
 def losses(logs: dict[str, dict[str, list[tuple[float, float]]]]) -> str:
     """Every arm's training loss (solid) and validation loss (dashed, circles) against the step."""
     logs = {arm: series for arm, series in logs.items() if any(series.values())}

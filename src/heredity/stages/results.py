@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from heredity.core.arms import decoding_label, ordered_arms, target_of
+from heredity.core.arms import decoding_label, dose_response, ordered_arms, target_of
 from heredity.core.rundir import read_json
 from heredity.errors import HeredityError
 
@@ -67,6 +67,23 @@ def _intro(readme: Path) -> tuple[str | None, str | None]:
     return title, " ".join(paragraph) or None
 
 
+def dose_response_lines(summary: dict[str, Any]) -> list[str]:
+    """The student-level dose-response as a Markdown table, or [] when the run has none."""
+    points = dose_response(summary)
+    if not points:
+        return []
+    target = summary["target"]["metric"]
+    base = summary["arms"].get("base", {}).get(target)
+    lines = [f"Dose-response: the student against the selection strength k' (candidates per prompt the rule "
+             f"chose among){f'; base {_fmt(base)}' if base is not None else ''}:", "",
+             f"| k' | arm | kept data mean {target} | student {target} | − passive | − base |", "|---" * 6 + "|"]
+    for p in points:
+        diffs = [f"{_fmt(d['diff'])} {_ci(d['ci95'])}" if d else "–" for d in (p["vs_passive"], p["vs_base"])]
+        lines.append(f"| {p['k']:g} | {p['arm']} | {_fmt(p['kept_mean'])} | {_fmt(p['mean'])} {_ci(p['ci95'])} | "
+                     + " | ".join(diffs) + " |")
+    return lines
+
+
 def steered(summary: dict[str, Any]) -> list[str]:
     return [a for a in ordered_arms(summary["arms"]) if a not in ("base", "passive")]
 
@@ -101,6 +118,9 @@ def render_study(folder: Path, summary: dict[str, Any], root: Path) -> list[str]
             if d is not None:
                 lines.append(f"| {arm} − {other} | {arm_direction} {arm_target} | {_fmt(d['diff'])} | "
                              f"{_ci(d['ci95'])} | {_fmt(d['ratio'])}× | {verdict(d, arm_direction)} |")
+    dose = dose_response_lines(summary)
+    if dose:
+        lines += ["", *dose]
     side = []
     for name in SIDE_EFFECT_COMPARISONS:
         for m, d in diffs.get(name, {}).items():
