@@ -74,3 +74,22 @@ def test_results_page_shows_every_committed_summary(tmp_path):
     # The committed page is the rendered one: rerun `heredity results` after adding a study.
     committed = ROOT / "docs" / "results.md"
     assert committed.read_text(encoding="utf-8") == page
+
+
+def test_results_page_as_html_draws_every_study(tmp_path):
+    from heredity.core.arms import dose_response
+    from heredity.stages.results import render_results_html
+
+    summaries = sorted(EXPERIMENTS.glob("*/summary.json"))
+    if not summaries:
+        pytest.skip("no study has a committed summary.json")
+    page = render_results_html(EXPERIMENTS)
+    assert page.startswith("<!DOCTYPE html>") and "http://" not in page and "https://" not in page
+    sections = page.split('<section id="')[1:]
+    assert [s.split('"')[0] for s in sections] == [p.parent.name for p in summaries]
+    for path, section in zip(summaries, sections):
+        summary = read_json(path)
+        assert f"heredity run experiments/{path.parent.name}/config.yaml" in section
+        assert section.count("<img") >= 2  # the paired differences and the means, at least
+        assert ("Dose-response" in section) == bool(dose_response(summary))
+        assert "<h2>" not in section.split("</h2>", 1)[1]  # a study's parts sit below its title

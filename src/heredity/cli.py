@@ -121,19 +121,22 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config file."),
 @app.command("results")
 def results_cmd(folder: Path = typer.Argument(Path("experiments"), help="Folder of studies (each with config.yaml, "
                                               "README.md and the summary.json its run wrote)."),
-                out: Path = typer.Option(Path("docs/results.md"), "--out", help="Markdown file to write.")) -> None:
+                out: Path = typer.Option(Path("docs/results.md"), "--out", help="Markdown file to write."),
+                html: Path | None = typer.Option(None, "--html", help="Also write the page with every study's "
+                                                 "plots as one self-contained HTML file.")) -> None:
     """Render the results page from every study's summary.json."""
     from heredity.core.rundir import write_text
     from heredity.errors import HeredityError
-    from heredity.stages.results import render_results
+    from heredity.stages.results import render_results, render_results_html
 
     try:
-        page = render_results(folder)
+        pages = {out: render_results(folder), **({html: render_results_html(folder)} if html else {})}
     except HeredityError as exc:
         _fail(str(exc))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, page)
-    console.print(f"results: {out}")
+    for path, text in pages.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, text)
+        console.print(f"results: {path}")
 
 
 @app.command("report")

@@ -518,6 +518,14 @@ def _timings(summary: dict[str, Any]) -> str:
     return table(["stage", "this run (s)", "when computed (s)"], rows) if rows else ""
 
 
+def study_sections(summary: dict[str, Any]) -> str:
+    """The figures of a run that its summary alone holds (headline, students, dose-response,
+    judge, profile), headings one level down: a study's part of the results page."""
+    html = "".join([_headline(summary), _students(summary), _dose_response(summary), _judge(summary),
+                    _profile(summary)])
+    return html.replace("<h3>", "<h4>").replace("</h3>", "</h4>").replace("<h2>", "<h3>").replace("</h2>", "</h3>")
+
+
 def page(title: str, body: str) -> str:
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'

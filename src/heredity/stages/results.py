@@ -149,6 +149,38 @@ def studies(root: Path) -> dict[Path, dict[str, Any]]:
     return found
 
 
+def render_results_html(root: Path) -> str:
+    """The results page as one self-contained HTML file: every study's plots and tables, drawn
+    from its summary.json as a run's report.html draws them."""
+    from html import escape
+
+    from heredity.stages.report_html import page, study_sections
+
+    root = Path(root)
+    if not root.is_dir():
+        raise HeredityError(f"{root}: no such folder of studies")
+    found = studies(root)
+    body = ["<h1>heredity results</h1>",
+            f"<p class=lede>Every figure is read from a study's <code>summary.json</code> under "
+            f"<code>{escape(root.name)}/</code>, written by the run that the command beside it starts. Means with "
+            "bootstrap 95% CIs over held-out prompts; differences are paired over prompts.</p>"]
+    if not found:
+        body.append("<p>No study has a summary.json yet.</p>")
+    body.append("<ul>" + "".join(f'<li><a href="#{escape(f.name)}">{escape(_intro(f / "README.md")[0] or f.name)}</a></li>'
+                                 for f in found) + "</ul>")
+    for folder, summary in found.items():
+        title, question = _intro(folder / "README.md")
+        rel = folder.relative_to(root.parent) if folder.is_relative_to(root.parent) else folder
+        compute = sum(v for v in (summary.get("stage_compute_s") or {}).values() if v)
+        body += [f'<section id="{escape(folder.name)}"><h2>{escape(title or folder.name)}</h2>',
+                 f"<p>{escape(question)}</p>" if question else "",
+                 f"<p class=note>{summary['eval_prompts']} held-out prompts, {escape(decoding_label(summary))}. "
+                 f"Reproduce: <code>heredity run {escape(str(rel))}/config.yaml --out runs/{escape(folder.name)}</code> "
+                 f"(compute when run: {compute / 60:.0f} min).</p>",
+                 study_sections(summary), "</section>"]
+    return page("heredity results", "".join(body))
+
+
 def render_results(root: Path) -> str:
     """The results page for the studies under ``root``."""
     root = Path(root)
