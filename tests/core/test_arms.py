@@ -79,3 +79,15 @@ def test_reports_show_the_dose_response(render):
         assert p["arm"] in text
     if render == "html":
         assert text.count("<img") == 1
+
+
+def test_a_study_of_sources_is_told_apart_from_a_steered_one():
+    from heredity.core.arms import teacher_sources
+
+    rules = {"passive": {"strategy": "teacher", "name": "alpaca-7b"},
+             "active": {"strategy": "teacher", "name": "gemma-7b-it"}}
+    s = {**summary_with(rules), "arms": {"base": {}, "passive": {}, "active": {}}}
+    assert teacher_sources(s) == {"passive": "alpaca-7b", "active": "gemma-7b-it"}
+    s["selection"]["rules"]["active"] = {"strategy": "best", "metric": "length"}
+    assert teacher_sources(s) == {}
+    assert teacher_sources(read_json(TOXICITY)) == {}

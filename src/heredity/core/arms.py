@@ -21,7 +21,7 @@ from typing import Any
 from heredity.config import ACTIVE, ARM_ORDER, BASE, PASSIVE
 
 __all__ = ["ACTIVE", "ARM_ORDER", "BASE", "PASSIVE", "comparisons", "dose_response", "judged_comparisons",
-           "ordered_arms", "selection_strength", "steered_arms"]
+           "ordered_arms", "selection_strength", "steered_arms", "teacher_sources"]
 COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE), (PASSIVE, BASE))
 JUDGED_COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE))
 
@@ -123,3 +123,13 @@ def dose_response(summary: dict[str, Any]) -> list[dict[str, Any]]:
         })
     points.sort(key=lambda p: p["k"])
     return points if len({p["k"] for p in points}) >= 3 else []
+
+
+def teacher_sources(summary: dict[str, Any]) -> dict[str, str]:
+    """arm → teacher when every trained arm keeps one teacher's answers (a study of passive
+    inheritance: no arm steers a metric, so no arm has a target to be judged on); else {}."""
+    rules = (summary.get("selection") or {}).get("rules") or {}
+    trained = [a for a in summary["arms"] if a != "base"]
+    if not trained or any((rules.get(a) or {}).get("strategy") != "teacher" for a in trained):
+        return {}
+    return {a: str(rules[a].get("name")) for a in trained}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from heredity.config import ACTIVE, BASE, PASSIVE, TeacherConfig
-from heredity.core.arms import decoding_label, dose_response, ordered_arms, steered_arms, target_of
+from heredity.core.arms import decoding_label, dose_response, ordered_arms, steered_arms, target_of, teacher_sources
 from heredity.core.rundir import read_json, read_table
 from heredity.stages import report_plots as plots
 from heredity.stages.report_plots import significant
@@ -124,6 +124,7 @@ def side_effects(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Every steered arm's significant shifts against passive (paired 95% CI excludes 0),
     the targeted metric first, each with a sentence."""
     found = []
+    sources = teacher_sources(summary)
     for name, per_metric in (summary.get("differences") or {}).items():
         a, _, b = name.partition("_vs_")
         if b != PASSIVE or a in (BASE, PASSIVE):
@@ -133,6 +134,10 @@ def side_effects(summary: dict[str, Any]) -> list[dict[str, Any]]:
             if d.get("diff") is None or not significant(d):
                 continue
             moved = "rose" if d["diff"] > 0 else "fell"
+            if sources:  # no arm steers: a difference between two teachers' students
+                found.append({"arm": a, "metric": metric, "target": False, "d": d, "text":
+                              f"{metric} {moved} in {a} ({sources[a]}) vs passive ({sources[PASSIVE]})"})
+                continue
             is_target = metric == metric_t
             if is_target:
                 wanted = (d["diff"] > 0) == (direction == "max")
@@ -224,7 +229,9 @@ def _headline(summary: dict[str, Any]) -> str:
                     f"{signed(e['d']['diff'])} {ci(e['d'].get('ci95'))}</li>" for e in effects)
     said = (f'<ul class="effects">{items}</ul>' if items else
             "<p>No held-out metric of a steered arm differs from passive with a 95% CI excluding 0.</p>")
-    return f'<div class="cards">{"".join(cards)}</div><h3>What changed (steered arm vs passive, CI excludes 0)</h3>{said}'
+    heading = ("What differs between the sources (each arm vs passive, CI excludes 0)" if teacher_sources(summary)
+               else "What changed (steered arm vs passive, CI excludes 0)")
+    return f'<div class="cards">{"".join(cards)}</div><h3>{heading}</h3>{said}'
 
 
 def _provenance(summary: dict[str, Any], run_dir: Path) -> str:
@@ -539,10 +546,15 @@ def render_html(summary: dict[str, Any], run_dir: Path) -> str:
     target = summary["target"]
     teachers = cfg.get("teachers") or []
     whose = "1 teacher's" if len(teachers) == 1 else f"{len(teachers)} teachers'"
+    sources = teacher_sources(summary)
     question = (f"Does selecting, from {whose} k={fmt(cfg.get('k'))} candidates per prompt, the one with the "
                 f"{'highest' if target['direction'] == 'max' else 'lowest'} "
                 f"<b>{escape(target['metric'])}</b> move the student ({escape(str(cfg.get('student')))}) "
                 f"beyond random selection (passive)?")
+    if sources:
+        question = (f"Which attributes of the student ({escape(str(cfg.get('student')))}) follow the teacher whose "
+                    "answers it is fine-tuned on? No arm is selected by a metric: "
+                    + ", ".join(f"{escape(a)} = <b>{escape(t)}</b>" for a, t in sources.items()) + ".")
     body = [
         f"<h1>heredity report: {escape(str(summary.get('name')))}</h1>",
         f"<p class=lede>{question}</p>",

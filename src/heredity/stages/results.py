@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from heredity.core.arms import decoding_label, dose_response, ordered_arms, target_of
+from heredity.core.arms import decoding_label, dose_response, ordered_arms, target_of, teacher_sources
 from heredity.core.rundir import read_json
 from heredity.errors import HeredityError
 
@@ -108,9 +108,12 @@ def render_study(folder: Path, summary: dict[str, Any], root: Path) -> list[str]
     cut = summary.get("truncated_share") or {}
     if cut:
         lines += ["", "Answers cut at the cap: " + ", ".join(f"{a} {cut[a]:.0%}" for a in arms if a in cut) + "."]
+    diffs = summary["differences"]
+    sources = teacher_sources(summary)
+    if sources:
+        return lines + source_lines(summary, sources, metrics) + profile_lines(summary) + [""]
     lines += ["", "Effect on each arm's target (paired over prompts; a variant steers its own metric):", "",
               "| comparison | target | difference | 95% CI | ratio | verdict |", "|---|---|---|---|---|---|"]
-    diffs = summary["differences"]
     for arm in steered(summary):
         arm_target, arm_direction = target_of(summary, arm)
         for other in ("passive", "base"):
@@ -130,14 +133,38 @@ def render_study(folder: Path, summary: dict[str, Any], root: Path) -> list[str]
                             f"{_fmt(d['diff'])} {_ci(d['ci95'])})")
     lines += ["", ("Side effects (other metrics whose paired CI excludes zero): " + "; ".join(side) + ".")
               if side else "Side effects: no other metric moved with a CI excluding zero (active vs passive, base)."]
+    return lines + profile_lines(summary) + [""]
+
+
+def profile_lines(summary: dict[str, Any]) -> list[str]:
     profile = summary.get("profile")
-    if profile and profile.get("differences"):
-        lines += ["", "Profile differences (paired over items):", "",
-                  "| comparison | suite/metric | difference | 95% CI |", "|---|---|---|---|"]
-        for name, per_metric in profile["differences"].items():
-            for key, d in per_metric.items():
-                lines.append(f"| {name.replace('_vs_', ' − ')} | {key} | {_fmt(d['diff'])} | {_ci(d['ci95'])} |")
-    return lines + [""]
+    if not profile or not profile.get("differences"):
+        return []
+    lines = ["", "Profile differences (paired over items):", "",
+             "| comparison | suite/metric | difference | 95% CI |", "|---|---|---|---|"]
+    for name, per_metric in profile["differences"].items():
+        for key, d in per_metric.items():
+            lines.append(f"| {name.replace('_vs_', ' − ')} | {key} | {_fmt(d['diff'])} | {_ci(d['ci95'])} |")
+    return lines
+
+
+def source_lines(summary: dict[str, Any], sources: dict[str, str], metrics: list[str]) -> list[str]:
+    """Every paired difference between students of different sources (and against base), one
+    row per comparison, one column per metric; bold where the 95% CI excludes zero."""
+    def cell(d: dict[str, Any] | None) -> str:
+        if not d or d["ci95"][0] is None:
+            return "–"
+        text = f"{_fmt(d['diff'])} {_ci(d['ci95'])}"
+        return f"**{text}**" if d["ci95"][0] > 0 or d["ci95"][1] < 0 else text
+
+    lines = ["", "Sources: " + ", ".join(f"{a} = {t}" for a, t in sources.items()) + ". No arm is steered: which "
+             "attributes follow the source (paired over prompts; **bold**: 95% CI excludes zero):", "",
+             "| comparison | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for name, per_metric in summary["differences"].items():
+        a, b = name.split("_vs_")
+        label = f"{a} − {b} ({sources.get(a, a)} − {sources.get(b, b)})"
+        lines.append(f"| {label} | " + " | ".join(cell(per_metric.get(m)) for m in metrics) + " |")
+    return lines
 
 
 def studies(root: Path) -> dict[Path, dict[str, Any]]:
