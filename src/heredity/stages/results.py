@@ -98,18 +98,19 @@ def render_study(folder: Path, summary: dict[str, Any], root: Path) -> list[str]
     lines = [f"## {title or folder.name}", ""]
     if question:
         lines += [question, ""]
-    lines += [f"Target: **{direction} {target}**; {summary['eval_prompts']} held-out prompts, {decoding_label(summary)}. "
+    sources = teacher_sources(summary)
+    aim = "No target (each student learns one teacher's answers)" if sources else f"Target: **{direction} {target}**"
+    lines += [f"{aim}; {summary['eval_prompts']} held-out prompts, {decoding_label(summary)}. "
               f"Reproduce: `heredity run {rel}/config.yaml --out runs/{folder.name}` "
               f"(compute when run: {compute / 60:.0f} min).", ""]
     lines += ["| metric | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
     for m in metrics:
         cells = [f"{_fmt(summary['arms'][a][m])} {_ci(summary['ci95'][a][m])}" for a in arms]
-        lines.append(f"| {m}{' (target)' if m == target else ''} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m}{' (target)' if m == target and not sources else ''} | " + " | ".join(cells) + " |")
     cut = summary.get("truncated_share") or {}
     if cut:
         lines += ["", "Answers cut at the cap: " + ", ".join(f"{a} {cut[a]:.0%}" for a in arms if a in cut) + "."]
     diffs = summary["differences"]
-    sources = teacher_sources(summary)
     if sources:
         return lines + source_lines(summary, sources, metrics) + profile_lines(summary) + [""]
     lines += ["", "Effect on each arm's target (paired over prompts; a variant steers its own metric):", "",
