@@ -138,3 +138,24 @@ def test_repetition_penalty_keys_only_when_set_and_not_for_openai():
         config_from_dict({"teachers": [{"model": "m", "backend": "openai", "sampling": {"repetition_penalty": 1.2},
                                         "openai": {"base_url": "http://127.0.0.1:1/v1"}}]})
     assert "\n" not in str(err.value)
+
+
+def test_profile_settings_are_checked_before_any_stage_runs():
+    from heredity.stages.profile import profile_key
+
+    def profile(**settings):
+        return config_from_dict({"eval": {"profile": settings}}, "c.yaml")
+
+    cases = [({"suites": ["toxcity"]}, "field 'eval.profile.suites': unknown profile suite 'toxcity'"),
+             ({"suites": ["calibration"], "limits": {"toxicity": 30}},
+              "field 'eval.profile.limits.toxicity': suite 'toxicity' is not profiled"),
+             ({"toxicity_scorer": "toxic"}, "field 'eval.profile.toxicity_scorer': unknown metric 'toxic'"),
+             ({"limits": {"toxicity": 0}}, "eval.profile.limits.toxicity")]
+    for settings, message in cases:
+        with pytest.raises(HeredityError) as err:
+            profile(**settings)
+        assert str(err.value).startswith("c.yaml: ") and message in str(err.value) and "\n" not in str(err.value)
+    # per-suite limits enter the stage key only when set, so runs made before them keep their profiles
+    assert "limits" not in profile_key(profile(suites=["all"]).eval.profile)
+    limited = profile(suites=["toxicity", "bbq"], limits={"toxicity": 30, "bbq": None}).eval.profile
+    assert profile_key(limited)["limits"] == {"toxicity": 30, "bbq": None}

@@ -182,6 +182,8 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
                                                         "toxicity or all (the default, unless --lm-eval is given)."),
             limit: int = typer.Option(100, help="Items per suite, sampled with a fixed seed (tests for seat, "
                                                 "prompts for textual and toxicity)."),
+            suite_limit: list[str] = typer.Option([], "--suite-limit", help="SUITE=N (or SUITE=all): that suite's "
+                                                                           "own limit, e.g. toxicity=30 (repeatable)."),
             samples: int = typer.Option(25, help="toxicity: continuations sampled per RealToxicityPrompts prompt."),
             toxicity_scorer: str | None = typer.Option(
                 None, help="toxicity: scoring metric (default: toxicity-perspective if PERSPECTIVE_API_KEY is set, "
@@ -213,14 +215,27 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
     if bbq_category:
         options["bbq"] = {"categories": bbq_category}
     try:
+        limits = _suite_limits(suite_limit)
         if suites:
             result = profile_model(model, suites, limit, out, device, data_dir=data_dir, threads=threads,
-                                   log=console.print, options=options)
+                                   log=console.print, options=options, limits=limits)
             Console().print(render_table(result, groups=groups))
         if lm_eval:
             _lm_eval(model, lm_eval, limit, lm_eval_include, device, out)
     except HeredityError as exc:
         _fail(str(exc))
+
+
+def _suite_limits(values: list[str]) -> dict[str, int | None]:
+    from heredity.errors import HeredityError
+
+    limits: dict[str, int | None] = {}
+    for value in values:
+        name, _, n = value.partition("=")
+        if not name or not (n == "all" or (n.isdigit() and int(n) >= 1)):
+            raise HeredityError(f"--suite-limit '{value}': expected SUITE=N with N >= 1, or SUITE=all")
+        limits[name] = None if n == "all" else int(n)
+    return limits
 
 
 def _lm_eval(model: str, tasks: list[str], limit: int, include: Path | None, device: str, out: Path | None) -> None:

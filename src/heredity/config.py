@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -506,6 +506,11 @@ class ProfileConfig(_Strict):
         description="calibration, crows_pairs, stereoset, bbq, seat, textual, toxicity, judge_preference, or all.",
     )
     limit: int | None = Field(100, ge=1, description="Items (or prompts) per suite, a seeded sample; None = all.")
+    limits: dict[str, Annotated[int, Field(ge=1)] | None] = Field(
+        default_factory=dict,
+        description="Per-suite overrides of `limit` (None = all), e.g. {toxicity: 30}: RealToxicityPrompts "
+        "costs `samples` generations per prompt, the likelihood suites one forward pass per item.",
+    )
     samples: int = Field(25, ge=1, description="RealToxicityPrompts continuations per prompt.")
     max_new_tokens: int = Field(256, ge=1, description="Token cap of the textual suite's greedy answers.")
     toxicity_scorer: str | None = Field(None, description="None: Perspective with a key, else the offline 'toxicity'.")

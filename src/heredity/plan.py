@@ -27,6 +27,7 @@ from heredity.core.models import EMBEDDED, adapter_base, chat_messages, gguf_pat
 from heredity.core.prompts import Prompt, load_prompts, read_rows, text_field
 from heredity.errors import HeredityError, input_error
 from heredity.metrics import resolve
+from heredity.profile import resolve_suites
 from heredity.strategies import parse_spec, spec_metrics
 
 
@@ -41,6 +42,22 @@ def _metric_problem(column: str, options: dict[str, Any]) -> str | None:
 def selection_metrics(cfg: RunConfig) -> list[str]:
     """Every metric the selection reads (the target included)."""
     return sorted({cfg.select.metric, *(m for spec in cfg.select.specs().values() for m in spec_metrics(spec))})
+
+
+def _profile_problems(cfg: RunConfig) -> list[str]:
+    """What is wrong with ``eval.profile``, found now rather than when profiling starts after training."""
+    pc = cfg.eval.profile
+    if pc is None:
+        return []
+    try:
+        names = resolve_suites(pc.suites)
+    except HeredityError as exc:
+        return [f"field 'eval.profile.suites': {exc}"]
+    problems = [f"field 'eval.profile.limits.{name}': suite '{name}' is not profiled (eval.profile.suites: "
+                f"{', '.join(names)})" for name in pc.limits if name not in names]
+    if pc.toxicity_scorer is not None and (why := _metric_problem(pc.toxicity_scorer, {})) is not None:
+        problems.append(f"field 'eval.profile.toxicity_scorer': {why}")
+    return problems
 
 
 def check_config(cfg: RunConfig, source: str = "config") -> RunConfig:
@@ -67,6 +84,7 @@ def check_config(cfg: RunConfig, source: str = "config") -> RunConfig:
                 parse_spec(spec.as_dict())
             except HeredityError as exc:
                 problems.append(f"field '{field}': {exc}")
+    problems += _profile_problems(cfg)
     if not problems:
         missing = [m for m in selection_metrics(cfg) if m not in cfg.score.metrics]
         for m in missing:

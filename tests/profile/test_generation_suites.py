@@ -218,6 +218,8 @@ def test_unknown_suite_options_fail_before_loading(data_dir):
         profile_model("no-such-model", ["textual"], 1, None, data_dir=data_dir, options={"textual": {"limit": 1}})
     with pytest.raises(HeredityError, match="unknown profile suite 'rtp'"):
         profile_model("no-such-model", ["textual"], 1, None, data_dir=data_dir, options={"rtp": {}})
+    with pytest.raises(HeredityError, match="limit is given for profile suite 'toxicity', which is not profiled"):
+        profile_model("no-such-model", ["textual"], 1, None, data_dir=data_dir, limits={"toxicity": 1})
 
 
 def test_render_table_shows_quantiles_only_when_present():
@@ -301,15 +303,19 @@ def test_toxicity_on_rtp(data_dir, model_and_tokenizer):
 
 
 def test_profile_generation_suites(tmp_path, data_dir, model_and_tokenizer):
+    # a per-suite limit: one RTP prompt (its samples cost generations), two textual prompts
     result = profile_model(MODEL, ["toxicity", "textual"], limit=2, out=tmp_path, data_dir=data_dir,
-                           bootstrap_samples=100,
+                           bootstrap_samples=100, limits={"toxicity": 1},
                            options={"textual": {"max_new_tokens": 8, "metrics": ["length", "words"]},
                                     "toxicity": {"samples_per_prompt": 2, "max_new_tokens": 8, "scorer": "toxicity"}})
     assert list(result["suites"]) == ["textual", "toxicity"]  # registry order
+    assert result["limit"] == 2 and result["limits"] == {"toxicity": 1}
+    assert result["suites"]["textual"]["n"] == 2 and result["suites"]["toxicity"]["n"] == 1
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(result))
     assert pq.read_table(tmp_path / "textual.parquet").column_names == [
         "prompt_id", "prompt", "answer", "finish_reason", "completion_tokens", "length", "words"]
-    assert pq.read_table(tmp_path / "toxicity.parquet").num_rows == 4
+    assert pq.read_table(tmp_path / "toxicity.parquet").num_rows == 2
     assert result["suites"]["toxicity"]["samples_per_prompt"] == 2
     table = render_table(result)
     assert table.row_count == 3 + 4 and len(table.columns) == 7
+    assert table.title.endswith("(limit 2; toxicity 1)")

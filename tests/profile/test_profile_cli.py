@@ -42,17 +42,17 @@ def table_rows(stdout: str) -> list[list[str]]:
 def test_profile_command_prints_the_table_and_writes_the_summary(tmp_path, data_dir):
     out = tmp_path / "profile"
     result = heredity_profile(MODEL, "--suite", "crows_pairs", "--suite", "calibration", "--limit", "5",
-                              "--out", str(out), "--data-dir", str(data_dir), "--threads", "1")
+                              "--suite-limit", "crows_pairs=3", "--out", str(out), "--data-dir", str(data_dir), "--threads", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["suites"]) == ["calibration", "crows_pairs"]  # registry order, not argument order
-    assert summary["limit"] == 5 and summary["model"] == MODEL
-    assert "calibration: 5 items in" in result.stderr and "crows_pairs: 5 pairs in" in result.stderr
+    assert summary["limit"] == 5 and summary["limits"] == {"crows_pairs": 3} and summary["model"] == MODEL
+    assert "calibration: 5 items in" in result.stderr and "crows_pairs: 3 pairs in" in result.stderr
 
     # the figures are those of the per-item files
     calibration = pq.read_table(out / "calibration.parquet").to_pylist()
     crows = pq.read_table(out / "crows_pairs.parquet").to_pylist()
-    assert len(calibration) == len(crows) == 5
+    assert (len(calibration), len(crows)) == (5, 3)
     cal = summary["suites"]["calibration"]["metrics"]
     assert cal["accuracy"]["value"] == pytest.approx(np.mean([r["correct"] for r in calibration]))
     assert cal["mean_confidence"]["value"] == pytest.approx(np.mean([r["confidence"] for r in calibration]))
@@ -90,6 +90,9 @@ def test_profile_command_prints_the_table_and_writes_the_summary(tmp_path, data_
      "/nonexistent/heredity-data/nyu-mll/crows_pairs/default/test.jsonl|.parquet (hub schema); "
      "the hub: nyu-mll/crows_pairs@refs/convert/parquet (test): cannot load from the hub"),
     (["--suite", "crows_pairs", "--data-dir", "{empty}"], "crows_pairs_anonymized.csv (shared layout)"),
+    (["--suite", "bbq", "--suite-limit", "bbq=0"], "error: --suite-limit 'bbq=0': expected SUITE=N with N >= 1"),
+    (["--suite", "bbq", "--suite-limit", "seat=2"],
+     "error: a limit is given for profile suite 'seat', which is not profiled; profiled: bbq"),
 ])
 def test_bad_input_is_one_line_without_traceback(tmp_path, args, message):
     args = [a.replace("{empty}", str(tmp_path)) for a in args]

@@ -113,11 +113,12 @@ def scoring_tokenizer(model_ref: str):
 def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Path | None, device: str = "cpu",
                   *, data_dir: Path | None = None, batch_size: int = 32, bootstrap_samples: int = BOOTSTRAP_SAMPLES,
                   seed: int = 0, threads: int | None = None, log: Callable[[str], None] | None = None,
-                  options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                  options: dict[str, dict[str, Any]] | None = None,
+                  limits: dict[str, int | None] | None = None) -> dict[str, Any]:
     """Run the chosen suites on one model; return (and with ``out``, write) the metrics.
 
     ``limit`` caps each suite's sample (items, pairs, tests or prompts; a seeded random sample,
-    ``None`` = all). ``options`` maps a suite name to extra keyword arguments of its ``run`` (e.g.
+    ``None`` = all); ``limits`` overrides it per suite (``{"toxicity": 30}``). ``options`` maps a suite name to extra keyword arguments of its ``run`` (e.g.
     ``{"toxicity": {"samples_per_prompt": 5}, "textual": {"max_new_tokens": 128}}``); options of
     suites not run are ignored. With ``out``, writes ``out/<suite>.parquet`` (one row per item)
     and ``out/summary.json``
@@ -138,7 +139,11 @@ def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Pat
         torch.set_num_threads(threads)
     device = pick_device(device)
     started = time.perf_counter()
-    options = options or {}
+    options, limits = options or {}, limits or {}
+    for name in limits:
+        if name not in names:
+            raise HeredityError(f"a limit is given for profile suite '{name}', which is not profiled; "
+                                f"profiled: {', '.join(names)}")
     for name, opts in options.items():
         if name not in SUITES:
             raise HeredityError(f"options given for unknown profile suite '{name}'; known: {', '.join(SUITES)}")
@@ -159,6 +164,7 @@ def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Pat
         "model_identity": model_identity(model_ref),
         "device": device,
         "limit": limit,
+        **({"limits": dict(limits)} if limits else {}),
         "seed": seed,
         "bootstrap_samples": bootstrap_samples,
         "suites": {},
@@ -168,8 +174,8 @@ def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Pat
     for name in names:
         t0 = time.perf_counter()
         spec = SUITES[name]
-        suite = spec.run(model, chat_tokenizer if spec.generates else tokenizer, data_dir=root, limit=limit,
-                         seed=seed, samples=bootstrap_samples, batch_size=batch_size, **options.get(name, {}))
+        suite = spec.run(model, chat_tokenizer if spec.generates else tokenizer, data_dir=root,
+                         limit=limits.get(name, limit), seed=seed, samples=bootstrap_samples, batch_size=batch_size, **options.get(name, {}))
         seconds = time.perf_counter() - t0
         result["suites"][name] = suite.summary
         result["timings_s"][name] = round(seconds, 3)
@@ -198,6 +204,7 @@ def render_table(result: dict[str, Any], groups: bool = True):
     from rich.table import Table
 
     limit = "all items" if result.get("limit") is None else f"limit {result['limit']}"
+    limit += "".join(f"; {name} {'all' if n is None else n}" for name, n in result.get("limits", {}).items())
     table = Table(title=f"profile of {result['model']} ({limit})")
     quantiles = any("p50" in m for s in result["suites"].values() for m in s["metrics"].values())
     columns = [("suite", "left"), ("group", "left"), ("metric", "left"), ("value", "right"), ("95% CI", "right")]

@@ -66,7 +66,7 @@ def _options(pc: ProfileConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 # Options added after runs existed: in the key only when set, so older runs keep their stages.
-KEY_WHEN_SET = {"toxicity_prompts": "all", "textual_protocol": "fast", "bbq_categories": None}
+KEY_WHEN_SET = {"toxicity_prompts": "all", "textual_protocol": "fast", "bbq_categories": None, "limits": {}}
 
 
 def profile_key(pc: ProfileConfig) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def compute_profile(job: dict[str, Any], folder: Path) -> tuple[dict[str, str], 
     model_ref, device = job["model_ref"], pick_device(job["device"])
     result = profile_model(model_ref, pc.suites, pc.limit, folder, device, data_dir=job["data_dir"],
                            batch_size=pc.batch_size, bootstrap_samples=job["bootstrap_samples"], seed=pc.seed,
-                           options=job["options"])
+                           options=job["options"], limits=pc.limits)
     outputs = {"summary": "summary.json", **{s: f"{s}.parquet" for s in result["suites"]}}
     if pc.lm_eval_tasks:
         harness = lm_eval_tasks.run_lm_eval(model_ref, pc.lm_eval_tasks, limit=pc.limit,
