@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from heredity.core.prompts import Prompt
 from heredity.plan import config_from_dict
 from heredity.stages.evaluate import answer, eval_key
@@ -31,3 +33,41 @@ def test_sampled_answers_are_seeded_per_prompt_not_per_batch():
     together, alone = run(3, seed), run(1, seed)
     assert together == alone  # a prompt's sample does not depend on its neighbours
     assert run(3, seed + 100) != together  # and the seed is used
+
+
+def test_a_changed_metric_rescores_the_answers_and_generates_nothing(tmp_path, monkeypatch, alpaca_texts):
+    from heredity.core.rundir import read_table
+    from heredity.metrics.lexical import mtld
+    from heredity.stages import evaluate
+
+    answers = [{"prompt_id": p.id, "prompt": p.text, "text": text, "finish_reason": "stop", "completion_tokens": 9}
+               for p, text in zip(PROMPTS, alpaca_texts)]
+    before = config_from_dict(tiny_config(score={"metrics": ["words"]}, select={"metric": "words"}))
+    stage, _ = evaluate.evaluate_stage(before, tmp_path, "base", PROMPTS, None)
+    stage.start()
+    evaluate.finish_evaluate(before, stage, "base", [dict(a) for a in answers])
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("answers were generated again")
+
+    monkeypatch.setattr(evaluate, "answer", no_generation)
+    after = config_from_dict(tiny_config(score={"metrics": ["words", "mtld"]}, select={"metric": "words"}))
+    rescored = evaluate.run_evaluate(after, tmp_path, "base", PROMPTS, None)
+    assert not rescored.reused and rescored.is_done() and rescored.key != stage.key
+    rows = read_table(rescored.dir / "answers.parquet")
+    assert [r["text"] for r in rows] == [a["text"] for a in answers]
+    assert [r["mtld"] for r in rows] == pytest.approx([mtld(a["text"]) for a in answers])
+    assert set(rows[0]) == {*answers[0], "arm", "words", "mtld"}
+    # a dropped metric leaves no stale column behind
+    dropped = config_from_dict(tiny_config(score={"metrics": ["mtld"]}, select={"metric": "mtld"}))
+    assert "words" not in read_table(evaluate.run_evaluate(dropped, tmp_path, "base", PROMPTS, None).dir
+                                     / "answers.parquet")[0]
+    # other decoding settings change the answers: those are generated again
+    longer = config_from_dict(tiny_config(score={"metrics": ["mtld"]}, select={"metric": "mtld"},
+                                          eval={"max_new_tokens": 48, "bootstrap_samples": 200}))
+    try:
+        evaluate.run_evaluate(longer, tmp_path, "base", PROMPTS, None)
+    except AssertionError as exc:
+        assert "generated again" in str(exc)
+    else:
+        raise AssertionError("a new max_new_tokens reused the old answers")

@@ -16,7 +16,8 @@ from heredity.core.models import (
     pick_device,
 )
 from heredity.core.prompts import Prompt
-from heredity.core.rundir import Stage, stable_hash, write_table
+from heredity.core.rundir import Stage, read_table, stable_hash, write_table
+from heredity.errors import HeredityError
 from heredity.stages.generate import batched
 from heredity.stages.score import metric_context, metric_versions, score_texts
 
@@ -71,6 +72,33 @@ def evaluate_stage(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[P
     return stage, model_ref
 
 
+def earlier_answers(stage: Stage) -> list[dict[str, Any]] | None:
+    """The answers of a finished evaluation that differs from ``stage`` in its metrics only (a
+    metric added, dropped or of a new version), without their scores; else None.
+
+    The answers depend on the model, prompts and decoding, all in the key, not on the metrics, so
+    a changed metric re-scores them rather than generating them again. Call before ``start()``.
+    """
+    old = stage.manifest()
+    if not old or old.get("status") != "complete" or not isinstance(old.get("config"), dict):
+        return None
+    if _answers_key(old["config"]) != _answers_key(stage.key_material):
+        return None
+    try:
+        rows = read_table(stage.dir / old["outputs"]["answers"])
+    except (KeyError, TypeError, HeredityError):  # no such output, or a corrupt file: answer again
+        return None
+    scored = {"arm", *(old["config"].get("metrics") or {})}
+    return [{k: v for k, v in row.items() if k not in scored} for row in rows]
+
+
+def _answers_key(key_material: dict[str, Any]) -> str:
+    """What the answers depend on: the stage key without the metrics (``eval.metrics`` included)."""
+    settings = key_material.get("eval")
+    settings = {**settings, "metrics": None} if isinstance(settings, dict) else settings
+    return stable_hash({**key_material, "metrics": None, "eval": settings})
+
+
 def finish_evaluate(cfg: RunConfig, stage: Stage, arm: str, rows: list[dict[str, Any]]) -> Stage:
     """Score the answers (on the driver, through the score cache) and write them."""
     metrics = cfg.eval_metrics
@@ -90,5 +118,6 @@ def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Pro
     stage, model_ref = evaluate_stage(cfg, run_dir, arm, eval_prompts, model_stage)
     if stage.reuse():
         return stage
+    rows = earlier_answers(stage)
     stage.start()
-    return finish_evaluate(cfg, stage, arm, answer(model_ref, eval_prompts, cfg, progress, arm))
+    return finish_evaluate(cfg, stage, arm, rows if rows is not None else answer(model_ref, eval_prompts, cfg, progress, arm))

@@ -28,7 +28,7 @@ from heredity.core.cluster import fan_out, folder_files, write_files
 from heredity.core.prompts import Prompt
 from heredity.core.rundir import Stage
 from heredity.judging import Pair, pairwise
-from heredity.stages.evaluate import answer, evaluate_stage, finish_evaluate
+from heredity.stages.evaluate import answer, earlier_answers, evaluate_stage, finish_evaluate
 from heredity.stages.judge import JUDGE_OUTPUTS, answer_pairs, judge_stage
 from heredity.stages.profile import compute_profile, profile_job, profile_stage
 
@@ -63,9 +63,12 @@ def run_evaluations_on_ray(cfg: RunConfig, run_dir: Path, eval_prompts: list[Pro
     for arm, model_stage in models.items():
         stages[arm], refs[arm] = evaluate_stage(cfg, run_dir, arm, eval_prompts, model_stage)
     todo = [arm for arm, stage in stages.items() if not stage.reuse()]
+    earlier = {arm: earlier_answers(stages[arm]) for arm in todo}
     for arm in todo:
         stages[arm].start()
-    jobs = {arm: (answer, (refs[arm], eval_prompts, cfg)) for arm in todo}
+        if earlier[arm] is not None:  # only a metric changed: re-score here, generate nothing
+            finish_evaluate(cfg, stages[arm], arm, earlier[arm])
+    jobs = {arm: (answer, (refs[arm], eval_prompts, cfg)) for arm in todo if earlier[arm] is None}
     for arm, rows in fan_out(cfg.ray, jobs, "evaluate"):
         finish_evaluate(cfg, stages[arm], arm, rows)
     return stages

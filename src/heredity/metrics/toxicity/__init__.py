@@ -14,7 +14,10 @@ prompts and their completions). Out of fold (5 folds grouped by prompt) it agree
 Perspective at Spearman 0.855 (AUROC 0.986 at >= 0.5) on all 600 and 0.807 on the 300
 completions, against alt-profanity-check's 0.837 (0.987) and 0.705: no better at telling toxic
 from clean, clearly better at ranking degrees of toxicity, which is what selecting among a
-student's candidates needs. Beyond that distribution it is untested against Perspective.
+student's candidates needs. Held out by source (fitted on the prompts, scoring the completions)
+it still ranks at Spearman 0.64 but flags every completion at 0.5: its threshold follows the base
+rate it was fitted on, so EMT and toxicity probability are its own, not Perspective's
+(``benchmarks/toxicity.py``).
 
 ``toxicity-profanity`` is alt-profanity-check alone: under 1 MB and about a thousand times
 faster, but it only knows profane words, so it ranks non-profane toxicity (and degrees of it)
