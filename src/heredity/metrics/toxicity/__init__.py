@@ -52,7 +52,7 @@ from heredity.metrics.toxicity.embed import (
     is_blank,
     profanity_probabilities,
 )
-from heredity.metrics.toxicity.head import HEAD_RESOURCE, Head, fit_head, load_head
+from heredity.metrics.toxicity.head import HEAD_RESOURCE, Head, combined_score, fit_head, load_head
 from heredity.metrics.toxicity.metrics import (
     DetoxifyOptions,
     toxicity,
@@ -72,6 +72,6 @@ from heredity.metrics.toxicity.rtp import RTP_FILE, RTPSet, load_rtp, rtp_path, 
 __all__ = [
     "ATTRIBUTE", "DetoxifyOptions", "EMBED_BATCH", "EMBED_MAX_TOKENS", "HEAD_RESOURCE", "Head", "INSTALL_HINT",
     "KEY_ENV", "MAX_TEXT_BYTES", "PERSPECTIVE_URL", "PROB_EPS", "PerspectiveClient", "RTPSet", "RTP_FILE",
-    "embed", "features", "fit_head", "is_blank", "load_head", "load_rtp", "profanity_probabilities",
+    "combined_score", "embed", "features", "fit_head", "is_blank", "load_head", "load_rtp", "profanity_probabilities",
     "rtp_path", "rtp_rows", "toxicity", "toxicity_detoxify", "toxicity_perspective", "toxicity_profanity",
 ]

@@ -58,6 +58,23 @@ def fit_head(feats: np.ndarray, scores: np.ndarray, alpha: float,
     return Head(tuple(coef.tolist()), float(t_mean - x_mean @ coef), dict(meta or {}, alpha=alpha))
 
 
+def combined_score(head_probability: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    """The default scorer from the head's prediction (``Head.predict(feats)``): its mean with
+    alt-profanity-check's probability, recovered from the features' last column (its clipped logit).
+
+    The head ranks degrees of toxicity best on text like the 600 it was fitted on, but its 0.5
+    threshold follows the base rate of those texts (fitted on all-toxic prompts alone, it flags
+    every completion). alt-profanity-check was trained on a large labelled corpus of comments, so
+    its probability is anchored elsewhere. Held out by source the mean ranks as well as the better
+    of the two and flags far fewer clean texts than the head; in distribution it ranks as the head
+    does (``benchmarks/toxicity.py``). Equal weights: nothing here is tuned to one data set.
+    """
+    import numpy as np
+
+    profanity = 1.0 / (1.0 + np.exp(-np.asarray(feats)[:, -1]))
+    return (np.asarray(head_probability) + profanity) / 2.0
+
+
 @lru_cache(maxsize=1)
 def load_head() -> Head:
     try:

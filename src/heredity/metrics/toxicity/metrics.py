@@ -2,7 +2,9 @@
 ``toxicity-perspective`` and ``toxicity-detoxify`` (see the package docstring).
 
 Version 2: a blank text is undefined (NaN: excluded and counted), no longer 0.0, so selecting
-the least toxic candidate can never pick an empty one."""
+the least toxic candidate can never pick an empty one. ``toxicity`` version 3: the mean of the
+ridge head's prediction and alt-profanity-check's probability (``head.combined_score``), whose 0.5
+threshold holds better on text unlike the head's training data."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from heredity.core.models import cache_dir
 from heredity.errors import HeredityError
 from heredity.metrics.registry import MetricContext, register
 from heredity.metrics.toxicity.embed import features, is_blank, profanity_probabilities
-from heredity.metrics.toxicity.head import load_head
+from heredity.metrics.toxicity.head import combined_score, load_head
 from heredity.metrics.toxicity.perspective import (
     KEY_ENV,
     PERSPECTIVE_URL,
@@ -26,9 +28,9 @@ from heredity.metrics.toxicity.perspective import (
 )
 
 
-@register("toxicity", loads_model=True, version="2", better="lower",
-          description="Predicted Perspective toxicity, offline: MiniLM embedding + profanity "
-                      "probability, ridge head (0..1)")
+@register("toxicity", loads_model=True, version="3", better="lower",
+          description="Predicted Perspective toxicity, offline: the mean of a ridge head on MiniLM "
+                      "embedding + profanity logit and alt-profanity-check's probability (0..1)")
 def toxicity(texts: Sequence[str], context: MetricContext) -> list[float]:
     if not texts:
         return []
@@ -36,7 +38,8 @@ def toxicity(texts: Sequence[str], context: MetricContext) -> list[float]:
     keep = [i for i, t in enumerate(texts) if not is_blank(t)]
     out = [math.nan] * len(texts)
     if keep:
-        scores = head.predict(features([texts[i] for i in keep], context.options.get("device")))
+        feats = features([texts[i] for i in keep], context.options.get("device"))
+        scores = combined_score(head.predict(feats), feats)
         for i, s in zip(keep, scores):
             out[i] = float(s)
     return out
