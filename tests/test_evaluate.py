@@ -36,7 +36,7 @@ def test_sampled_answers_are_seeded_per_prompt_not_per_batch():
 
 
 def test_a_changed_metric_rescores_the_answers_and_generates_nothing(tmp_path, monkeypatch, alpaca_texts):
-    from heredity.core.rundir import read_table
+    from heredity.core.rundir import read_table, write_json
     from heredity.metrics.lexical import mtld
     from heredity.stages import evaluate
 
@@ -50,10 +50,15 @@ def test_a_changed_metric_rescores_the_answers_and_generates_nothing(tmp_path, m
     def no_generation(*args, **kwargs):
         raise AssertionError("answers were generated again")
 
+    # as if generating the answers had taken 20 minutes
+    write_json(stage.manifest_path, {**stage.manifest(), "seconds": 1200.0})
     monkeypatch.setattr(evaluate, "answer", no_generation)
     after = config_from_dict(tiny_config(score={"metrics": ["words", "mtld"]}, select={"metric": "words"}))
     rescored = evaluate.run_evaluate(after, tmp_path, "base", PROMPTS, None)
     assert not rescored.reused and rescored.is_done() and rescored.key != stage.key
+    # the compute behind the outputs: the earlier stage's seconds plus the re-scoring
+    manifest = rescored.manifest()
+    assert manifest["rescored"] is True and 1200.0 < manifest["seconds"] < 1260.0
     rows = read_table(rescored.dir / "answers.parquet")
     assert [r["text"] for r in rows] == [a["text"] for a in answers]
     assert [r["mtld"] for r in rows] == pytest.approx([mtld(a["text"]) for a in answers])

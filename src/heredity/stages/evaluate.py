@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +74,15 @@ def evaluate_stage(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[P
     return stage, model_ref
 
 
-def earlier_answers(stage: Stage) -> list[dict[str, Any]] | None:
+@dataclass(frozen=True)
+class EarlierAnswers:
+    """Answers to re-score, and the compute (s) it took to produce them."""
+
+    rows: list[dict[str, Any]]
+    seconds: float
+
+
+def earlier_answers(stage: Stage) -> EarlierAnswers | None:
     """The answers of a finished evaluation that differs from ``stage`` in its metrics only (a
     metric added, dropped or of a new version), without their scores; else None.
 
@@ -89,7 +99,9 @@ def earlier_answers(stage: Stage) -> list[dict[str, Any]] | None:
     except (KeyError, TypeError, HeredityError):  # no such output, or a corrupt file: answer again
         return None
     scored = {"arm", *(old["config"].get("metrics") or {})}
-    return [{k: v for k, v in row.items() if k not in scored} for row in rows]
+    seconds = old.get("seconds")
+    return EarlierAnswers([{k: v for k, v in row.items() if k not in scored} for row in rows],
+                          float(seconds) if isinstance(seconds, (int, float)) else 0.0)
 
 
 def _answers_key(key_material: dict[str, Any]) -> str:
@@ -99,8 +111,12 @@ def _answers_key(key_material: dict[str, Any]) -> str:
     return stable_hash({**key_material, "metrics": None, "eval": settings})
 
 
-def finish_evaluate(cfg: RunConfig, stage: Stage, arm: str, rows: list[dict[str, Any]]) -> Stage:
-    """Score the answers (on the driver, through the score cache) and write them."""
+def finish_evaluate(cfg: RunConfig, stage: Stage, arm: str, rows: list[dict[str, Any]],
+                    earlier: EarlierAnswers | None = None) -> Stage:
+    """Score the answers (on the driver, through the score cache) and write them. With
+    ``earlier`` (``rows`` are its rows, re-scored), the manifest's ``seconds`` adds the compute
+    that produced them, so a run's compute figure stays that of its outputs."""
+    started = time.perf_counter()
     metrics = cfg.eval_metrics
     # Every arm is measured with the base student's tokenizer, so lengths are comparable.
     context = metric_context(cfg, [r["prompt"] for r in rows], with_tokenizer=True)
@@ -109,7 +125,10 @@ def finish_evaluate(cfg: RunConfig, stage: Stage, arm: str, rows: list[dict[str,
         row["arm"] = arm
         row.update({m: scores[m][i] for m in metrics})
     write_table(stage.dir / "answers.parquet", rows)
-    stage.finish({"answers": "answers.parquet"}, counts={"prompts": len(rows)})
+    extra: dict[str, Any] = {}
+    if earlier is not None:
+        extra = {"rescored": True, "seconds": round(earlier.seconds + time.perf_counter() - started, 3)}
+    stage.finish({"answers": "answers.parquet"}, counts={"prompts": len(rows)}, **extra)
     return stage
 
 
@@ -118,6 +137,8 @@ def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Pro
     stage, model_ref = evaluate_stage(cfg, run_dir, arm, eval_prompts, model_stage)
     if stage.reuse():
         return stage
-    rows = earlier_answers(stage)
+    earlier = earlier_answers(stage)
     stage.start()
-    return finish_evaluate(cfg, stage, arm, rows if rows is not None else answer(model_ref, eval_prompts, cfg, progress, arm))
+    if earlier is not None:
+        return finish_evaluate(cfg, stage, arm, earlier.rows, earlier)
+    return finish_evaluate(cfg, stage, arm, answer(model_ref, eval_prompts, cfg, progress, arm))

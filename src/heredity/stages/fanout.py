@@ -66,8 +66,9 @@ def run_evaluations_on_ray(cfg: RunConfig, run_dir: Path, eval_prompts: list[Pro
     earlier = {arm: earlier_answers(stages[arm]) for arm in todo}
     for arm in todo:
         stages[arm].start()
-        if earlier[arm] is not None:  # only a metric changed: re-score here, generate nothing
-            finish_evaluate(cfg, stages[arm], arm, earlier[arm])
+        found = earlier[arm]
+        if found is not None:  # only a metric changed: re-score here, generate nothing
+            finish_evaluate(cfg, stages[arm], arm, found.rows, found)
     jobs = {arm: (answer, (refs[arm], eval_prompts, cfg)) for arm in todo if earlier[arm] is None}
     for arm, rows in fan_out(cfg.ray, jobs, "evaluate"):
         finish_evaluate(cfg, stages[arm], arm, rows)
