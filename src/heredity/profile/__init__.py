@@ -118,11 +118,11 @@ def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Pat
     """Run the chosen suites on one model; return (and with ``out``, write) the metrics.
 
     ``limit`` caps each suite's sample (items, pairs, tests or prompts; a seeded random sample,
-    ``None`` = all); ``limits`` overrides it per suite (``{"toxicity": 30}``). ``options`` maps a suite name to extra keyword arguments of its ``run`` (e.g.
-    ``{"toxicity": {"samples_per_prompt": 5}, "textual": {"max_new_tokens": 128}}``); options of
-    suites not run are ignored. With ``out``, writes ``out/<suite>.parquet`` (one row per item)
-    and ``out/summary.json``
-    (the returned dict), each atomically. ``threads`` sets torch's CPU threads for the process:
+    ``None`` = all); ``limits`` overrides it per suite (``{"toxicity": 30}``). ``options`` maps a
+    suite name to extra keyword arguments of its ``run`` (e.g. ``{"toxicity": {"samples_per_prompt":
+    5}, "textual": {"max_new_tokens": 128}}``); options of suites not run are ignored. With
+    ``out``, writes ``out/<suite>.parquet`` (one row per item) and ``out/summary.json`` (the
+    returned dict), each atomically. ``threads`` sets torch's CPU threads for the process:
     on a machine whose cores are shared with other busy processes, 1 is several times faster than
     one per core.
     """
@@ -175,7 +175,8 @@ def profile_model(model_ref: str, suites: list[str], limit: int | None, out: Pat
         t0 = time.perf_counter()
         spec = SUITES[name]
         suite = spec.run(model, chat_tokenizer if spec.generates else tokenizer, data_dir=root,
-                         limit=limits.get(name, limit), seed=seed, samples=bootstrap_samples, batch_size=batch_size, **options.get(name, {}))
+                         limit=limits.get(name, limit), seed=seed, samples=bootstrap_samples,
+                         batch_size=batch_size, **options.get(name, {}))
         seconds = time.perf_counter() - t0
         result["suites"][name] = suite.summary
         result["timings_s"][name] = round(seconds, 3)
