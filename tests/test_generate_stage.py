@@ -77,6 +77,8 @@ def test_adding_a_teacher_generates_only_its_candidates(tmp_path: Path, sent_see
     run(config_from_dict(gen_config(k=2, teachers=[first_teacher, second_teacher])), out, until="generate")
     manifest = json.loads((out / "generate" / "manifest.json").read_text())
     assert manifest["counts"] == {"candidates": 12, "generated_now": 6, "replayed": 0, "reused": 6}
+    # only the teacher that generated in this run has a wall time: the cost table's figure
+    assert list(manifest["teacher_seconds"]) == ["cool"] and manifest["teacher_seconds"]["cool"] > 0
     grown = pool(out)
     new = [r for r in grown if r["teacher"] == "cool"]
     assert len(new) == 6 and len({r["candidate_key"] for r in new}) == 6

@@ -1,7 +1,7 @@
 """A pip user's install: a non-editable ``pip install`` of the package, run away from any checkout,
-with the benchmark data in a folder in hub schema (``hub_data_dir``, built from the real shared data).
+with the benchmark data in a folder in hub schema (``hub_data_dir``, built from the committed excerpts).
 
-The venv sees the system's site-packages (torch and the rest are not reinstalled: ``--no-deps``) but
+The venv sees the test interpreter's site-packages (torch and the rest are not reinstalled: ``--no-deps``) but
 its own copy of heredity comes first, and the command runs from a temporary folder with no
 ``../shared`` beside it and no ``HEREDITY_*`` variables, so only the installed files and the given
 data folder can be used. ``slow``: the whole profile (``--suite all --limit 5``) takes minutes on CPU.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import time
@@ -33,10 +34,19 @@ def venv_bin(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     venv = root / "venv"
-    # without pip: the venv's own bundled setuptools would shadow the system's (which builds wheels);
-    # pip and setuptools then come from the system's site-packages, nothing from an index
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    # without pip: the venv's own bundled setuptools would shadow the test interpreter's (which builds
+    # wheels); pip, setuptools and every dependency then come from the interpreter running the tests,
+    # nothing from an index
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     bin_dir = venv / "bin"
+    # A venv made from inside a venv sees its *base* interpreter's packages (--system-site-packages),
+    # not those of the venv the tests run in: name the test interpreter's site-packages in a .pth file
+    # instead. A .pth line adds a folder but runs none of that folder's own .pth files, so the
+    # checkout's editable install stays invisible and the venv's copy of heredity is the only one.
+    own = subprocess.run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    outer = [p for p in site.getsitepackages() + [site.getusersitepackages()] if Path(p).is_dir()]
+    Path(own, "test-interpreter.pth").write_text("".join(f"{p}\n" for p in outer), encoding="utf-8")
     done = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
                            "--no-build-isolation", str(source)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from heredity.core.stats import bootstrap_mean_ci, paired_difference
 
@@ -43,3 +44,20 @@ def test_undefined_metric_values_are_left_out_of_the_means_and_shown():
     text = render_markdown(s)
     assert "undefined on the answer (NaN): base length 2; active length 4." in text
     assert "(2 pairs undefined)" in text and "nan" not in text.lower().replace("(nan)", "")
+
+
+def test_cost_table_shows_wall_time_and_latency_percentiles_never_a_sum_of_batches():
+    from heredity.stages.report_html import teacher_costs
+
+    # a local teacher: two batches of four, every candidate of a batch carrying its batch's time
+    local = [{"teacher": "local", "prompt_tokens": 10, "completion_tokens": 20, "latency_s": t}
+             for t in [2.0] * 4 + [3.0] * 4]
+    api = [{"teacher": "api", "prompt_tokens": 5, "completion_tokens": 7, "latency_s": t}
+           for t in (0.1, 0.2, 0.3, 0.4, float("nan"))]
+    summary = {"config": {"teachers": [{"model": "x", "name": "api", "price_per_1k_prompt_tokens": 2.0}]}}
+    costs = {c["teacher"]: c for c in teacher_costs(summary, local + api, {"local": 5.5})}
+    assert costs["local"]["wall_s"] == 5.5 and costs["api"]["wall_s"] is None  # none recorded for it
+    assert (costs["local"]["latency_p50_s"], costs["local"]["latency_p99_s"]) == (2.5, pytest.approx(3.0))
+    assert costs["api"]["timed"] == 4 and costs["api"]["latency_p50_s"] == pytest.approx(0.25)
+    assert "latency_s" not in costs["local"]  # no total of per-candidate latencies anywhere
+    assert costs["api"]["cost"] == pytest.approx(5 * 5 * 2.0 / 1000) and costs["local"]["cost"] is None

@@ -216,14 +216,24 @@ def profile(model: str = typer.Argument("embedded:smollm2-135m-instruct", help="
         options["bbq"] = {"categories": bbq_category}
     try:
         limits = _suite_limits(suite_limit)
-        if suites:
-            result = profile_model(model, suites, limit, out, device, data_dir=data_dir, threads=threads,
-                                   log=console.print, options=options, limits=limits)
-            Console().print(render_table(result, groups=groups))
-        if lm_eval:
-            _lm_eval(model, lm_eval, limit, lm_eval_include, device, out)
+        with _out_lock(out):
+            if suites:
+                result = profile_model(model, suites, limit, out, device, data_dir=data_dir, threads=threads,
+                                       log=console.print, options=options, limits=limits)
+                Console().print(render_table(result, groups=groups))
+            if lm_eval:
+                _lm_eval(model, lm_eval, limit, lm_eval_include, device, out)
     except HeredityError as exc:
         _fail(str(exc))
+
+
+def _out_lock(out: Path | None):
+    """One command per output folder, as for a run directory: a second one is refused in one line."""
+    import contextlib
+
+    from heredity.core.rundir import RunLock
+
+    return contextlib.nullcontext() if out is None else RunLock(Path(out))
 
 
 def _suite_limits(values: list[str]) -> dict[str, int | None]:
@@ -381,7 +391,8 @@ def judge_cmd(answers_a: str = typer.Argument(..., help="A's answers: .json/.jso
         b, label_b = load_answers(answers_b, prompt_field, answer_field)
         pairs = pair_answers(a, b, name_a or label_a, name_b or label_b, limit)
         cfg = _judge_spec(judge, backend, base_url, api_key_env, method, max_answer_chars, batch_size, device)
-        result = pairwise(cfg, pairs, out=out, log=console.print)
+        with _out_lock(out):
+            result = pairwise(cfg, pairs, out=out, log=console.print)
     except HeredityError as exc:
         _fail(str(exc))
     s = result.summary
@@ -432,14 +443,15 @@ def judge_profile_cmd(judge: list[str] = typer.Option(["embedded:smollm2-135m-in
     try:
         sample = alpaca_eval_pairs(data_dir, pairs, models or None, seed)
         results = []
-        for k, ref in enumerate(judge):
-            cfg = _judge_spec(ref, backend, base_url, api_key_env, method, max_answer_chars, batch_size, device)
-            where = out if len(judge) == 1 else out / f"judge{k + 1}"
-            results.append(preference_profile(cfg, sample, out=where, log=console.print))
-        comparison = compare_profiles(results[0], results[1]) if len(results) == 2 else None
-        if comparison is not None:
-            comparison["judges"] = list(judge)
-            write_json(out / "comparison.json", comparison)
+        with _out_lock(out):
+            for k, ref in enumerate(judge):
+                cfg = _judge_spec(ref, backend, base_url, api_key_env, method, max_answer_chars, batch_size, device)
+                where = out if len(judge) == 1 else out / f"judge{k + 1}"
+                results.append(preference_profile(cfg, sample, out=where, log=console.print))
+            comparison = compare_profiles(results[0], results[1]) if len(results) == 2 else None
+            if comparison is not None:
+                comparison["judges"] = list(judge)
+                write_json(out / "comparison.json", comparison)
     except HeredityError as exc:
         _fail(str(exc))
     table = Table(title=f"judge-preference profile: {len(sample)} AlpacaEval pairs, win rate % (LC)")

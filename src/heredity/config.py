@@ -443,6 +443,11 @@ class TrainConfig(_Strict):
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16, description="Longer examples are counted and reported.")
     seed: int = 0
+    seeds: list[int] | None = Field(
+        None, min_length=1,
+        description="Train every arm once per seed (e.g. [0, 1, 2]); the passive draw of replicate i is seeded "
+        "seed + i. Reports give each arm's mean over seeds, the per-seed figures, and differences whose CI "
+        "resamples prompts and seeds. None: one replicate with `seed`.")
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
@@ -486,8 +491,14 @@ class TrainConfig(_Strict):
         None, description="Train across several processes/GPUs, launched by heredity itself.",
     )
 
+    def seed_list(self) -> list[int]:
+        """The training seeds, one replicate each."""
+        return list(self.seeds) if self.seeds else [self.seed]
+
     @model_validator(mode="after")
     def _early_stopping_needs_eval(self) -> "TrainConfig":
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: a seed is named twice")
         if self.early_stopping_patience is not None and self.eval_fraction == 0:
             raise ValueError("early_stopping_patience needs eval_fraction > 0 (a validation split)")
         if self.method == "qlora" and self.distributed is not None and self.distributed.strategy != "ddp":
@@ -659,6 +670,10 @@ class RunConfig(_Strict):
     select: SelectConfig = Field(default_factory=SelectConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    primary: list[str] | None = Field(
+        None, description="The study's primary comparisons, COMPARISON:METRIC (e.g. active_vs_passive:toxicity); "
+        "reported with their CIs as the confirmatory result. Every other difference is exploratory and gets a "
+        "Benjamini-Hochberg q-value. None: each steered arm's own target vs passive and vs base.")
 
     @field_validator("teachers")
     @classmethod

@@ -8,6 +8,7 @@ batch) where it stopped.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,17 +24,17 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from heredity.config import RunConfig
-from heredity.core.arms import judged_comparisons
+from heredity.config import RunConfig, StrategySpec
+from heredity.core.arms import judged_comparisons, ordered_arms
 from heredity.core.models import model_identity, pick_device
-from heredity.core.rundir import RunLock, Stage, stable_hash, write_json, write_table
+from heredity.core.rundir import RunLock, Stage, read_table, stable_hash, write_json, write_table
 from heredity.errors import HeredityError
 from heredity.plan import check_config, persisted_config, preflight
 from heredity.stages.evaluate import run_evaluate
 from heredity.stages.generate import run_generate
 from heredity.stages.judge import run_judge
 from heredity.stages.profile import run_profile, skipped_teachers, teacher_models
-from heredity.stages.report import write_report
+from heredity.stages.report import summarise_seeds, write_report, write_reports
 from heredity.stages.score import run_score
 from heredity.stages.select import run_select
 from heredity.stages.train import run_train_arms
@@ -94,7 +95,94 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
         check_qlora(pick_device(cfg.device))  # before hours of generation, not after
     quiet_libraries()
     with RunLock(out):  # one run per directory; the OS releases it however this process ends
-        return _run_locked(cfg, out, console, until, train_prompts, eval_prompts)
+        if len(cfg.train.seed_list()) > 1 and until == "report":
+            return _run_seeds(cfg, out, console, train_prompts, eval_prompts)
+        return _run_locked(replicate_config(cfg, 0), out, console, until, train_prompts, eval_prompts)
+
+
+# What every seed's replicate shares with the first: nothing in them depends on the training seed or
+# the passive draw. Linked in before a replicate runs, they are reused by key as any finished stage.
+SHARED_STAGES = ("prompts", "generate", "score", "evaluate/base", "profile/base")
+
+
+def replicate_dir(out: Path, seed: int) -> Path:
+    return Path(out) / "seeds" / f"seed-{seed}"
+
+
+def replicate_config(cfg: RunConfig, index: int) -> RunConfig:
+    """Replicate ``index`` of ``train.seeds``: trained with that seed, its passive draw seeded
+    ``seed + index`` (each random draw in the passive rule, or ``select.seed``); everything else as
+    the config says. With one seed, the config itself (``train.seed``)."""
+    seeds = cfg.train.seed_list()
+    train = cfg.train.model_copy(update={"seed": seeds[index], "seeds": None})
+    select = cfg.select
+    if index:
+        if select.passive is None:
+            select = select.model_copy(update={"seed": select.seed + index})
+        else:
+            passive = StrategySpec.model_validate(_reseed(select.passive.as_dict(), index))
+            select = select.model_copy(update={"passive": passive})
+    return cfg.model_copy(update={"train": train, "select": select})
+
+
+def _reseed(spec: Any, offset: int) -> Any:
+    if isinstance(spec, dict):
+        spec = {k: _reseed(v, offset) for k, v in spec.items()}
+        if spec.get("strategy") == "random":
+            spec["seed"] = int(spec.get("seed", 0)) + offset
+    elif isinstance(spec, list):
+        spec = [_reseed(v, offset) for v in spec]
+    return spec
+
+
+def _link_stage(source: Path, target: Path) -> None:
+    """A finished stage of the first replicate, hard-linked (copied across file systems) into another."""
+    if target.exists() or not (source / "manifest.json").is_file():
+        return
+    partial = target.with_name(target.name + ".linking")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, partial, copy_function=link, ignore=shutil.ignore_patterns("*.lock"))
+    os.replace(partial, target)
+
+
+def _run_seeds(cfg: RunConfig, out: Path, console: Console, train_prompts: list,
+               eval_prompts: list) -> dict[str, Any]:
+    """``train.seeds``: the loop once per seed, the first in ``out`` itself, the others in
+    ``out/seeds/seed-<s>/`` (sharing ``SHARED_STAGES``), then one summary over them all."""
+    seeds = cfg.train.seed_list()
+    replicates: dict[int, dict[str, Any]] = {}
+    answers: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for index, seed in enumerate(seeds):
+        where = out if index == 0 else replicate_dir(out, seed)
+        console.print(f"[bold]seed {seed}[/bold] (replicate {index + 1} of {len(seeds)}) → {where}", highlight=False)
+        rcfg = replicate_config(cfg, index)
+        if index == 0:
+            replicates[seed] = _run_locked(rcfg, where, console, "report", train_prompts, eval_prompts)
+        else:
+            for name in SHARED_STAGES:
+                _link_stage(out / name, where / name)
+            with RunLock(where):
+                replicates[seed] = _run_locked(rcfg, where, console, "report", train_prompts, eval_prompts)
+        answers[seed] = {p.parent.name: read_table(p) for p in sorted((where / "evaluate").glob("*/answers.parquet"))}
+        # each replicate's own summary beside the others, the first's included
+        write_json(replicate_dir(out, seed) / "summary.json", replicates[seed])
+    summary = summarise_seeds(cfg, replicates, answers)
+    summary["timings_s"] = {f"seed-{s}/{k}" if s != seeds[0] else k: v
+                            for s in seeds for k, v in replicates[s].get("timings_s", {}).items()}
+    write_json(out / "config.json", persisted_config(cfg))
+    write_table(out / "per_prompt.parquet", [{**r, "seed": s} for s in seeds for arm in ordered_arms(answers[s])
+                                             for r in answers[s][arm]])
+    write_json(out / "summary.json", summary)
+    write_reports(summary, out)
+    return summary
 
 
 def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,

@@ -22,6 +22,7 @@ from heredity.config import (
     parse_config,
     read_config_file,
 )
+from heredity.core.arms import comparisons
 from heredity.core.http import public_url
 from heredity.core.models import EMBEDDED, adapter_base, chat_messages, gguf_path
 from heredity.core.prompts import Prompt, load_prompts, read_rows, text_field
@@ -61,6 +62,19 @@ def _profile_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
+def _primary_problems(cfg: RunConfig) -> list[str]:
+    known = [f"{a}_vs_{b}" for a, b in comparisons(cfg.select.variants)]
+    problems = []
+    for i, entry in enumerate(cfg.primary or []):
+        comparison, _, metric = entry.partition(":")
+        if comparison not in known:
+            problems.append(f"field 'primary.{i}': unknown comparison '{comparison}' (known: {', '.join(known)})")
+        elif metric not in cfg.eval_metrics:
+            problems.append(f"field 'primary.{i}': '{metric}' is not an evaluated metric "
+                            f"(write COMPARISON:METRIC; evaluated: {', '.join(cfg.eval_metrics)})")
+    return problems
+
+
 def check_config(cfg: RunConfig, source: str = "config") -> RunConfig:
     """``cfg`` checked against the registries and completed; the same config again is a no-op.
 
@@ -94,6 +108,8 @@ def check_config(cfg: RunConfig, source: str = "config") -> RunConfig:
                 problems.append(f"field '{field}': {why}")
         if not problems and missing:
             cfg.score.metrics = [*cfg.score.metrics, *missing]
+    if not problems:
+        problems += _primary_problems(cfg)
     if problems:
         raise HeredityError(f"{source}: invalid config: " + "; ".join(problems))
     return cfg
@@ -244,6 +260,7 @@ def _check_training(cfg: RunConfig) -> None:
             except re.error as exc:
                 raise HeredityError(f"field 'train.lora_target_modules': {modules!r} is neither 'all-linear', "
                                     f"a list of module names, nor a valid regular expression ({exc})") from None
+            _check_lora_targets(cfg.student, modules)
         return
     if not modules:
         raise HeredityError("field 'train.lora_target_modules': empty list (name modules, e.g. [q_proj, v_proj], "
@@ -254,6 +271,39 @@ def _check_training(cfg: RunConfig) -> None:
                                 "(e.g. q_proj)")
     if len(set(modules)) != len(modules):
         raise HeredityError("field 'train.lora_target_modules': a module is named twice")
+    _check_lora_targets(cfg.student, modules)
+
+
+# the layer types peft's LoRA wraps (a target matching anything else fails when training starts)
+_LORA_LAYERS = {"Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention"}
+
+
+def _check_lora_targets(student: str, targets: list[str] | str) -> None:
+    """Each LoRA target names a layer of the student, by peft's rule (a module's full name, or its
+    last dotted parts), checked on the student's config alone (``module_names``), before any stage."""
+    from heredity.core.models import module_names
+
+    names = module_names(student)
+    if names is None:
+        return
+    wrappable = sorted({n.rsplit(".", 1)[-1] for n, kind in names.items() if kind in _LORA_LAYERS})
+    hint = f"the student's layers LoRA can adapt: {', '.join(wrappable)}; or use all-linear"
+    if isinstance(targets, str):
+        import re
+
+        if not any(re.fullmatch(targets, n) for n in names):
+            raise HeredityError(f"field 'train.lora_target_modules': {targets!r} matches no module of the student "
+                                f"{student} ({hint})")
+        return
+    for i, target in enumerate(targets):
+        matched = [n for n in names if n == target or n.endswith("." + target)]
+        if not matched:
+            raise HeredityError(f"field 'train.lora_target_modules.{i}': {target!r} names no module of the student "
+                                f"{student} ({hint})")
+        other = sorted({names[n] for n in matched} - _LORA_LAYERS)
+        if other:
+            raise HeredityError(f"field 'train.lora_target_modules.{i}': {target!r} names a {other[0]}, which LoRA "
+                                f"cannot adapt ({hint})")
 
 
 def _context_length(ref: str) -> tuple[Any, int | None]:

@@ -491,6 +491,25 @@ def lora_target_modules_not_names(tmp, data, out):
         ["field 'train.lora_target_modules.1'", "'v proj'"]
 
 
+@case
+def lora_target_module_not_in_the_student(tmp, data, out):
+    # peft would raise only after generate, score and select: the student's config names its layers
+    return train_args(tmp, data, out, train={"method": "lora", "lora_target_modules": ["q_proj", "no_such_proj"]}), \
+        ["field 'train.lora_target_modules.1'", "'no_such_proj' names no module of the student", "v_proj"]
+
+
+@case
+def lora_target_module_not_a_layer(tmp, data, out):
+    return train_args(tmp, data, out, train={"method": "lora", "lora_target_modules": ["mlp"]}), \
+        ["field 'train.lora_target_modules.0'", "'mlp' names a LlamaMLP, which LoRA cannot adapt"]
+
+
+@case
+def lora_target_regex_matches_nothing(tmp, data, out):
+    return train_args(tmp, data, out, train={"method": "lora", "lora_target_modules": r".*\.nothing_proj"}), \
+        ["field 'train.lora_target_modules'", "matches no module of the student"]
+
+
 def small_context_student(tmp: Path, context: int = 256) -> Path:
     """The embedded student's tokenizer in a folder whose model has a 256-token context, and no
     real weights: the long-prompt check needs only a few hundred tokens, and a run that got past

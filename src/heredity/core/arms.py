@@ -21,7 +21,8 @@ from typing import Any
 from heredity.config import ACTIVE, ARM_ORDER, BASE, PASSIVE
 
 __all__ = ["ACTIVE", "ARM_ORDER", "BASE", "PASSIVE", "comparisons", "dose_response", "judged_comparisons",
-           "ordered_arms", "selection_strength", "steered_arms", "teacher_sources"]
+           "mark_families", "ordered_arms", "primary_comparisons", "selection_strength", "steered_arms",
+           "teacher_sources"]
 COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE), (PASSIVE, BASE))
 JUDGED_COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE))
 
@@ -133,3 +134,40 @@ def teacher_sources(summary: dict[str, Any]) -> dict[str, str]:
     if not trained or any((rules.get(a) or {}).get("strategy") != "teacher" for a in trained):
         return {}
     return {a: str(rules[a].get("name")) for a in trained}
+
+
+def primary_comparisons(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run's primary comparisons as (comparison, metric): the config's ``primary`` when it names
+    them, else each steered arm's own target against passive and against base. Every other paired
+    difference is exploratory."""
+    named = (summary.get("config") or {}).get("primary")
+    if named:
+        return [tuple(entry.split(":", 1)) for entry in named]
+    differences = summary.get("differences") or {}
+    out = []
+    for comparison in differences:
+        a, _, b = comparison.partition("_vs_")
+        if a != PASSIVE and b in (PASSIVE, BASE):
+            out.append((comparison, target_of(summary, a)[0]))
+    return out
+
+
+def mark_families(summary: dict[str, Any]) -> None:
+    """Each held-out paired difference gets its ``family``: ``primary`` (keeps its CI as the
+    confirmatory result) or ``exploratory``, where ``q`` is its Benjamini-Hochberg q-value within the
+    run's exploratory differences and ``moved`` says q < 0.05. Differences without a p-value
+    (summaries written before p-values existed) get q None and are left out of the family."""
+    from heredity.core.stats import bh_qvalues
+
+    primary = set(primary_comparisons(summary))
+    exploratory = []
+    for comparison, metrics in (summary.get("differences") or {}).items():
+        for metric, d in metrics.items():
+            if (comparison, metric) in primary:
+                d["family"] = "primary"
+            else:
+                d["family"] = "exploratory"
+                exploratory.append(d)
+    for d, q in zip(exploratory, bh_qvalues([d.get("p") for d in exploratory])):
+        d["q"] = q
+        d["moved"] = q is not None and q < 0.05

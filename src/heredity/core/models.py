@@ -211,6 +211,25 @@ def load_model(ref: str, device: str = "cpu", quantization_config: Any = None):
     return model
 
 
+def module_names(ref: str) -> dict[str, str] | None:
+    """Every named module of ``ref`` and its class name, read from its config alone: the model is
+    built on the meta device, so no weights are loaded and no memory is taken. None where the config
+    cannot be read offline (a hub id without a hub cache): the stage that loads the model says more."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(ref).expanduser()
+    base = adapter_base(path) if path.is_dir() else None
+    kwargs = resolve(base or ref)
+    try:
+        config = AutoConfig.from_pretrained(**kwargs)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError):
+        return None
+    return {name: type(module).__name__ for name, module in model.named_modules() if name}
+
+
 def chat_messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
     """The conversation every stage uses, so generation, training and eval see the same format."""
     messages = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]

@@ -26,6 +26,7 @@ here too: it is a penalised logistic regression, refitted inside ``estimate``'s 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -90,7 +91,8 @@ def mean_ci(values: Sequence[float | None] | np.ndarray, samples: int, seed: int
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, samples: int, seed: int) -> dict[str, Any]:
-    """Mean of a - b over the same prompts, its paired-bootstrap CI, and the ratio of means.
+    """Mean of a - b over the same prompts, its paired-bootstrap CI and p-value (``bootstrap_p``),
+    and the ratio of means.
 
     A pair where either value is undefined is left out of both (``n_undefined`` counts such
     pairs); with no pair left every figure is None.
@@ -100,7 +102,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray, samples: int, seed: int) -> 
     undefined = int(len(a) - keep.sum())
     a, b = a[keep], b[keep]
     if not len(a):
-        return {"diff": None, "ci95": [None, None], "ratio": None, "n": 0, "n_undefined": undefined}
+        return {"diff": None, "ci95": [None, None], "p": None, "ratio": None, "n": 0, "n_undefined": undefined}
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(a), size=(samples, len(a)))
     diffs = a[idx].mean(axis=1) - b[idx].mean(axis=1)
@@ -108,10 +110,87 @@ def paired_difference(a: np.ndarray, b: np.ndarray, samples: int, seed: int) -> 
     return {
         "diff": float(a.mean() - mean_b),
         "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+        "p": bootstrap_p(diffs),
         "ratio": float(a.mean() / mean_b) if mean_b else None,
         "n": int(len(a)),
         "n_undefined": undefined,
     }
+
+
+def bootstrap_p(replicates: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of "the statistic is 0": twice the smaller share of replicates on
+    either side of 0 (with the observed estimate counted once, so it is never 0), at most 1."""
+    reps, _ = defined(replicates)
+    if not len(reps):
+        return float("nan")
+    tail = min(int((reps <= 0).sum()), int((reps >= 0).sum()))
+    return float(min(1.0, (1 + 2 * tail) / (len(reps) + 1)))
+
+
+def seeded_paired_difference(a: np.ndarray, b: np.ndarray, samples: int, seed: int) -> dict[str, Any]:
+    """Mean of a - b over prompts *and* training seeds, with a bootstrap that resamples both.
+
+    ``a`` and ``b`` are ``(seeds, prompts)`` arrays (a ``(prompts,)`` array, e.g. the untrained
+    base, is the same under every seed). Prompts are crossed with seeds (every seed's student answers
+    the same prompts), so each replicate draws prompts once, shared by all seeds (the pairing holds),
+    and seeds independently; its figure is the mean over the drawn seeds' drawn prompts. The prompt
+    draw is ``paired_difference``'s own (same seed, same stream), so when every seed gives the same
+    values the interval is exactly the prompt-only one, and it widens as the seeds disagree.
+    ``ci95_prompts`` is the prompt-only interval of the per-prompt means over seeds, for comparison.
+    A (seed, prompt) pair with an undefined side is left out (``n_undefined``); a prompt undefined
+    under every seed is left out of the draw.
+    """
+    a, b = np.atleast_2d(as_array(a)), np.atleast_2d(as_array(b))
+    a, b = np.broadcast_arrays(a, b)
+    d = np.where(np.isnan(a) | np.isnan(b), np.nan, a - b)
+    undefined = int(np.isnan(d).sum())
+    keep = ~np.all(np.isnan(d), axis=0)
+    d, a, b = d[:, keep], np.where(np.isnan(d), np.nan, a)[:, keep], np.where(np.isnan(d), np.nan, b)[:, keep]
+    n_seeds, n = d.shape
+    empty = {"diff": None, "ci95": [None, None], "ci95_prompts": [None, None], "p": None, "ratio": None,
+             "n": 0, "n_undefined": undefined, "seeds": n_seeds, "per_seed": [None] * n_seeds}
+    if not n:
+        return empty
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(samples, n))
+    seed_idx = np.random.default_rng([seed, n_seeds]).integers(0, n_seeds, size=(samples, n_seeds))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-undefined draw: NaN, dropped below
+        drawn = d[seed_idx[:, :, None], idx[:, None, :]]
+        reps = np.nanmean(drawn.reshape(samples, -1), axis=1)
+        per_prompt = np.nanmean(d, axis=0)
+        prompt_reps = per_prompt[idx].mean(axis=1)
+        mean_b = float(np.nanmean(b))
+        per_seed = [clean(np.nanmean(row)) if np.any(~np.isnan(row)) else None for row in d]
+    return {
+        "diff": float(np.nanmean(d)),
+        "ci95": [float(np.quantile(reps[~np.isnan(reps)], 0.025)), float(np.quantile(reps[~np.isnan(reps)], 0.975))],
+        "ci95_prompts": [float(np.quantile(prompt_reps, 0.025)), float(np.quantile(prompt_reps, 0.975))],
+        "p": bootstrap_p(reps),
+        "ratio": float(np.nanmean(a) / mean_b) if mean_b else None,
+        "n": int(n),
+        "n_undefined": undefined,
+        "seeds": int(n_seeds),
+        "per_seed": per_seed,
+    }
+
+
+def bh_qvalues(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Benjamini-Hochberg q-values (the false discovery rate at which each test would be called),
+    in the order given; an undefined p-value (None/NaN) is left out of the family and gets None.
+    Equal to ``scipy.stats.false_discovery_control(p, method="bh")`` on the defined values."""
+    p = as_array(pvalues)
+    keep = np.flatnonzero(~np.isnan(p))
+    out: list[float | None] = [None] * len(p)
+    m = len(keep)
+    if not m:
+        return out
+    order = keep[np.argsort(p[keep], kind="stable")]
+    scaled = p[order] * m / np.arange(1, m + 1)
+    q = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    for i, value in zip(order, q):
+        out[int(i)] = float(value)
+    return out
 
 
 # ------------------------------------------------------------------------------ any statistic (per-replicate draws)

@@ -160,13 +160,19 @@ def run_generate(cfg: RunConfig, run_dir: Path, train_prompts: list[Prompt], pro
         t.label: TeacherProgress(progress, t.label, [w for w in wanted if w["teacher"] == t.label], done)
         for t in cfg.teachers if t.backend != "replay"
     }
+    # Each teacher's wall time (model load included) is what its candidates cost in time: the cost
+    # table's figure. A batch's latency is shared by every candidate of the batch, so summing
+    # candidates' latencies would count one batch many times over.
+    teacher_seconds: dict[str, float] = {}
     for teacher in cfg.teachers:
         if teacher.backend == "replay":
             continue
         mine = [w for w in todo if w["teacher"] == teacher.label]
         if not mine:
             continue
+        started = time.perf_counter()
         generated += _generate_for_teacher(cfg, teacher, mine, shard_dir, done, displays[teacher.label])
+        teacher_seconds[teacher.label] = round(time.perf_counter() - started, 3)
     rows = []
     for w in wanted:
         row = dict(done[w["candidate_key"]])
@@ -177,6 +183,7 @@ def run_generate(cfg: RunConfig, run_dir: Path, train_prompts: list[Prompt], pro
         {"candidates": "candidates.parquet"},
         counts={"candidates": len(rows), "generated_now": generated, "replayed": len(replayed),
                 "reused": len(rows) - generated - len(replayed)},
+        teacher_seconds=teacher_seconds,
     )
     return stage
 

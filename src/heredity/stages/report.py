@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from heredity.config import RunConfig
-from heredity.core.arms import comparisons, decoding_label, ordered_arms, steered_arms
+from heredity.core.arms import comparisons, decoding_label, mark_families, ordered_arms, steered_arms
 from heredity.core.models import model_identity
 from heredity.core.rundir import (
     git_commit,
@@ -27,7 +27,7 @@ from heredity.core.rundir import (
     write_table,
     write_text,
 )
-from heredity.core.stats import as_array, mean_ci, paired_difference
+from heredity.core.stats import as_array, mean_ci, paired_difference, seeded_paired_difference
 from heredity.errors import HeredityError
 from heredity.plan import persisted_config
 from heredity.stages.judge import summarise_run_judgments
@@ -83,7 +83,7 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
                 m: paired_difference(as_array([x[m] for x, _ in paired]), as_array([y[m] for _, y in paired]), n_boot, 1)
                 for m in metrics
             }
-    return {
+    summary = {
         "name": cfg.name,
         "target": {"metric": cfg.select.metric, "direction": cfg.select.direction},
         "eval_prompts": len(next(iter(answers.values()))),
@@ -103,6 +103,82 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
         "provenance": provenance(cfg),
         "config": persisted_config(cfg),
     }
+    mark_families(summary)
+    return summary
+
+
+def summarise_seeds(cfg: RunConfig, replicates: dict[int, dict[str, Any]],
+                    answers: dict[int, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """One summary over training seeds (``train.seeds``): every arm's mean over seeds and prompts, and
+    paired differences whose CIs resample prompts and seeds (``seeded_paired_difference``), beside each
+    seed's own figures (``seeds``). ``replicates`` and ``answers`` are each seed's summary and answers;
+    the first seed's summary gives the parts that do not vary (selection card, provenance)."""
+    seeds = list(replicates)
+    first = replicates[seeds[0]]
+    metrics = cfg.eval_metrics
+    n_boot = cfg.eval.bootstrap_samples
+    prompt_ids = [r["prompt_id"] for r in answers[seeds[0]]["base"]]
+
+    def matrix(arm: str, metric: str) -> np.ndarray:
+        rows = []
+        for seed in seeds:
+            by_id = {r["prompt_id"]: r for r in answers[seed][arm]}
+            rows.append(as_array([by_id[p][metric] if p in by_id else None for p in prompt_ids]))
+        return np.stack(rows)
+
+    arms = ordered_arms(answers[seeds[0]])
+    means: dict[str, dict[str, float | None]] = {}
+    ci: dict[str, dict[str, list[float | None]]] = {}
+    undefined: dict[str, dict[str, int]] = {}
+    for arm in arms:
+        figures = {m: seeded_paired_difference(matrix(arm, m), np.zeros(len(prompt_ids)), n_boot, 0) for m in metrics}
+        means[arm] = {m: f["diff"] for m, f in figures.items()}
+        ci[arm] = {m: f["ci95"] for m, f in figures.items()}
+        counts = {m: f["n_undefined"] for m, f in figures.items() if f["n_undefined"]}
+        if counts:
+            undefined[arm] = counts
+    differences = {f"{a}_vs_{b}": {m: seeded_paired_difference(matrix(a, m), matrix(b, m), n_boot, 1) for m in metrics}
+                   for a, b in comparisons(cfg.select.variants) if a in arms and b in arms}
+    spread = {arm: {m: _spread([replicates[s]["arms"][arm][m] for s in seeds]) for m in metrics} for arm in arms}
+    summary = {
+        **first,
+        "arms": means,
+        "ci95": ci,
+        "undefined": undefined,
+        "differences": differences,
+        "truncated_share": {arm: float(np.mean([replicates[s]["truncated_share"][arm] for s in seeds])) for arm in arms},
+        "stage_compute_s": {f"seed-{s}/{name}" if s != seeds[0] else name: v
+                            for s in seeds for name, v in replicates[s]["stage_compute_s"].items()},
+        "config": persisted_config(cfg),
+        "seeds": {
+            "values": seeds,
+            "ci": "prompts and seeds resampled (seeded_paired_difference); ci95_prompts: prompts only",
+            "spread": spread,
+            # the top-level training and training_check are the first seed's; every seed's here
+            "training": {str(s): replicates[s]["training"] for s in seeds},
+            "training_check": {str(s): replicates[s]["training_check"] for s in seeds},
+            "per_seed": {str(s): {"arms": replicates[s]["arms"],
+                                  "differences": {c: {m: {k: d[k] for k in ("diff", "ci95", "n")} for m, d in ms.items()}
+                                                  for c, ms in replicates[s]["differences"].items()},
+                                  "selection_seed": replicates[s]["config"]["select"].get("seed"),
+                                  "passive": replicates[s]["config"]["select"].get("passive")}
+                         for s in seeds},
+        },
+    }
+    summary.pop("profile", None)
+    profiles = {str(s): replicates[s]["profile"] for s in seeds if "profile" in replicates[s]}
+    if profiles:
+        summary["profile"] = {**first["profile"], "seed": seeds[0]}  # the first seed's; every seed's below
+        summary["seeds"]["profile"] = profiles
+    mark_families(summary)
+    return summary
+
+
+def _spread(values: list[float | None]) -> dict[str, float | None]:
+    kept = [v for v in values if v is not None]
+    if not kept:
+        return {"sd": None, "min": None, "max": None}
+    return {"sd": float(np.std(kept, ddof=1)) if len(kept) > 1 else 0.0, "min": min(kept), "max": max(kept)}
 
 
 def provenance(cfg: RunConfig) -> dict[str, Any]:
@@ -149,13 +225,21 @@ def render_markdown(summary: dict[str, Any]) -> str:
             f"{a} " + ", ".join(f"{m} {k}" for m, k in undefined[a].items()) for a in arms if a in undefined) + "."]
     lines += ["", "Share of answers cut off at `eval.max_new_tokens`: " + ", ".join(
         f"{a} {summary['truncated_share'][a]:.0%}" for a in arms), ""]
-    lines += ["## Differences (paired bootstrap over prompts)", "",
-              "| comparison | metric | difference | 95% CI | ratio |", "|---|---|---|---|---|"]
+    seeds = summary.get("seeds")
+    over = "prompts and training seeds" if seeds else "prompts"
+    lines += [f"## Differences (paired bootstrap over {over})", "",
+              "Primary comparisons (the config's `primary`, else each steered arm's target vs passive and vs "
+              "base) keep their CIs; every other difference is exploratory: q is its Benjamini-Hochberg "
+              "q-value within the run's exploratory differences, and only q < 0.05 counts as moved.", "",
+              "| comparison | metric | family | difference | 95% CI | q | ratio |", "|---|---|---|---|---|---|---|"]
     for name, per_metric in summary["differences"].items():
         for m, d in per_metric.items():
             left_out = f" ({d['n_undefined']} pairs undefined)" if d.get("n_undefined") else ""
-            lines.append(f"| {name.replace('_vs_', ' − ')} | {m} | {_fmt(d['diff'])}{left_out} | "
-                         f"[{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}] | {_fmt(d['ratio'])}× |")
+            q = "" if d.get("family") == "primary" else _fmt(d.get("q")) + (" (moved)" if d.get("moved") else "")
+            lines.append(f"| {name.replace('_vs_', ' − ')} | {m} | {d.get('family', '–')} | {_fmt(d['diff'])}{left_out} | "
+                         f"[{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}] | {q} | {_fmt(d['ratio'])}× |")
+    if seeds:
+        lines += render_seeds(summary)
     dose = dose_response_lines(summary)
     if dose:
         lines += ["", "## Dose-response", "", *dose]
@@ -205,6 +289,29 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines += [f"| {k} | {v:.1f} | {_fmt(compute.get(k))} |" for k, v in summary["timings_s"].items()]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def render_seeds(summary: dict[str, Any]) -> list[str]:
+    """Each training seed's figures for the primary comparisons, beside the pooled ones."""
+    seeds = summary["seeds"]
+    values = [str(s) for s in seeds["values"]]
+    lines = ["", f"## Training seeds ({len(values)}: {', '.join(values)})", "",
+             "Every arm was trained once per seed (the passive draw seeded per replicate); the means above pool "
+             "seeds and prompts, and their CIs resample both. Per seed:", "",
+             "| comparison | metric | pooled [95% CI, prompts and seeds] | prompts-only CI | "
+             + " | ".join(f"seed {s}" for s in values) + " |", "|---" * (4 + len(values)) + "|"]
+    for name, per_metric in summary["differences"].items():
+        for m, d in per_metric.items():
+            if d.get("family") != "primary":
+                continue
+            per_seed = [seeds["per_seed"][s]["differences"].get(name, {}).get(m, {}) for s in values]
+            cells = [f"{_fmt(e.get('diff'))} [{_fmt((e.get('ci95') or [None])[0])}, "
+                     f"{_fmt((e.get('ci95') or [None, None])[1])}]" for e in per_seed]
+            prompts_only = d.get("ci95_prompts") or [None, None]
+            lines.append(f"| {name.replace('_vs_', ' − ')} | {m} | {_fmt(d['diff'])} [{_fmt(d['ci95'][0])}, "
+                         f"{_fmt(d['ci95'][1])}] | [{_fmt(prompts_only[0])}, {_fmt(prompts_only[1])}] | "
+                         + " | ".join(cells) + " |")
+    return lines
 
 
 def render_training_check(check: dict[str, Any]) -> list[str]:

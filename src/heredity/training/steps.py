@@ -13,7 +13,7 @@ from heredity.strategies import to_chat_rows
 
 # How often checkpoints are written changes nothing in the trained model, so these fields
 # stay out of the stage key: changing them must not retrain a finished arm.
-NOT_IN_KEY = {"save_steps", "save_total_limit"}
+NOT_IN_KEY = {"save_steps", "save_total_limit", "seeds"}  # a replicate trains with its own `seed`
 
 # Fields added after runs already existed: left out of the key while at their default, so
 # upgrading heredity does not retrain arms that were trained without them.
