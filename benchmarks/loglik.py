@@ -61,9 +61,9 @@ def lm_eval_version() -> str:
 
 
 def data_dir(arg: str | None) -> Path:
-    from heredity.core.data import default_data_dir
+    from heredity.core.data import full_data_dir
 
-    return Path(arg) if arg else default_data_dir()
+    return full_data_dir(arg, "hellaswag/hellaswag_val.jsonl")
 
 
 def harness_run(model_ref: str, tokenizer, pairs: list[tuple[str, str]], seqs, batch_size: int):

@@ -56,9 +56,9 @@ TOLERANCE = 1e-9
 
 
 def data_dir(arg: str | None) -> Path:
-    from heredity.core.data import default_data_dir
+    from heredity.core.data import full_data_dir
 
-    return Path(arg) if arg else default_data_dir()
+    return full_data_dir(arg, "alpaca_eval")
 
 
 def load_texts(root: Path) -> list[str]:

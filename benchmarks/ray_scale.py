@@ -50,7 +50,7 @@ def load_texts(data: Path, limit: int | None) -> list[str]:
 
 
 def main() -> None:
-    from heredity.core.data import default_data_dir
+    from heredity.core.data import full_data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="shared data folder (default: ../shared/data)")
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
     args = parser.parse_args()
     limit = 240 if args.quick and not args.limit else args.limit
-    texts = load_texts(Path(args.data) if args.data else default_data_dir(), limit)
+    texts = load_texts(full_data_dir(args.data, "alpaca_eval"), limit)
 
     import numpy as np
     import ray

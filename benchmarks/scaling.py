@@ -66,12 +66,9 @@ METRICS = ["length", "mtld"]
 
 
 def data_dir(arg: str | None) -> Path:
-    from heredity.core.data import default_data_dir
+    from heredity.core.data import full_data_dir
 
-    path = Path(arg) if arg else default_data_dir()
-    if not (path / "alpaca_eval").is_dir():
-        sys.exit(f"no alpaca_eval data under {path}")
-    return path / "alpaca_eval"
+    return full_data_dir(arg, "alpaca_eval") / "alpaca_eval"
 
 
 def answers(folder: Path) -> tuple[list[str], list[str], list[list[str]]]:

@@ -66,9 +66,9 @@ FOLDS = 5
 
 
 def data_dir(arg: str | None) -> Path:
-    from heredity.core.data import default_data_dir
+    from heredity.core.data import full_data_dir
 
-    return Path(arg) if arg else default_data_dir()
+    return full_data_dir(arg, "rtp/rtp_toxic_test_set.jsonl")
 
 
 def load_rtp(root: Path) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -257,16 +257,30 @@ def test_profile_writes_parquet_and_json(tmp_path):
 # --- pairs from data -----------------------------------------------------------------------
 
 def test_alpaca_eval_pairs(data_dir):
+    files = sorted((data_dir / "alpaca_eval").glob("*.json"))
+    n_rows = len(json.loads(files[0].read_text(encoding="utf-8")))  # 50 instructions in the excerpt
+    assert len(files) == 12 and n_rows < 66
+    # Asking for more pairs than there are instructions gives one pair per instruction, no repeats.
     pairs = alpaca_eval_pairs(data_dir, n=66, seed=3)
     assert pairs == alpaca_eval_pairs(data_dir, n=66, seed=3)
-    assert len({p.instruction for p in pairs}) == 66
+    assert len(pairs) == len({p.instruction for p in pairs}) == n_rows
     assert all(p.model_a != p.model_b for p in pairs)
-    # 66 instructions = each of the 66 model pairs of 12 models once: every model in 11 pairs
+    # Fewer instructions than the 66 model pairs of 12 models: no model pair is used twice.
+    assert len({frozenset((p.model_a, p.model_b)) for p in pairs}) == n_rows
+    # As many instructions as model pairs = each model pair once, every model in (models - 1) pairs.
+    # 12 models need 66 instructions, more than the excerpt has; the largest set whose pairs fit it
+    # (10 models, 45 pairs, for 50 instructions) checks the same balance.
+    size = max(m for m in range(2, len(files) + 1) if m * (m - 1) // 2 <= n_rows)
+    models = [f.stem for f in files[:size]]
+    n_combos = size * (size - 1) // 2
+    pairs = alpaca_eval_pairs(data_dir, n=n_combos, models=models, seed=3)
+    assert len({p.instruction for p in pairs}) == n_combos
+    assert len({frozenset((p.model_a, p.model_b)) for p in pairs}) == n_combos
     counts = {}
     for p in pairs:
         for m in (p.model_a, p.model_b):
             counts[m] = counts.get(m, 0) + 1
-    assert len(counts) == 12 and set(counts.values()) == {11}
+    assert set(counts) == set(models) and set(counts.values()) == {size - 1}
     rows = {m: json.loads((data_dir / "alpaca_eval" / f"{m}.json").read_text()) for m in ("alpaca-7b",)}
     two = alpaca_eval_pairs(data_dir, n=5, models=["gpt-3.5-turbo-0613", "alpaca-7b"])
     for p in two:

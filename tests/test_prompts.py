@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,17 +20,24 @@ def test_bundled_set_splits_into_train_and_held_out():
 
 
 def test_self_instruct_seed_tasks_load_as_prompts(data_dir: Path):
-    cfg = PromptsConfig(source=str(data_dir / "self_instruct" / "seed_tasks.jsonl"), field="instruction")
-    train, held_out = load_prompts(cfg)
-    assert len(train) + len(held_out) == 175
+    path = data_dir / "self_instruct" / "seed_tasks.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(rows) == 50  # the excerpt: the first 50 of the 175 seed tasks
+    train, held_out = load_prompts(PromptsConfig(source=str(path), field="instruction"))
+    assert len(train) + len(held_out) == len(rows)
     assert train[0].id == "seed_task_0"
+    assert {p.id: p.text for p in train + held_out} == {r["id"]: r["instruction"].strip() for r in rows}
 
 
 def test_dolly_column_oriented_json(data_dir: Path):
-    cfg = PromptsConfig(source=str(data_dir / "dolly200" / "dolly_eval_eng.json"), field="inputs", id_field=None)
-    train, held_out = load_prompts(cfg)
-    assert len(train) + len(held_out) == 200
-    assert held_out[0].id == "row-3"
+    path = data_dir / "dolly200" / "dolly_eval_eng.json"
+    inputs = list(json.loads(path.read_text(encoding="utf-8"))["inputs"].values())
+    assert len(inputs) == 50  # the excerpt: 25 rows of each half of the 200
+    train, held_out = load_prompts(PromptsConfig(source=str(path), field="inputs", id_field=None))
+    assert len(train) + len(held_out) == len(inputs)
+    # one row per index key, in the file's order: "row-N" is the Nth, every third held out
+    assert held_out[0].id == "row-3" and held_out[0].text == inputs[2].strip()
+    assert {p.id: p.text for p in train + held_out} == {f"row-{i}": t.strip() for i, t in enumerate(inputs, 1)}
 
 
 def test_bad_jsonl_line_names_file_and_row(tmp_path: Path):

@@ -31,6 +31,9 @@ from heredity.strategies import (
 MODELS = ["alpaca-7b", "zephyr-7b-beta", "gemma-7b-it", "Mixtral-8x7B-Instruct-v0.1_concise"]
 METRICS = ["length", "mtld", "words"]
 STUDENT = "embedded:smollm2-135m-instruct"
+# Prompts taken for training: fewer than the 50 instructions of the excerpt, so the limit is applied;
+# 4 teachers x 40 = 160 candidates, several 37-row batches.
+LIMIT_TRAIN = 40
 
 
 @register_strategy("test-most-question-marks")
@@ -43,7 +46,7 @@ def config(data_dir: Path, **select_extra) -> dict:
     folder = data_dir / "alpaca_eval"
     return {
         "prompts": {"source": str(folder / "gpt-3.5-turbo-0613.json"), "field": "instruction", "id_field": None,
-                    "eval_every": None, "limit_train": 90},
+                    "eval_every": None, "limit_train": LIMIT_TRAIN},
         # replayed teachers are written teacher by teacher: a prompt's four candidates lie far apart
         "teachers": [{"backend": "replay", "replay": {"path": str(folder / f"{m}.json")}} for m in MODELS],
         "k": 1,
@@ -80,7 +83,7 @@ def own_cache(tmp_path, monkeypatch):
 def check_against_memory(out: Path, cfg_dict: dict) -> None:
     cfg = config_from_dict(cfg_dict)
     candidates = pq.read_table(out / "generate" / "candidates.parquet").to_pylist()
-    assert len(candidates) == 4 * 90
+    assert len(candidates) == len(MODELS) * LIMIT_TRAIN
     # score: every metric on the whole pool in one call, no cache
     context = MetricContext(tokenizer=load_tokenizer(STUDENT), prompts=[r["prompt"] for r in candidates])
     values = score_texts([r["text"] for r in candidates], METRICS, context, cache=False)
@@ -110,6 +113,8 @@ def check_against_memory(out: Path, cfg_dict: dict) -> None:
 
 
 def test_streamed_score_and_select_equal_the_in_memory_result(data_dir, tmp_path, small_batches):
+    source = data_dir / "alpaca_eval" / "gpt-3.5-turbo-0613.json"
+    assert len(json.loads(source.read_text(encoding="utf-8"))) > LIMIT_TRAIN  # the limit is applied
     cfg = config(data_dir, variants={
         "short": {"strategy": "best", "metric": "length", "direction": "min"},
         "mix": {"strategy": "weighted", "weights": {"mtld": 1.0, "words": -0.5}},  # pool-wide z-scores
@@ -118,7 +123,7 @@ def test_streamed_score_and_select_equal_the_in_memory_result(data_dir, tmp_path
     run(config_from_dict(cfg), tmp_path / "run", until="select")
     check_against_memory(tmp_path / "run", cfg)
     card = json.loads((tmp_path / "run" / "select" / "card.json").read_text())
-    assert 0 < card["dropped_prompts"]["wordy"] < 90  # the filter did something, so the check has teeth
+    assert 0 < card["dropped_prompts"]["wordy"] < LIMIT_TRAIN  # the filter did something, so the check has teeth
 
 
 def test_a_rule_that_reads_the_text_gets_whole_rows(data_dir, tmp_path, small_batches):

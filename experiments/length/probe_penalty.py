@@ -2,7 +2,9 @@
 AlpacaEval instructions change with the repetition penalty (heredity's transformers decoding, the
 study's sampling: temperature 0.7, top-p 0.9, prompt i seeded with i, 768-token cap). It reads
 every 4th instruction from the first (the study holds out every 4th from the fourth): the
-untrained model has seen none of them, and the probe chose the protocol before any student ran.
+untrained model has seen none of them. The probe ran on the base model alone, but only after
+protocols 1 and 2 had been evaluated on the trained students and had failed against base: the
+choice of a third protocol is post hoc (see protocols.md).
 
     python experiments/length/probe_penalty.py --prompts 24 1.0 1.1 1.2    (~4 min per penalty, 2 cores)
 

@@ -23,6 +23,7 @@ from heredity.config import (
     read_config_file,
 )
 from heredity.core.arms import comparisons
+from heredity.core.data import missing_data_hint
 from heredity.core.http import public_url
 from heredity.core.models import EMBEDDED, adapter_base, chat_messages, gguf_path
 from heredity.core.prompts import Prompt, load_prompts, read_rows, text_field
@@ -222,7 +223,7 @@ def _check_replay(teacher: TeacherConfig, index: int, train: list[Prompt]) -> No
         return
     field = f"teachers.{index}.replay.path"
     if not Path(opts.path).expanduser().is_file():
-        raise HeredityError(f"field '{field}': replay file '{opts.path}' not found")
+        raise HeredityError(f"field '{field}': replay file '{opts.path}' not found{missing_data_hint(opts.path)}")
     rows, label = read_rows(opts.path, opts.hf_split)
     wanted = (opts.prompt_field, opts.text_field) + ((opts.teacher_field,) if opts.teacher_field else ())
     for i, row in enumerate(rows, start=1):

@@ -43,6 +43,7 @@ def test_paired_difference_is_the_joint_resample_by_hand():
     d = paired_difference(a, b, 300, 1)
     assert d == {"diff": float(a.mean() - b.mean()),
                  "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+                 "p": (1 + 2 * min(int((diffs <= 0).sum()), int((diffs >= 0).sum()))) / 301,
                  "ratio": float(a.mean() / b.mean()), "n": 25, "n_undefined": 0}
 
 
@@ -100,7 +101,7 @@ def test_paired_difference_leaves_out_pairs_with_an_undefined_side():
     full = paired_difference(np.array([3.0, 6.0, 2.0]), np.array([1.0, 2.0, 1.0]), 300, 1)
     assert d == {**full, "n_undefined": 2} and d["n"] == 3
     assert paired_difference(np.array([np.nan]), np.array([1.0]), 100, 0) == {
-        "diff": None, "ci95": [None, None], "ratio": None, "n": 0, "n_undefined": 1}
+        "diff": None, "ci95": [None, None], "p": None, "ratio": None, "n": 0, "n_undefined": 1}
 
 
 # --- the length-controlled GLM against scipy.optimize ----------------------------------------
@@ -152,3 +153,67 @@ def test_length_feature_scales_by_the_sd_of_the_differences():
     delta = np.array([10.0, -10.0, 30.0])
     assert np.allclose(length_feature(delta, np.zeros(3)), np.tanh(delta / delta.std()))
     assert np.allclose(length_feature([5.0, 5.0], [1.0, 1.0]), np.tanh([4.0, 4.0]))  # sd 0: unscaled
+
+
+# --- seeds, p-values, multiple comparisons ----------------------------------------------------
+
+def test_seeded_ci_equals_the_prompt_only_ci_when_seeds_agree_and_widens_when_they_disagree():
+    from heredity.core.stats import seeded_paired_difference
+
+    rng = np.random.default_rng(11)
+    base = rng.normal(0.5, 0.2, 80)
+    student = base - 0.1 + rng.normal(0, 0.1, 80)
+    agree = seeded_paired_difference(np.stack([student] * 3), base, 2000, 1)
+    prompts_only = paired_difference(student, base, 2000, 1)
+    assert agree["diff"] == pytest.approx(prompts_only["diff"])
+    assert agree["ci95"] == pytest.approx(prompts_only["ci95"])
+    assert agree["ci95_prompts"] == pytest.approx(prompts_only["ci95"])
+    # three training seeds that shift the student: the same pooled mean, a wider interval
+    shifts = np.array([-0.08, 0.0, 0.08])[:, None]
+    disagree = seeded_paired_difference(student + shifts, base, 2000, 1)
+    assert disagree["diff"] == pytest.approx(agree["diff"])
+    assert disagree["ci95_prompts"] == pytest.approx(agree["ci95"])
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(disagree["ci95"]) > 1.5 * width(agree["ci95"])
+    assert disagree["per_seed"] == pytest.approx([agree["diff"] - 0.08, agree["diff"], agree["diff"] + 0.08])
+
+
+def test_seeded_difference_leaves_out_and_counts_undefined_pairs():
+    from heredity.core.stats import seeded_paired_difference
+
+    a = np.array([[1.0, 2.0, np.nan], [1.0, np.nan, np.nan]])
+    b = np.array([0.0, 0.0, 0.0])
+    d = seeded_paired_difference(a, b, 200, 0)
+    assert d["n_undefined"] == 3 and d["n"] == 2  # the third prompt is undefined under every seed
+    assert d["diff"] == pytest.approx((1 + 2 + 1) / 3) and d["per_seed"] == [1.5, 1.0]
+
+
+def test_bh_qvalues_equal_scipy():
+    from scipy.stats import false_discovery_control
+
+    from heredity.core.stats import bh_qvalues
+
+    p = np.random.default_rng(5).uniform(size=40) ** 3
+    assert bh_qvalues(p) == pytest.approx(list(false_discovery_control(p, method="bh")))
+    with_gaps = [0.01, None, 0.04, float("nan"), 0.03]
+    q = bh_qvalues(with_gaps)
+    assert q[1] is None and q[3] is None
+    assert [q[0], q[2], q[4]] == pytest.approx(list(false_discovery_control([0.01, 0.04, 0.03], method="bh")))
+
+
+def test_bootstrap_and_ci_p_values_agree_with_the_interval():
+    from scipy.stats import norm
+
+    from heredity.core.stats import p_from_ci
+
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0.3, 1, 200), rng.normal(0, 1, 200)
+    d = paired_difference(a, b, 4000, 0)
+    lo, hi = d["ci95"]
+    assert (d["p"] < 0.05) == (lo > 0 or hi < 0)
+    # the normal-approximation p of a symmetric interval: z = diff / ((hi - lo) / 3.92)
+    assert p_from_ci(1.0, [0.0, 2.0]) == pytest.approx(2 * norm.sf(1.959963984540054))
+    assert p_from_ci(d["diff"], d["ci95"]) == pytest.approx(d["p"], abs=0.02)
+    assert p_from_ci(None, [None, None]) is None
+    same = paired_difference(a, a, 500, 0)
+    assert same["p"] == 1.0

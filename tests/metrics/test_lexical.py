@@ -153,7 +153,7 @@ def test_registry():
 def test_matches_lexicalrichness(alpaca_texts):
     lr_module = pytest.importorskip("lexicalrichness")
     worst = Counter()
-    compared = 0
+    compared = windowed = 0
     for text in alpaca_texts:
         ref = lr_module.LexicalRichness(text)
         assert tokenize(text) == ref.wordlist
@@ -165,7 +165,12 @@ def test_matches_lexicalrichness(alpaca_texts):
         worst["ttr"] = max(worst["ttr"], abs(ttr(text) - ref.ttr))
         if ref.words >= 50:
             worst["mattr"] = max(worst["mattr"], abs(mattr(text) - ref.mattr(window_size=50)))
-    assert compared > 9000
+            windowed += 1
+    # Every output of the excerpt (12 models x 50 instructions = 600 texts) was read; nearly all have
+    # words (all 600 do), and most are long enough for a 50-token MATTR window (538).
+    assert len(alpaca_texts) == 600
+    assert compared > 0.9 * len(alpaca_texts)
+    assert windowed > 0.5 * len(alpaca_texts)
     assert worst["mtld"] <= 1e-9, worst
     assert worst["ttr"] <= 1e-9, worst
     assert worst["mattr"] <= 1e-9, worst

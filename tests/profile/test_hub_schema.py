@@ -1,12 +1,15 @@
 """Benchmark data from where users have it: the shared layout, a local copy in hub schema, or the hub.
 
-``hub_data_dir`` (conftest) converts the real shared files into each suite's pinned hub schema; every
-suite must read the same items from it as from the shared layout. The hub itself is unreachable here:
+``hub_data_dir`` (conftest) converts the committed excerpts of the real files (tests/data, in the shared
+layout) into each suite's pinned hub schema; every suite must read the same items from it as from the
+shared layout. The hub itself is unreachable here:
 its path is checked for its one-line failure and, with ``load_dataset`` standing in, for the call it makes.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import shutil
 import subprocess
@@ -39,7 +42,8 @@ def test_stereoset_from_hub_schema(data_dir, hub_data_dir):
 
     hub = stereoset.load(hub_data_dir, use_hub=False)
     assert items(hub) == items(stereoset.load(data_dir))
-    assert len(hub) == 799
+    # every item of the excerpt (12 of each of the 4 bias types: 48 of the 799)
+    assert len(hub) == len(json.loads((data_dir / stereoset.DATA).read_text(encoding="utf-8"))) == 48
 
 
 def test_bbq_from_hub_schema(data_dir, hub_data_dir):
@@ -52,11 +56,19 @@ def test_bbq_from_hub_schema(data_dir, hub_data_dir):
 
 
 def test_dolly_from_hub_schema_keeps_only_english(data_dir, hub_data_dir):
+    splits = {}
     for split in ("val", "test", "all"):
         hub, _ = textual.load_prompts(hub_data_dir, split)
         shared, _ = textual.load_prompts(data_dir, split)
         assert hub == shared
-    assert len(textual.load_prompts(hub_data_dir, "all")[0]) == 200  # the French and German rows left out
+        splits[split] = hub
+    assert splits["val"] + splits["test"] == splits["all"]
+    # The hub copy holds the excerpt's English rows plus one French and one German row (conftest);
+    # only the English ones are read.
+    english = json.loads((data_dir / textual.DATA).read_text(encoding="utf-8"))["inputs"]
+    hub_rows = core_data.read_table_file(textual.HUB.local_files(hub_data_dir)[0])
+    assert len(hub_rows) == len(english) + 2
+    assert [p.text for p in splits["all"]] == [t.strip() for t in english.values()]
 
 
 def test_rtp_from_hub_schema(data_dir, hub_data_dir):
@@ -114,28 +126,44 @@ def test_datasets_is_imported_only_for_the_hub():
 
 def test_status_reads_hub_copies_and_checks_sums(data_dir, hub_data_dir):
     shared = {r["path"]: r for r in sources.status(data_dir)}
+    # The pinned sums are of the full files: every excerpt is found, and fails its sum.
     for path in sources.SHA256:
-        if (data_dir / path).is_file():
-            assert shared[path]["checksum"] == "ok", path
+        assert (data_dir / path).is_file(), path
+        assert shared[path]["found"] and shared[path]["checksum"] == "MISMATCH", path
+    hella_lines = (data_dir / calibration.DATA).read_text(encoding="utf-8").splitlines()
+    hella_rows = sum(1 for line in hella_lines if line.strip())
+    english = json.loads((data_dir / textual.DATA).read_text(encoding="utf-8"))["inputs"]
     hub = {r["path"]: r for r in sources.status(hub_data_dir)}
-    assert hub[calibration.DATA]["layout"] == "hub schema" and hub[calibration.DATA]["rows"] == 10042
-    assert hub[textual.DATA]["rows"] == 200  # English rows only
+    assert hub[calibration.DATA]["layout"] == "hub schema" and hub[calibration.DATA]["rows"] == hella_rows == 50
+    assert hub[textual.DATA]["rows"] == len(english) == 50  # English rows only
     assert hub["bbq/Age.jsonl"]["rows"] == shared["bbq/Age.jsonl"]["rows"]
     assert hub["bbq/Religion.jsonl"]["state"] == "missing"
     assert hub[calibration.DATA]["checksum"] == "unpinned"  # no SHA256SUMS: not downloaded by heredity
 
 
-def test_a_changed_file_fails_its_checksum(data_dir, tmp_path):
+def test_a_changed_file_fails_its_checksum(data_dir, tmp_path, monkeypatch):
+    # The pinned sum is of the full file; pin the excerpt's own, so only the change can fail it.
+    original = (data_dir / crows_pairs.DATA).read_bytes()
+    monkeypatch.setitem(sources.SHA256, crows_pairs.DATA, hashlib.sha256(original).hexdigest())
     (tmp_path / "crows_pairs").mkdir()
-    text = (data_dir / crows_pairs.DATA).read_text(encoding="utf-8")
+    (tmp_path / crows_pairs.DATA).write_bytes(original)
+    record = next(r for r in sources.status(tmp_path) if r["suite"] == "crows_pairs")
+    assert record["checksum"] == "ok" and record["state"] == "found (partial)"  # 50 of 1508 rows
+    result = CliRunner().invoke(app, ["data", "--data-dir", str(tmp_path), "-s", "crows_pairs"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0 and "sha256 differs" not in result.output, result.output
+
+    text = original.decode("utf-8")
+    assert "black" in text
     (tmp_path / crows_pairs.DATA).write_text(text.replace("black", "Black", 1), encoding="utf-8")
     record = next(r for r in sources.status(tmp_path) if r["suite"] == "crows_pairs")
-    assert record["checksum"] == "MISMATCH" and record["state"] == "found"
+    assert record["checksum"] == "MISMATCH" and record["state"] == "found (partial)"
     result = CliRunner().invoke(app, ["data", "--data-dir", str(tmp_path), "-s", "crows_pairs"], env={"COLUMNS": "250"})
     assert result.exit_code == 1 and "sha256 differs" in result.output
 
 
-def test_download_writes_hub_schema_with_sums(hub_data_dir, tmp_path, monkeypatch):
+def test_download_writes_hub_schema_with_sums(data_dir, hub_data_dir, tmp_path, monkeypatch):
+    with open(data_dir / crows_pairs.DATA, encoding="utf-8", newline="") as fh:
+        n_pairs = sum(1 for _ in csv.DictReader(fh))  # the excerpt: 50 of 1508
     fetched = []
 
     def fake_hub_rows(hub):
@@ -146,10 +174,10 @@ def test_download_writes_hub_schema_with_sums(hub_data_dir, tmp_path, monkeypatc
     written = sources.download(tmp_path, ["crows_pairs"], log=lambda line: None)
     assert fetched == [crows_pairs.HUB.ref] and written == [tmp_path / crows_pairs.HUB.folder / "test.jsonl"]
     meta = json.loads((tmp_path / crows_pairs.HUB.folder / "source.json").read_text())
-    assert meta["revision"] == crows_pairs.HUB.revision and meta["rows"] == 1508
+    assert meta["revision"] == crows_pairs.HUB.revision and meta["rows"] == n_pairs == 50
     record = next(r for r in sources.status(tmp_path) if r["suite"] == "crows_pairs")
     assert record["layout"] == "hub schema" and record["checksum"] == "ok"
-    assert len(crows_pairs.load(tmp_path, use_hub=False)) == 1508
+    assert len(crows_pairs.load(tmp_path, use_hub=False)) == n_pairs
     assert sources.download(tmp_path, ["crows_pairs"], log=lambda line: None) == []  # found now: nothing to fetch
     with open(written[0], "a", encoding="utf-8") as fh:
         fh.write(written[0].read_text(encoding="utf-8").splitlines()[0] + "\n")

@@ -21,7 +21,7 @@ from typing import Any
 from heredity.config import ACTIVE, ARM_ORDER, BASE, PASSIVE
 
 __all__ = ["ACTIVE", "ARM_ORDER", "BASE", "PASSIVE", "comparisons", "dose_response", "judged_comparisons",
-           "mark_families", "ordered_arms", "primary_comparisons", "selection_strength", "steered_arms",
+           "mark_families", "mark_profile_family", "ordered_arms", "primary_comparisons", "selection_strength", "steered_arms",
            "teacher_sources"]
 COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE), (PASSIVE, BASE))
 JUDGED_COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE))
@@ -153,21 +153,37 @@ def primary_comparisons(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def mark_families(summary: dict[str, Any]) -> None:
-    """Each held-out paired difference gets its ``family``: ``primary`` (keeps its CI as the
-    confirmatory result) or ``exploratory``, where ``q`` is its Benjamini-Hochberg q-value within the
-    run's exploratory differences and ``moved`` says q < 0.05. Differences without a p-value
-    (summaries written before p-values existed) get q None and are left out of the family."""
-    from heredity.core.stats import bh_qvalues
-
+    """Each held-out paired difference gets its ``family``: ``primary`` (the confirmatory result) or
+    ``exploratory``, and ``q``, its Benjamini-Hochberg q-value within its family (``moved``: q < 0.05). The profile's differences are a
+    family of their own (``mark_profile_family``)."""
     primary = set(primary_comparisons(summary))
-    exploratory = []
+    families: dict[str, list[dict[str, Any]]] = {"primary": [], "exploratory": []}
     for comparison, metrics in (summary.get("differences") or {}).items():
         for metric, d in metrics.items():
-            if (comparison, metric) in primary:
-                d["family"] = "primary"
-            else:
-                d["family"] = "exploratory"
-                exploratory.append(d)
-    for d, q in zip(exploratory, bh_qvalues([d.get("p") for d in exploratory])):
+            d["family"] = "primary" if (comparison, metric) in primary else "exploratory"
+            families[d["family"]].append(d)
+    for family in families.values():  # several primary comparisons are a (small) family too
+        _qvalues(family)
+    if summary.get("profile"):
+        mark_profile_family(summary["profile"])
+
+
+def mark_profile_family(profile: dict[str, Any]) -> None:
+    """The profile's paired differences between students, one exploratory family: each gets ``q``
+    and ``moved`` as in ``mark_families``."""
+    _qvalues([d for per_key in (profile.get("differences") or {}).values() for d in per_key.values()
+              if isinstance(d, dict) and "ci95" in d])
+
+
+def _qvalues(family: list[dict[str, Any]]) -> None:
+    """BH q-values over ``family``. A difference without a bootstrap p-value (a summary written
+    before they were recorded) gets one read off its CI (``p_from_ci``, ``p_source: ci``)."""
+    from heredity.core.stats import bh_qvalues, p_from_ci
+
+    for d in family:
+        if d.get("p") is None and "p_source" not in d:
+            d["p"] = p_from_ci(d.get("diff"), d.get("ci95"))
+            d["p_source"] = "ci"
+    for d, q in zip(family, bh_qvalues([d.get("p") for d in family])):
         d["q"] = q
         d["moved"] = q is not None and q < 0.05

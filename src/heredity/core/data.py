@@ -54,6 +54,25 @@ def default_data_dir() -> Path:
     return beside if beside.is_dir() else user_data_dir()
 
 
+GET_FULL_DATA = ("the full benchmark files live in ../shared/data beside a development checkout; elsewhere "
+                 "'heredity data' lists each file's upstream and 'heredity data --download' fetches the hub "
+                 "datasets; AlpacaEval outputs come from github.com/tatsu-lab/alpaca_eval")
+
+
+def full_data_dir(arg: str | Path | None, needs: str) -> Path:
+    """The data folder a benchmark or experiment reads (``arg``, else ``default_data_dir``), with
+    ``needs`` (a file or folder under it) present; a one-line SystemExit saying how to get it otherwise."""
+    root = Path(arg).expanduser() if arg else default_data_dir()
+    if not (root / needs).exists():
+        raise SystemExit(f"error: {root / needs} not found: {GET_FULL_DATA}; pass --data DIR or set HEREDITY_DATA_DIR")
+    return root
+
+
+def missing_data_hint(path: str | Path) -> str:
+    """What to add to a 'not found' error for a path into the shared data folder: how to get it."""
+    return f" ({GET_FULL_DATA})" if "shared/data" in Path(path).as_posix() else ""
+
+
 def data_root(data_dir: Path | str | None) -> Path:
     return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from heredity.config import PromptsConfig
+from heredity.core.data import missing_data_hint
 from heredity.errors import HeredityError, input_error
 
 
@@ -136,7 +137,7 @@ def read_rows(source: str, hf_split: str = "train") -> tuple[list[dict[str, Any]
         return [dict(r) for r in ds], source
     path = Path(source).expanduser()
     if not path.is_file():
-        raise HeredityError(f"{path}: prompt file not found")
+        raise HeredityError(f"{path}: prompt file not found{missing_data_hint(path)}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _read_jsonl(path), str(path)

@@ -175,6 +175,18 @@ def seeded_paired_difference(a: np.ndarray, b: np.ndarray, samples: int, seed: i
     }
 
 
+def p_from_ci(diff: float | None, ci95: Sequence[float | None] | None) -> float | None:
+    """Two-sided p-value of "the difference is 0" read off a 95% CI by the normal approximation
+    (standard error = CI width / 3.92). For summaries that kept a CI but no bootstrap p-value; a
+    skewed bootstrap makes it approximate. None where the CI is undefined."""
+    if diff is None or not ci95 or ci95[0] is None or ci95[1] is None:
+        return None
+    se = (ci95[1] - ci95[0]) / (2 * 1.959963984540054)
+    if se <= 0:
+        return 1.0 if diff == 0 else 0.0
+    return float(math.erfc(abs(diff) / se / math.sqrt(2)))
+
+
 def bh_qvalues(pvalues: Sequence[float | None]) -> list[float | None]:
     """Benjamini-Hochberg q-values (the false discovery rate at which each test would be called),
     in the order given; an undefined p-value (None/NaN) is left out of the family and gets None.

@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from heredity.config import RunConfig
-from heredity.core.arms import comparisons, decoding_label, mark_families, ordered_arms, steered_arms
+from heredity.core.arms import (
+    comparisons,
+    decoding_label,
+    mark_families,
+    mark_profile_family,
+    ordered_arms,
+    steered_arms,
+)
 from heredity.core.models import model_identity
 from heredity.core.rundir import (
     git_commit,
@@ -33,7 +40,7 @@ from heredity.plan import persisted_config
 from heredity.stages.judge import summarise_run_judgments
 from heredity.stages.profile import summarise_profiles
 from heredity.stages.report_html import render_html
-from heredity.stages.results import dose_response_lines
+from heredity.stages.results import dose_response_lines, render_seeds
 
 
 def training_check(train_results: dict[str, Any]) -> dict[str, Any]:
@@ -291,29 +298,6 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_seeds(summary: dict[str, Any]) -> list[str]:
-    """Each training seed's figures for the primary comparisons, beside the pooled ones."""
-    seeds = summary["seeds"]
-    values = [str(s) for s in seeds["values"]]
-    lines = ["", f"## Training seeds ({len(values)}: {', '.join(values)})", "",
-             "Every arm was trained once per seed (the passive draw seeded per replicate); the means above pool "
-             "seeds and prompts, and their CIs resample both. Per seed:", "",
-             "| comparison | metric | pooled [95% CI, prompts and seeds] | prompts-only CI | "
-             + " | ".join(f"seed {s}" for s in values) + " |", "|---" * (4 + len(values)) + "|"]
-    for name, per_metric in summary["differences"].items():
-        for m, d in per_metric.items():
-            if d.get("family") != "primary":
-                continue
-            per_seed = [seeds["per_seed"][s]["differences"].get(name, {}).get(m, {}) for s in values]
-            cells = [f"{_fmt(e.get('diff'))} [{_fmt((e.get('ci95') or [None])[0])}, "
-                     f"{_fmt((e.get('ci95') or [None, None])[1])}]" for e in per_seed]
-            prompts_only = d.get("ci95_prompts") or [None, None]
-            lines.append(f"| {name.replace('_vs_', ' − ')} | {m} | {_fmt(d['diff'])} [{_fmt(d['ci95'][0])}, "
-                         f"{_fmt(d['ci95'][1])}] | [{_fmt(prompts_only[0])}, {_fmt(prompts_only[1])}] | "
-                         + " | ".join(cells) + " |")
-    return lines
-
-
 def render_training_check(check: dict[str, Any]) -> list[str]:
     if not check:
         return []
@@ -391,6 +375,7 @@ def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], sel
     if profile_stages:
         summary["profile"] = summarise_profiles(profile_stages, cfg.eval.bootstrap_samples, profile_skipped,
                                                 variants=list(cfg.select.variants))
+        mark_profile_family(summary["profile"])
     if judge_stages:
         summary["judge"] = summarise_run_judgments(judge_stages)
     write_table(run_dir / "per_prompt.parquet", [r for arm in ordered_arms(answers) for r in answers[arm]])

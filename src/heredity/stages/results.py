@@ -13,15 +13,21 @@ the profile differences when the run profiled its students, and the compute time
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
-from heredity.core.arms import decoding_label, dose_response, ordered_arms, target_of, teacher_sources
+from heredity.core.arms import (
+    decoding_label,
+    dose_response,
+    mark_families,
+    mark_profile_family,
+    ordered_arms,
+    target_of,
+    teacher_sources,
+)
 from heredity.core.rundir import read_json
 from heredity.errors import HeredityError
-
-SIDE_EFFECT_COMPARISONS = ("active_vs_passive", "active_vs_base")
-
 
 def _fmt(x: float | None) -> str:
     if x is None:
@@ -113,39 +119,74 @@ def render_study(folder: Path, summary: dict[str, Any], root: Path) -> list[str]
     diffs = summary["differences"]
     if sources:
         return lines + source_lines(summary, sources, metrics) + profile_lines(summary) + [""]
-    lines += ["", "Effect on each arm's target (paired over prompts; a variant steers its own metric):", "",
-              "| comparison | target | difference | 95% CI | ratio | verdict |", "|---|---|---|---|---|---|"]
+    marked = copy.deepcopy(summary)
+    mark_families(marked)
+    diffs = marked["differences"]
+    lines += ["", "Effect on each arm's target (primary comparisons, paired over prompts; a variant steers its own "
+              "metric; q: Benjamini-Hochberg within the primary family):", "",
+              "| comparison | target | difference | 95% CI | q | ratio | verdict |", "|---|---|---|---|---|---|---|"]
     for arm in steered(summary):
         arm_target, arm_direction = target_of(summary, arm)
         for other in ("passive", "base"):
             d = diffs.get(f"{arm}_vs_{other}", {}).get(arm_target)
             if d is not None:
                 lines.append(f"| {arm} − {other} | {arm_direction} {arm_target} | {_fmt(d['diff'])} | "
-                             f"{_ci(d['ci95'])} | {_fmt(d['ratio'])}× | {verdict(d, arm_direction)} |")
+                             f"{_ci(d['ci95'])} | {_fmt(d.get('q'))} | {_fmt(d['ratio'])}× | {verdict(d, arm_direction)} |")
     dose = dose_response_lines(summary)
     if dose:
         lines += ["", *dose]
-    side = []
-    for name in SIDE_EFFECT_COMPARISONS:
-        for m, d in diffs.get(name, {}).items():
-            lo, hi = d["ci95"]
-            if m != target and lo is not None and (lo > 0 or hi < 0):
-                side.append(f"{m} {'rose' if lo > 0 else 'fell'} ({name.replace('_vs_', ' − ')} "
-                            f"{_fmt(d['diff'])} {_ci(d['ci95'])})")
-    lines += ["", ("Side effects (other metrics whose paired CI excludes zero): " + "; ".join(side) + ".")
-              if side else "Side effects: no other metric moved with a CI excluding zero (active vs passive, base)."]
-    return lines + profile_lines(summary) + [""]
+    if summary.get("seeds"):
+        lines += render_seeds(summary)
+    lines += [""] + side_effect_lines(summary)
+    return lines + profile_lines(summary) + protocol_lines(folder) + [""]
+
+
+def side_effect_lines(summary: dict[str, Any]) -> list[str]:
+    """The exploratory held-out differences (all but the primary ones): how many exclude zero
+    uncorrected, and which survive Benjamini-Hochberg correction within the study (q < 0.05)."""
+    summary = copy.deepcopy(summary)
+    mark_families(summary)  # q-values; p read off the CI where the summary kept no p-value
+    family = [(name, m, d) for name, per in summary["differences"].items() for m, d in per.items()
+              if d.get("family") == "exploratory"]
+    raw = sum(1 for _, _, d in family if d["ci95"][0] is not None and (d["ci95"][0] > 0 or d["ci95"][1] < 0))
+    moved = [f"{m} {'rose' if d['diff'] > 0 else 'fell'} ({name.replace('_vs_', ' − ')} {_fmt(d['diff'])} "
+             f"{_ci(d['ci95'])}, q {_fmt(d['q'])})" for name, m, d in family if d.get("moved")]
+    approx = any(d.get("p_source") == "ci" for _, _, d in family)
+    head = (f"Side effects (exploratory: {len(family)} differences besides the primary ones, {raw} with a CI "
+            f"excluding zero before correction; Benjamini-Hochberg within the study"
+            f"{', p-values read off the CIs' if approx else ''}): ")
+    return [head + ("; ".join(moved) + " survive (q < 0.05)." if moved else "none survives (q < 0.05).")]
+
+
+def protocol_lines(folder: Path) -> list[str]:
+    """Every protocol file of a study (``protocol*.md``), with its Figures section when it has one:
+    protocols that failed stay on the page beside the one that met its target."""
+    lines = []
+    for path in sorted(folder.glob("protocol*.md")):
+        text = path.read_text(encoding="utf-8")
+        title = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("# ")), path.name)
+        lines += ["", f"Protocol `{path.name}`: {title}."]
+        if "\n## Figures" in text:
+            section = text.split("\n## Figures", 1)[1].split("\n## ", 1)[0].strip("\n")
+            lines += ["", *section.splitlines()]
+    return lines
 
 
 def profile_lines(summary: dict[str, Any]) -> list[str]:
     profile = summary.get("profile")
     if not profile or not profile.get("differences"):
         return []
-    lines = ["", "Profile differences (paired over items):", "",
-             "| comparison | suite/metric | difference | 95% CI |", "|---|---|---|---|"]
-    for name, per_metric in profile["differences"].items():
-        for key, d in per_metric.items():
-            lines.append(f"| {name.replace('_vs_', ' − ')} | {key} | {_fmt(d['diff'])} | {_ci(d['ci95'])} |")
+    profile = copy.deepcopy(profile)
+    mark_profile_family(profile)
+    rows = [(name, key, d) for name, per in profile["differences"].items() for key, d in per.items()]
+    raw = sum(1 for _, _, d in rows if d["ci95"][0] is not None and (d["ci95"][0] > 0 or d["ci95"][1] < 0))
+    lines = ["", f"Profile differences (paired over items; exploratory: {len(rows)} differences, {raw} with a CI "
+             f"excluding zero before correction, {sum(bool(d.get('moved')) for _, _, d in rows)} with a "
+             "Benjamini-Hochberg q < 0.05 within the study's profile):", "",
+             "| comparison | suite/metric | difference | 95% CI | q |", "|---|---|---|---|---|"]
+    for name, key, d in rows:
+        q = _fmt(d.get("q")) + (" (moved)" if d.get("moved") else "")
+        lines.append(f"| {name.replace('_vs_', ' − ')} | {key} | {_fmt(d['diff'])} | {_ci(d['ci95'])} | {q} |")
     return lines
 
 
@@ -165,6 +206,29 @@ def source_lines(summary: dict[str, Any], sources: dict[str, str], metrics: list
         a, b = name.split("_vs_")
         label = f"{a} − {b} ({sources.get(a, a)} − {sources.get(b, b)})"
         lines.append(f"| {label} | " + " | ".join(cell(per_metric.get(m)) for m in metrics) + " |")
+    return lines
+
+
+def render_seeds(summary: dict[str, Any]) -> list[str]:
+    """Each training seed's figures for the primary comparisons, beside the pooled ones."""
+    seeds = summary["seeds"]
+    values = [str(s) for s in seeds["values"]]
+    lines = ["", f"## Training seeds ({len(values)}: {', '.join(values)})", "",
+             "Every arm was trained once per seed (the passive draw seeded per replicate); the means above pool "
+             "seeds and prompts, and their CIs resample both. Per seed:", "",
+             "| comparison | metric | pooled [95% CI, prompts and seeds] | prompts-only CI | "
+             + " | ".join(f"seed {s}" for s in values) + " |", "|---" * (4 + len(values)) + "|"]
+    for name, per_metric in summary["differences"].items():
+        for m, d in per_metric.items():
+            if d.get("family") != "primary":
+                continue
+            per_seed = [seeds["per_seed"][s]["differences"].get(name, {}).get(m, {}) for s in values]
+            cells = [f"{_fmt(e.get('diff'))} [{_fmt((e.get('ci95') or [None])[0])}, "
+                     f"{_fmt((e.get('ci95') or [None, None])[1])}]" for e in per_seed]
+            prompts_only = d.get("ci95_prompts") or [None, None]
+            lines.append(f"| {name.replace('_vs_', ' − ')} | {m} | {_fmt(d['diff'])} [{_fmt(d['ci95'][0])}, "
+                         f"{_fmt(d['ci95'][1])}] | [{_fmt(prompts_only[0])}, {_fmt(prompts_only[1])}] | "
+                         + " | ".join(cells) + " |")
     return lines
 
 
@@ -218,7 +282,9 @@ def render_results(root: Path) -> str:
     lines = ["# Results", "",
              f"Every figure below is read from a study's `summary.json` under `{root.name}/` and was written "
              "by the run that the command beside it starts (`heredity results` renders this page). Means "
-             "with bootstrap 95% CIs over held-out prompts; differences are paired over prompts.", ""]
+             "with bootstrap 95% CIs over held-out prompts; differences are paired over prompts (and over training "
+             "seeds where a study trained several). Primary comparisons keep their CIs; every other difference is "
+             "exploratory and is called moved only when its Benjamini-Hochberg q-value is below 0.05.", ""]
     not_run = sorted(p.parent.name for p in root.glob("*/config.yaml") if p.parent not in found)
     if not found:
         lines += ["No study has a summary.json yet.", ""]
