@@ -39,7 +39,7 @@ from heredity.errors import HeredityError
 from heredity.plan import persisted_config
 from heredity.stages.judge import summarise_run_judgments
 from heredity.stages.profile import summarise_profiles
-from heredity.stages.report_html import render_html
+from heredity.stages.report_html import metric_notes, render_html
 from heredity.stages.results import dose_response_lines, render_seeds
 
 
@@ -247,6 +247,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                          f"[{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}] | {q} | {_fmt(d['ratio'])}× |")
     if seeds:
         lines += render_seeds(summary)
+    lines += [line for note in metric_notes(summary) for line in ("", note)]
     dose = dose_response_lines(summary)
     if dose:
         lines += ["", "## Dose-response", "", *dose]

@@ -556,6 +556,24 @@ def page(title: str, body: str) -> str:
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>{body}</main></body></html>\n")
 
 
+def metric_notes(summary: dict[str, Any]) -> list[str]:
+    """Caveats a reader needs beside some metrics' figures (Markdown text): the offline toxicity
+    scorer is a proxy of Perspective, with its agreement on other generators' text."""
+    from heredity.metrics.toxicity.metrics import OFFLINE_PROXY_NOTE
+
+    metrics = set(next(iter(summary.get("arms", {}).values()), {}))
+    profile = summary.get("profile") or {}
+    profile_scorer = (((summary.get("config") or {}).get("eval") or {}).get("profile") or {}).get("toxicity_scorer")
+    profiled = any(str(k).startswith("toxicity/") for k in profile.get("metrics", {})) and \
+        profile_scorer in (None, "toxicity")
+    return [OFFLINE_PROXY_NOTE] if "toxicity" in metrics or profiled else []
+
+
+def _markdown_code(text: str) -> str:
+    parts = escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
 def render_html(summary: dict[str, Any], run_dir: Path) -> str:
     """The whole page of a run from its summary and its files."""
     run_dir = Path(run_dir)
@@ -580,7 +598,10 @@ def render_html(summary: dict[str, Any], run_dir: Path) -> str:
                 _provenance(summary, run_dir)),
         "<h2>The students on held-out prompts</h2>",
         f"<p class=note>{fmt(summary.get('eval_prompts'))} held-out prompts, {escape(decoding_label(summary))}. Means with bootstrap 95% CIs; "
-        "differences are paired over prompts and count when their 95% CI excludes 0.</p>",
+        "differences are paired over prompts (and training seeds, where the run trained several). A primary "
+        "comparison counts when its 95% CI excludes 0; an exploratory one only when its Benjamini-Hochberg "
+        "q-value is below 0.05 too.</p>",
+        *(f"<p class=note>{_markdown_code(note)}</p>" for note in metric_notes(summary)),
         _students(summary),
         _dose_response(summary),
         "<h2>The selection: what each arm trained on</h2>",

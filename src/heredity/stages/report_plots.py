@@ -286,15 +286,19 @@ def forest(per_metric: dict[str, dict[str, dict[str, Any]]], title: str) -> str:
         ax.set_ylim(0.4, len(names) + 0.6)
         ax.set_title(metric, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(title + "  (● CI excludes 0, ○ grey: not significant)", fontsize=9)
+    fig.suptitle(title + "  (● counts: CI excludes 0, and q < 0.05 if exploratory; ○ grey: not)", fontsize=9)
     fig.tight_layout()
     return figure_html(fig, title)
 
 
 def significant(d: dict[str, Any]) -> bool:
-    """A paired difference counts when its 95% CI excludes 0."""
+    """A paired difference counts when its 95% CI excludes 0; an exploratory one (``family``, see
+    ``core.arms.mark_families``) only when its Benjamini-Hochberg q-value is below 0.05 as well."""
     lo, hi = d.get("ci95") or (None, None)
-    return lo is not None and hi is not None and (lo > 0 or hi < 0)
+    excludes = lo is not None and hi is not None and (lo > 0 or hi < 0)
+    if d.get("family") == "exploratory" and "q" in d:
+        return excludes and bool(d.get("moved"))
+    return excludes
 
 
 def bars(values: dict[str, float], title: str, xlabel: str) -> str:

@@ -27,6 +27,7 @@ from heredity.core.arms import (
     teacher_sources,
 )
 from heredity.core.rundir import read_json
+from heredity.stages.report_html import metric_notes
 from heredity.errors import HeredityError
 
 def _fmt(x: float | None) -> str:
@@ -138,6 +139,7 @@ def render_study(folder: Path, summary: dict[str, Any], root: Path) -> list[str]
     if summary.get("seeds"):
         lines += render_seeds(summary)
     lines += [""] + side_effect_lines(summary)
+    lines += [line for note in metric_notes(summary) for line in ("", note)]
     return lines + profile_lines(summary) + protocol_lines(folder) + [""]
 
 

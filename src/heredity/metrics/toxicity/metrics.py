@@ -28,6 +28,15 @@ from heredity.metrics.toxicity.perspective import (
 )
 
 
+# What a report says wherever the offline scorer's figures appear: it is a proxy, and how far it
+# agrees with Perspective on text from generators it was not fitted on.
+OFFLINE_PROXY_NOTE = (
+    "`toxicity` is heredity's offline proxy of Perspective, not Perspective: on 1,191 continuations of five "
+    "other generators (GPT-2, PPLM, DAPT, GeDi, DExperts) it agrees with Perspective at Spearman 0.49 "
+    "[0.45, 0.54] and flags 22% of Perspective-toxic texts at 0.5 (inside RealToxicityPrompts, held out by "
+    "source: 0.71 and 97%). Its figures compare students with each other; they are not Perspective scores.")
+
+
 @register("toxicity", loads_model=True, version="3", better="lower",
           description="Predicted Perspective toxicity, offline: the mean of a ridge head on MiniLM "
                       "embedding + profanity logit and alt-profanity-check's probability (0..1)")
