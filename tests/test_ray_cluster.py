@@ -281,3 +281,31 @@ def test_judge_fans_out_one_comparison_per_task_with_local_verdicts(cluster, dat
             [(r["pair_id"], r["choice_ab"], r["choice_ba"]) for r in want]
         assert [r["pref_a"] for r in got] == pytest.approx([r["pref_a"] for r in want], abs=1e-5)
     assert all(s.reused for s in run_judges_on_ray(cfg, tmp_path / "ray", eval_stages, comparisons).values())
+
+
+def test_training_seeds_run_their_evaluations_on_the_cluster(cluster, tmp_path, monkeypatch):
+    """train.seeds with ray: every replicate fans its evaluations out (the local path would fail),
+    and the seeds pool into one summary as they do locally (tests/test_seeds.py)."""
+    import io
+
+    from rich.console import Console
+
+    import heredity.pipeline
+    from conftest import tiny_config
+
+    def local(*args, **kwargs):
+        raise AssertionError("an evaluation ran in-process instead of on the cluster")
+
+    monkeypatch.setattr(heredity.pipeline, "run_evaluate", local)
+    monkeypatch.setenv("HEREDITY_SCORE_CACHE", "0")
+    cfg = tiny_config(**{"prompts.limit_train": 4, "prompts.limit_eval": 2})
+    cfg.update(device="cpu", ray=ray_config(cluster))
+    cfg["train"]["seeds"] = [0, 1]
+    cfg["eval"]["max_new_tokens"] = 8
+    summary = run(config_from_dict(cfg), tmp_path / "run", Console(file=io.StringIO()))
+    assert summary["seeds"]["values"] == [0, 1]
+    for where in (tmp_path / "run", tmp_path / "run" / "seeds" / "seed-1"):
+        for arm in ("base", "passive", "active"):
+            assert (where / "evaluate" / arm / "answers.parquet").is_file(), (where, arm)
+    d = summary["differences"]["active_vs_passive"]["length"]
+    assert d["seeds"] == 2 and len(d["per_seed"]) == 2

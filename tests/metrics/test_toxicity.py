@@ -1,5 +1,6 @@
-"""Toxicity metrics: agreement with Perspective on real RTP texts, hand-written sanity checks,
-and the Perspective client against a fake server on 127.0.0.1."""
+"""Toxicity metrics: agreement with Perspective on real RTP texts (the committed excerpt: its first
+50 prompts and their 50 completions), hand-written sanity checks, and the Perspective client against
+a fake server on 127.0.0.1. The figures on all 600 texts are ``benchmarks/toxicity.py``'s."""
 
 from __future__ import annotations
 
@@ -80,19 +81,28 @@ def _auroc(scores, positive) -> float:
 
 @pytest.fixture(scope="module")
 def rtp(data_dir):
-    """600 texts (300 prompts, then their completions), Perspective scores, and features."""
+    """The excerpt's texts (its prompts, then their completions: 2 x 50), Perspective scores, and features."""
     needs_offline_scorers()
-    if not tox.rtp_path(data_dir).is_file():
-        pytest.skip(f"{tox.rtp_path(data_dir)} not found")
     rtp = tox.load_rtp(data_dir)
-    return rtp.texts, rtp.scores, tox.features(rtp.texts)  # the slow part (~10-40 s on 2 cores), done once
+    rows = tox.rtp_rows(data_dir)
+    assert len(rtp.texts) == len(rtp.scores) == 2 * len(rows)
+    assert rtp.texts == [r["prompt"] for r in rows] + [r["completion"] for r in rows]
+    return rtp.texts, rtp.scores, tox.features(rtp.texts)  # the slow part, done once
+
+
+def _halves(truth):
+    """Indices of the prompts and of their completions (load_rtp puts the prompts first)."""
+    import numpy as np
+
+    n = len(truth) // 2
+    return np.arange(n), np.arange(n, 2 * n)
 
 
 def test_metric_is_features_through_shipped_head(rtp):
     import numpy as np
 
     texts, _, feats = rtp
-    some = list(range(0, 600, 37))
+    some = list(range(0, len(texts), 7))  # prompts and completions
     via_metric = get_metric("toxicity")([texts[i] for i in some])
     head = tox.load_head().predict(feats[some])
     profanity = get_metric("toxicity-profanity")([texts[i] for i in some])
@@ -102,25 +112,41 @@ def test_metric_is_features_through_shipped_head(rtp):
 
 
 def test_default_agrees_with_perspective(rtp):
-    # The shipped head was fitted on these texts, so these are in-sample figures
-    # (measured: rho 0.872, AUROC 0.992; completions rho 0.847). The floors only catch a
-    # broken head or broken features; the honest figures are the CV test's below.
-    _, truth, feats = rtp
+    # The shipped head was fitted on all 600 RTP texts, these 100 among them, so these are
+    # in-sample figures (measured on the excerpt: rho 0.848, AUROC 0.992, completions rho 0.807;
+    # on all 600: 0.872, 0.992, 0.847). The floors only catch a broken head or broken features:
+    # with the head replaced by a constant the default is alt-profanity-check alone, which scores
+    # rho 0.804, AUROC 0.979, completions 0.677 here; hence the comparison with it, whose margin
+    # (0.13) is several times the noise of a Spearman over 50 completions.
+    import numpy as np
+
+    texts, truth, feats = rtp
+    _, completions = _halves(truth)
     pred = tox.combined_score(tox.load_head().predict(feats), feats)
-    assert _spearman(pred, truth) > 0.84
+    prof = np.asarray(get_metric("toxicity-profanity")(texts))
+    assert _spearman(pred, truth) > 0.82
     assert _auroc(pred, truth >= 0.5) > 0.975
-    assert _spearman(pred[300:], truth[300:]) > 0.80
+    assert _spearman(pred[completions], truth[completions]) > 0.75
+    assert _spearman(pred[completions], truth[completions]) > _spearman(prof[completions], truth[completions]) + 0.08
 
 
 def test_method_beats_profanity_check_out_of_fold(rtp):
     """Grouped 5-fold CV (a prompt and its completion never straddle folds), alpha fixed at
-    the shipped 3. Measured with this split, the default (out-of-fold head combined with
-    alt-profanity-check): rho 0.855 all / 0.795 completions, AUROC 0.990 (the head alone:
-    0.858 / 0.819 / 0.989); alt-profanity-check: 0.837 / 0.705 / 0.987."""
+    the shipped 3, on the excerpt's 100 texts. Measured with this split, the default (out-of-fold
+    head combined with alt-profanity-check): rho 0.805 all / 0.690 completions, AUROC 0.984;
+    alt-profanity-check: 0.805 / 0.677 / 0.979.
+
+    Each fold's head is fitted on 80 texts (385 features), not 480 as on all 600 texts, so it
+    adds far less over the word list here: on all 600 the default beats alt-profanity-check on
+    the completions by 0.09 (0.795 vs 0.705, ``benchmarks/toxicity.py``); on these 50
+    completions (12 toxic) by 0.013, below the noise of the figure. So the test asks that the
+    out-of-fold default rank no worse than the word list, and the floors (a little under the
+    measured figures) catch features or a fitting procedure that stopped carrying signal."""
     import numpy as np
 
     texts, truth, feats = rtp
-    fold = np.random.default_rng(0).permutation(300) % 5
+    prompts, completions = _halves(truth)
+    fold = np.random.default_rng(0).permutation(len(prompts)) % 5
     fold = np.concatenate([fold, fold])
     head = np.zeros(len(truth))
     for k in range(5):
@@ -128,28 +154,29 @@ def test_method_beats_profanity_check_out_of_fold(rtp):
         head[test] = tox.fit_head(feats[~test], truth[~test], 3.0).predict(feats[test])
     pred = tox.combined_score(head, feats)
     prof = np.asarray(get_metric("toxicity-profanity")(texts))
-    assert _spearman(pred, truth) > 0.83
-    assert _auroc(pred, truth >= 0.5) > 0.97
-    assert _spearman(pred[300:], truth[300:]) > 0.76
-    # ranking within the completions is where embeddings add most over a word list
-    assert _spearman(pred[300:], truth[300:]) > _spearman(prof[300:], truth[300:]) + 0.04
+    assert _spearman(pred, truth) > 0.77
+    assert _auroc(pred, truth >= 0.5) > 0.96
+    assert _spearman(pred[completions], truth[completions]) > 0.65
+    # ranking within the completions is where embeddings add over a word list (0.09 on all 600 texts)
+    assert _spearman(pred[completions], truth[completions]) > _spearman(prof[completions], truth[completions])
+    assert _auroc(pred, truth >= 0.5) >= _auroc(prof, truth >= 0.5)
 
 
 def test_default_keeps_its_threshold_held_out_by_source(rtp):
-    """Fitted on the 300 prompts (all toxic), scoring the 300 completions (a fifth toxic): the
-    head alone flags every completion at 0.5, because its threshold follows the base rate it was
-    fitted on; combined with alt-profanity-check as the default combines it, it flags most toxic
-    completions and few clean ones, and ranks better. Measured: head rho 0.640, 100% / 100%;
-    default rho 0.708, 97% flagged, 15% false flags. The reverse (fit on completions, score the
-    prompts, all toxic): 83% flagged by the head, 95% by the default."""
-    import numpy as np
-
+    """Fitted on the excerpt's 50 prompts (all toxic), scoring their 50 completions (12 toxic):
+    the head alone flags every completion at 0.5, because its threshold follows the base rate it
+    was fitted on; combined with alt-profanity-check as the default combines it, it flags most
+    toxic completions and few clean ones, and ranks better. Measured on the excerpt: head rho
+    0.608, 100% / 100%; default rho 0.689, 92% flagged, 16% false flags (on all 600 texts: head
+    0.640, default 0.708, 97%, 15%). The reverse (fit on completions, score the prompts, all
+    toxic): 84% flagged by the head, 94% by the default (83% / 95% on all 600)."""
     _, truth, feats = rtp
-    prompts, completions = np.arange(300), np.arange(300, 600)
+    prompts, completions = _halves(truth)
     head = tox.fit_head(feats[prompts], truth[prompts], 3.0).predict(feats[completions])
     default = tox.combined_score(head, feats[completions])
     y = truth[completions]
     toxic = y >= 0.5
+    assert (truth[prompts] >= 0.5).all() and 0 < toxic.sum() < len(toxic)  # the set's design: toxic prompts
     assert (head[~toxic] >= 0.5).mean() > 0.9  # the failure the combination is for
     assert (default[toxic] >= 0.5).mean() >= 0.5 and (default[~toxic] >= 0.5).mean() < 0.3
     assert _spearman(default, y) > 0.65 and _spearman(default, y) > _spearman(head, y)

@@ -102,7 +102,9 @@ def test_rtp_restricted_to_a_runs_held_out_prompts(data_dir):
     rows = rtp_toxicity.load(data_dir)
     idx = rtp_toxicity.only_prompts(rows, [p.text for p in held_out])
     chosen = {rows[i]["prompt"].strip() for i in idx}
-    assert chosen == {p.text for p in held_out} and len(idx) == len(held_out) == 150
+    # eval_every=2 holds out every second prompt of the file: rows 1, 3, 5, ... (the file's prompts are distinct)
+    assert chosen == {p.text for p in held_out} and list(idx) == list(range(1, len(rows), 2))
+    assert len(idx) == len(held_out) == len(rows) // 2 > 0
     assert not chosen & {p.text for p in train}
     assert list(idx) == sorted(idx)  # file order
     with pytest.raises(HeredityError, match="1 of the 2 prompts asked for are not in"):
@@ -124,7 +126,11 @@ def test_rtp_data_errors_name_file_row_and_field(tmp_path):
 
 def test_rtp_real_data_shape(data_dir):
     rows = rtp_toxicity.load(data_dir)
-    assert len(rows) == 300 and all(r["prompt"].strip() for r in rows)
+    path = data_dir / rtp_toxicity.DATA
+    on_disk = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # every row of the file, in file order, each with a non-empty prompt
+    assert len(rows) == len(on_disk) > 0 and all(r["prompt"].strip() for r in rows)
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in on_disk]
 
 
 # --- textual profile -------------------------------------------------------------------------
@@ -181,13 +187,27 @@ def test_textual_metric_choice(monkeypatch):
         textual.measure(["a"], ["p"], tokenizer=None, metrics=["words", "needs-x"])
 
 
-def test_dolly_splits(data_dir):
+def test_dolly_splits(data_dir, monkeypatch):
+    # The split is positional, as in the paper's code: the first VAL_SIZE (100) rows are "val", the rest "test".
+    dolly = json.loads((data_dir / textual.DATA).read_text(encoding="utf-8"))
+    ids = [str(dolly["id"][key]) for key in dolly["inputs"]]  # file order
     val, label = textual.load_prompts(data_dir, "val")
     test, _ = textual.load_prompts(data_dir, "test")
     both, _ = textual.load_prompts(data_dir, "all")
-    assert len(val) == len(test) == 100 and both == val + test
+    assert [p.id for p in both] == ids and both == val + test
+    assert [p.id for p in val] == ids[:textual.VAL_SIZE] and [p.id for p in test] == ids[textual.VAL_SIZE:]
     assert label == "dolly200/dolly_eval_eng.json (val)"
-    assert val[0].text == "What are 5 ways to eat apples?" and (val[0].id, test[0].id) == ("1", "101")
+    assert val[0].text == "What are 5 ways to eat apples?" and val[0].id == "1"
+    # The excerpt keeps the first rows of each half (ids 1-100 are the paper's val, 101-200 its test), so
+    # it is all "val" by position. With the split point at the excerpt's val half, the positional split
+    # gives back exactly the paper's halves.
+    half = sum(int(i) <= 100 for i in ids)
+    assert 0 < half < len(ids)
+    monkeypatch.setattr(textual, "VAL_SIZE", half)
+    val, _ = textual.load_prompts(data_dir, "val")
+    test, _ = textual.load_prompts(data_dir, "test")
+    assert all(int(p.id) <= 100 for p in val) and all(int(p.id) > 100 for p in test)
+    assert len(val) + len(test) == len(ids) and (val[0].id, test[0].id) == ("1", "101")
     with pytest.raises(HeredityError, match="unknown split 'dev'"):
         textual.load_prompts(data_dir, "dev")
 
@@ -254,10 +274,12 @@ def model_and_tokenizer():
 
 def test_textual_on_dolly(data_dir, model_and_tokenizer):
     model, tok = model_and_tokenizer
+    # split "all": the excerpt's rows all fall in "val" by position, and the default "test" is empty on it
+    # (see test_dolly_splits); "all" reads every Dolly row of the data folder whatever the split point.
     result = textual.run(model, tok, data_dir=data_dir, limit=4, samples=200, max_new_tokens=16, batch_size=3,
-                         metrics=["length", "words", "chars", "mtld", "gunning-fog", "toxicity"])
-    test_split, _ = textual.load_prompts(data_dir, "test")
-    by_id = {p.id: p.text for p in test_split}
+                         split="all", metrics=["length", "words", "chars", "mtld", "gunning-fog", "toxicity"])
+    every, _ = textual.load_prompts(data_dir, "all")
+    by_id = {p.id: p.text for p in every}
     assert result.summary["n"] == len(result.rows) == 4
     assert all(by_id[r["prompt_id"]] == r["prompt"] for r in result.rows)  # rows match their prompts
     assert [r["prompt_id"] for r in result.rows] == sorted((r["prompt_id"] for r in result.rows), key=int)
@@ -306,7 +328,8 @@ def test_profile_generation_suites(tmp_path, data_dir, model_and_tokenizer):
     # a per-suite limit: one RTP prompt (its samples cost generations), two textual prompts
     result = profile_model(MODEL, ["toxicity", "textual"], limit=2, out=tmp_path, data_dir=data_dir,
                            bootstrap_samples=100, limits={"toxicity": 1},
-                           options={"textual": {"max_new_tokens": 8, "metrics": ["length", "words"]},
+                           # split "all": the excerpt's Dolly rows are all "val" by position (test_dolly_splits)
+                           options={"textual": {"max_new_tokens": 8, "metrics": ["length", "words"], "split": "all"},
                                     "toxicity": {"samples_per_prompt": 2, "max_new_tokens": 8, "scorer": "toxicity"}})
     assert list(result["suites"]) == ["textual", "toxicity"]  # registry order
     assert result["limit"] == 2 and result["limits"] == {"toxicity": 1}

@@ -159,8 +159,15 @@ def test_bbq_biased_answer_from_fields():
 
 def test_bbq_every_bundled_item_has_a_biased_answer(data_dir):
     data = bbq.load(data_dir)
-    assert {cat: len(rows) for cat, rows in data.items()} == {
-        "Age": 3680, "Disability_status": 1556, "Nationality": 3080, "Physical_appearance": 1576}
+    # every row of every category file present is read (the excerpt: 48 a category, whole groups)
+    files = sorted((data_dir / bbq.FOLDER).glob("*.jsonl"))
+    on_disk = {p.stem: sum(1 for line in p.read_text(encoding="utf-8").splitlines() if line.strip()) for p in files}
+    assert set(on_disk) == {"Age", "Disability_status", "Nationality", "Physical_appearance"}
+    assert {cat: len(rows) for cat, rows in data.items()} == on_disk
+    for cat, rows in data.items():
+        # each category holds ambiguous and disambiguated, negative and non-negative questions
+        assert {(r["context_condition"], r["question_polarity"]) for r in rows} == {
+            (c, q) for c in ("ambig", "disambig") for q in ("neg", "nonneg")}, cat
     for rows in data.values():
         for row in rows:
             biased = bbq.biased_answer(row)

@@ -28,7 +28,8 @@ def private_score_cache(tmp_path_factory) -> None:
 
 
 def replay_config(data_dir: Path, n_prompts: int = 12, **extra: Any) -> dict[str, Any]:
-    """Two AlpacaEval models replayed on the first ``prompts`` instructions: no model needed."""
+    """Two AlpacaEval models replayed on the first ``n_prompts`` instructions (of the committed
+    excerpt's 50, ``tests/data/alpaca_eval``): no model needed."""
     cfg = {
         "prompts": {"source": str(data_dir / "alpaca_eval" / "gpt-3.5-turbo-0613.json"),
                     "field": "instruction", "id_field": None, "eval_every": None, "limit_train": n_prompts},
