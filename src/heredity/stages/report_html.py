@@ -236,9 +236,10 @@ def _headline(summary: dict[str, Any]) -> str:
     items = "".join(f"<li>{'<b>' if e['target'] else ''}{escape(e['text'])}{'</b>' if e['target'] else ''}: "
                     f"{signed(e['d']['diff'])} {ci(e['d'].get('ci95'))}</li>" for e in effects)
     said = (f'<ul class="effects">{items}</ul>' if items else
-            "<p>No held-out metric of a steered arm differs from passive with a 95% CI excluding 0.</p>")
-    heading = ("What differs between the sources (each arm vs passive, CI excludes 0)" if teacher_sources(summary)
-               else "What changed (steered arm vs passive, CI excludes 0)")
+            "<p>No held-out metric of a steered arm differs from passive with a 95% CI excluding 0 (and, beyond "
+            "the target, a Benjamini-Hochberg q below 0.05).</p>")
+    heading = ("What differs between the sources (each arm vs passive, CI excludes 0, q < 0.05)" if teacher_sources(summary)
+               else "What changed (steered arm vs passive: CI excludes 0, and q < 0.05 beyond the target)")
     return f'<div class="cards">{"".join(cards)}</div><h3>{heading}</h3>{said}'
 
 
@@ -542,11 +543,42 @@ def _timings(summary: dict[str, Any]) -> str:
     return table(["stage", "this run (s)", "when computed (s)"], rows) if rows else ""
 
 
+def _seeds(summary: dict[str, Any]) -> str:
+    """Training seeds (``train.seeds``): the primary comparisons pooled and per seed, and each
+    arm's spread over seeds."""
+    seeds = summary.get("seeds")
+    if not seeds:
+        return ""
+    values = [str(s) for s in seeds["values"]]
+    rows = []
+    for name, per_metric in summary["differences"].items():
+        for m, d in per_metric.items():
+            if d.get("family") != "primary":
+                continue
+            per_seed = [seeds["per_seed"][s]["differences"].get(name, {}).get(m, {}) for s in values]
+            rows.append([escape(f"{name.replace('_vs_', ' − ')}, {m}"), f"{fmt(d['diff'])} {_ci_text(d['ci95'])}",
+                         _ci_text(d.get("ci95_prompts")),
+                         *(f"{fmt(e.get('diff'))} {_ci_text(e.get('ci95'))}" for e in per_seed)])
+    spread = [[escape(arm), escape(m), fmt(e["sd"]), fmt(e["min"]), fmt(e["max"])]
+              for arm, per in seeds["spread"].items() for m, e in per.items()]
+    return (f"<h2>Training seeds ({len(values)}: {escape(', '.join(values))})</h2>"
+            "<p class=note>Every arm was trained once per seed, the passive data drawn anew per seed. The means "
+            "above pool seeds and prompts, and their CIs resample both; the prompt-only CI is what one seed's "
+            "run would have claimed.</p>"
+            + table(["primary comparison", "pooled [95% CI, prompts and seeds]", "prompt-only CI",
+                     *(f"seed {s}" for s in values)], rows)
+            + details("Each arm's mean over seeds: spread", table(["arm", "metric", "sd", "min", "max"], spread, 2)))
+
+
+def _ci_text(ci: list[float | None] | None) -> str:
+    return "–" if not ci or ci[0] is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
 def study_sections(summary: dict[str, Any]) -> str:
-    """The figures of a run that its summary alone holds (headline, students, dose-response,
+    """The figures of a run that its summary alone holds (headline, students, seeds, dose-response,
     judge, profile), headings one level down: a study's part of the results page."""
-    html = "".join([_headline(summary), _students(summary), _dose_response(summary), _judge(summary),
-                    _profile(summary)])
+    html = "".join([_headline(summary), _students(summary), _seeds(summary), _dose_response(summary),
+                    _judge(summary), _profile(summary)])
     return html.replace("<h3>", "<h4>").replace("</h3>", "</h4>").replace("<h2>", "<h3>").replace("</h2>", "</h3>")
 
 
@@ -603,6 +635,7 @@ def render_html(summary: dict[str, Any], run_dir: Path) -> str:
         "q-value is below 0.05 too.</p>",
         *(f"<p class=note>{_markdown_code(note)}</p>" for note in metric_notes(summary)),
         _students(summary),
+        _seeds(summary),
         _dose_response(summary),
         "<h2>The selection: what each arm trained on</h2>",
         _selection(summary, run_dir),
