@@ -291,17 +291,17 @@ def test_training_seeds_run_their_evaluations_on_the_cluster(cluster, tmp_path, 
     from rich.console import Console
 
     import heredity.pipeline
-    from conftest import tiny_config
 
     def local(*args, **kwargs):
         raise AssertionError("an evaluation ran in-process instead of on the cluster")
 
     monkeypatch.setattr(heredity.pipeline, "run_evaluate", local)
     monkeypatch.setenv("HEREDITY_SCORE_CACHE", "0")
-    cfg = tiny_config(**{"prompts.limit_train": 4, "prompts.limit_eval": 2})
-    cfg.update(device="cpu", ray=ray_config(cluster))
-    cfg["train"]["seeds"] = [0, 1]
-    cfg["eval"]["max_new_tokens"] = 8
+    cfg = {"prompts": {"source": "bundled:quickstart", "limit_train": 4, "limit_eval": 2},
+           "teachers": [{"model": MODEL, "sampling": {"temperature": 1.0, "max_new_tokens": 16, "seed": 0}}],
+           "k": 2, "score": {"metrics": ["length", "mtld"]}, "select": {"metric": "length"},
+           "train": {"epochs": 1, "batch_size": 6, "learning_rate": 1e-4, "max_length": 128, "seeds": [0, 1]},
+           "eval": {"max_new_tokens": 8, "bootstrap_samples": 200}, "device": "cpu", "ray": ray_config(cluster)}
     summary = run(config_from_dict(cfg), tmp_path / "run", Console(file=io.StringIO()))
     assert summary["seeds"]["values"] == [0, 1]
     for where in (tmp_path / "run", tmp_path / "run" / "seeds" / "seed-1"):

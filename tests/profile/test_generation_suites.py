@@ -188,26 +188,18 @@ def test_textual_metric_choice(monkeypatch):
 
 
 def test_dolly_splits(data_dir, monkeypatch):
-    # The split is positional, as in the paper's code: the first VAL_SIZE (100) rows are "val", the rest "test".
+    # The paper's first 100 rows are "val", the rest "test": read off Dolly-200's ids (its rows 1-200),
+    # so the excerpt (25 rows of each half) keeps the paper's halves.
     dolly = json.loads((data_dir / textual.DATA).read_text(encoding="utf-8"))
     ids = [str(dolly["id"][key]) for key in dolly["inputs"]]  # file order
     val, label = textual.load_prompts(data_dir, "val")
     test, _ = textual.load_prompts(data_dir, "test")
     both, _ = textual.load_prompts(data_dir, "all")
     assert [p.id for p in both] == ids and both == val + test
-    assert [p.id for p in val] == ids[:textual.VAL_SIZE] and [p.id for p in test] == ids[textual.VAL_SIZE:]
+    assert [p.id for p in val] == [i for i in ids if int(i) <= 100] and len(val) == 25
+    assert [p.id for p in test] == [i for i in ids if int(i) > 100] and len(test) == 25
     assert label == "dolly200/dolly_eval_eng.json (val)"
-    assert val[0].text == "What are 5 ways to eat apples?" and val[0].id == "1"
-    # The excerpt keeps the first rows of each half (ids 1-100 are the paper's val, 101-200 its test), so
-    # it is all "val" by position. With the split point at the excerpt's val half, the positional split
-    # gives back exactly the paper's halves.
-    half = sum(int(i) <= 100 for i in ids)
-    assert 0 < half < len(ids)
-    monkeypatch.setattr(textual, "VAL_SIZE", half)
-    val, _ = textual.load_prompts(data_dir, "val")
-    test, _ = textual.load_prompts(data_dir, "test")
-    assert all(int(p.id) <= 100 for p in val) and all(int(p.id) > 100 for p in test)
-    assert len(val) + len(test) == len(ids) and (val[0].id, test[0].id) == ("1", "101")
+    assert val[0].text == "What are 5 ways to eat apples?" and (val[0].id, test[0].id) == ("1", "101")
     with pytest.raises(HeredityError, match="unknown split 'dev'"):
         textual.load_prompts(data_dir, "dev")
 

@@ -560,6 +560,10 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a bad input got past the checks into real work")
 
+    from heredity.config import EMBEDDED_MODEL
+    from heredity.core.models import resolve
+
+    resolve(EMBEDDED_MODEL)  # the first conversion (an empty cache) prints progress lines: not in a case's output
     monkeypatch.setattr(heredity.pipeline, "_run_locked", refuse)
     monkeypatch.setattr(heredity.judging, "pairwise", refuse)
 

@@ -71,7 +71,13 @@ def load_prompts(data_dir: Path | None, split: str = "test", prompts: str | Path
     loaded = load_benchmark(data_dir, "textual (Dolly-200)", shared=DATA,
                             read_shared=lambda path: read_rows(str(path))[0], hub=HUB, from_hub=from_hub)
     items = to_prompts(loaded.rows, loaded.where, "inputs", "id")
-    chosen = {"val": items[:VAL_SIZE], "test": items[VAL_SIZE:], "all": items}[split]
+    if all(p.id.isdigit() for p in items):
+        # Dolly-200's ids are its rows 1-200: the paper's first 100 rows are ids 1-100, in any subset too
+        val = [p for p in items if int(p.id) <= VAL_SIZE]
+        test = [p for p in items if int(p.id) > VAL_SIZE]
+    else:
+        val, test = items[:VAL_SIZE], items[VAL_SIZE:]
+    chosen = {"val": val, "test": test, "all": items}[split]
     return chosen, f"{DATA} ({split})"
 
 
