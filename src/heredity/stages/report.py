@@ -126,14 +126,16 @@ def summarise_seeds(cfg: RunConfig, replicates: dict[int, dict[str, Any]],
     n_boot = cfg.eval.bootstrap_samples
     prompt_ids = [r["prompt_id"] for r in answers[seeds[0]]["base"]]
 
-    def matrix(arm: str, metric: str) -> np.ndarray:
-        rows = []
-        for seed in seeds:
-            by_id = {r["prompt_id"]: r for r in answers[seed][arm]}
-            rows.append(as_array([by_id[p][metric] if p in by_id else None for p in prompt_ids]))
-        return np.stack(rows)
-
     arms = ordered_arms(answers[seeds[0]])
+    # (seeds, prompts) per arm and metric, read once: each serves its mean and every comparison
+    by_id = {(s, arm): {r["prompt_id"]: r for r in answers[s][arm]} for s in seeds for arm in arms}
+    matrices = {(arm, m): np.stack([as_array([by_id[s, arm][p][m] if p in by_id[s, arm] else None
+                                              for p in prompt_ids]) for s in seeds])
+                for arm in arms for m in metrics}
+
+    def matrix(arm: str, metric: str) -> np.ndarray:
+        return matrices[arm, metric]
+
     means: dict[str, dict[str, float | None]] = {}
     ci: dict[str, dict[str, list[float | None]]] = {}
     undefined: dict[str, dict[str, int]] = {}

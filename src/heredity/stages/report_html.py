@@ -556,9 +556,9 @@ def _seeds(summary: dict[str, Any]) -> str:
             if d.get("family") != "primary":
                 continue
             per_seed = [seeds["per_seed"][s]["differences"].get(name, {}).get(m, {}) for s in values]
-            rows.append([escape(f"{name.replace('_vs_', ' − ')}, {m}"), f"{fmt(d['diff'])} {_ci_text(d['ci95'])}",
-                         _ci_text(d.get("ci95_prompts")),
-                         *(f"{fmt(e.get('diff'))} {_ci_text(e.get('ci95'))}" for e in per_seed)])
+            rows.append([escape(f"{name.replace('_vs_', ' − ')}, {m}"), f"{fmt(d['diff'])} {ci(d['ci95']) or '–'}",
+                         ci(d.get("ci95_prompts")) or "–",
+                         *(f"{fmt(e.get('diff'))} {ci(e.get('ci95')) or '–'}" for e in per_seed)])
     spread = [[escape(arm), escape(m), fmt(e["sd"]), fmt(e["min"]), fmt(e["max"])]
               for arm, per in seeds["spread"].items() for m, e in per.items()]
     return (f"<h2>Training seeds ({len(values)}: {escape(', '.join(values))})</h2>"
@@ -568,10 +568,6 @@ def _seeds(summary: dict[str, Any]) -> str:
             + table(["primary comparison", "pooled [95% CI, prompts and seeds]", "prompt-only CI",
                      *(f"seed {s}" for s in values)], rows)
             + details("Each arm's mean over seeds: spread", table(["arm", "metric", "sd", "min", "max"], spread, 2)))
-
-
-def _ci_text(ci: list[float | None] | None) -> str:
-    return "–" if not ci or ci[0] is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
 def study_sections(summary: dict[str, Any]) -> str:
