@@ -175,3 +175,32 @@ def test_a_variant_arm_trains_beside_the_others_and_reuses_them(finished_run, tm
     assert summary["judge"]["long_vs_passive"]["pairs"] == len(ids)
     report = (out / "report.md").read_text()
     assert "| long mean | long shift |" in report and "| long vs passive |" in report and "| long − passive | length |" in report
+
+
+def test_a_preference_arm_trains_from_an_sft_arm_and_is_reported_beside_the_others(finished_run, tmp_path):
+    _, out = finished_run
+    # RPO (DPO + an SFT term on the chosen answers), SFT-then-DPO from the active student, pairs ordered on MTLD
+    preference = {"rpo": {"metric": "mtld", "direction": "max", "loss": ["sigmoid", "sft"], "init": "active"}}
+    before, after = rerun_with(out, tmp_path, **{
+        "select.direction": "min", "select.variants": {"long": {"strategy": "best", "metric": "length"}},
+        "select.preference": preference})
+    for new in ("train/rpo", "evaluate/rpo", "profile/rpo", "judge/rpo_vs_passive"):
+        assert new not in before and new in after, new
+    for reused in ("train/active", "train/long", "evaluate/active"):  # adding an arm retrains none of the others
+        assert after[reused] == before[reused], reused
+    assert after["train/rpo"]["config"]["init"] == after["train/active"]["key"]
+
+    pairs = pq.read_table(out / "select" / "rpo.pairs.parquet").to_pylist()
+    summary = json.loads((out / "summary.json").read_text())
+    card = summary["selection"]["pairs"]["rpo"]
+    assert card["pairs"] == len(pairs) > 0 and card["pairs"] + sum(card["dropped"].values()) == 6
+    assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
+    assert list(summary["arms"]) == ["base", "passive", "active", "long", "rpo"]
+    check = summary["training_check"]
+    assert check["same_hyperparameters"] and check["same_steps"]
+    assert check["objectives"]["rpo"] == "preference (sigmoid + sft, β 0.1, from active)"
+    assert check["objectives"]["active"] == "sft"
+    for other in ("passive", "base", "active"):
+        assert "mtld" in summary["differences"][f"rpo_vs_{other}"]
+    report = (out / "report.md").read_text()
+    assert "## Preference pairs" in report and "| rpo | max mtld | worst |" in report

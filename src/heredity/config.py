@@ -358,6 +358,82 @@ class StrategySpec(BaseModel):
         return {"strategy": self.strategy, **(self.model_extra or {})}
 
 
+# TRL DPOTrainer's loss types (DPOConfig.loss_type); "sft" is the NLL term on the chosen answers.
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+
+def _check_arm_name(name: str, kind: str) -> None:
+    # names become folders (train/<arm>) and report columns
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name):
+        raise ValueError(f"{kind} name {name!r}: use 1-40 lower-case letters, digits, '_' or '-'")
+    if name in ARM_ORDER:
+        raise ValueError(f"{kind} name {name!r} is taken by a built-in arm")
+    if name.startswith("teacher-"):  # profile/teacher-<label> holds the profiled teachers
+        raise ValueError(f"{kind} name {name!r}: 'teacher-' names are the profiled teachers'")
+
+
+class PreferenceArm(_Strict):
+    """An arm trained on preference pairs from the same candidates, through TRL's DPOTrainer.
+
+    Per prompt, ``chosen`` is the rule's pick and ``rejected`` another candidate of the same prompt
+    (the worst on ``metric``, or a random other one). A pair whose margin on ``metric`` (chosen
+    minus rejected, turned so that larger is better) is not above ``min_margin`` is dropped (ties
+    always are), as is a prompt without a second candidate with a defined value or a different
+    text; the data card counts each reason.
+    """
+
+    metric: str | None = Field(None, description="The metric the pair is ordered on; None: select.metric.")
+    direction: Literal["max", "min"] | None = Field(None, description="None: select.direction.")
+    chosen: StrategySpec | None = Field(
+        None, description="Rule that picks the chosen answer; None: best on metric/direction (the active rule's "
+        "default).")
+    rejected: Literal["worst", "random"] = Field(
+        "worst", description="worst: the other candidate worst on metric; random: a seeded random other candidate.")
+    min_margin: float = Field(
+        0.0, ge=0, description="Keep a pair only when chosen beats rejected on metric by more than this (0: drop ties).")
+    seed: int = Field(0, description="Seed of the random rejected pick.")
+    loss: list[str] = Field(
+        default_factory=lambda: ["sigmoid"],
+        description="TRL DPOTrainer loss types, combined by loss_weights: [sigmoid] is DPO; [sigmoid, sft] adds "
+        "an SFT (NLL) term on the chosen answers (RPO); ipo, hinge, robust, apo_zero, ... as TRL offers.")
+    loss_weights: list[float] | None = Field(None, description="One weight per loss; None: 1 each.")
+    beta: float = Field(0.1, gt=0, description="DPO's β: how far the policy may move from the reference.")
+    init: str = Field(
+        "base", description="Where training starts (and the reference model): base (DPO from the student) or "
+        "the name of an SFT arm (passive, active or a variant): SFT-then-DPO from that arm's trained model.")
+    precompute_ref_log_probs: bool = Field(
+        False, description="Compute the reference log-probs once before training, so no reference model is held "
+        "in memory while training (full fine-tuning; LoRA needs none: the adapter is switched off instead).")
+
+    @field_validator("loss")
+    @classmethod
+    def _known_losses(cls, loss: list[str]) -> list[str]:
+        unknown = [x for x in loss if x not in DPO_LOSSES]
+        if not loss or unknown:
+            raise ValueError(f"loss {unknown or loss!r}: choose from {', '.join(DPO_LOSSES)}")
+        return loss
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> "PreferenceArm":
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} weights for {len(self.loss)} losses")
+        return self
+
+    def pair_rule(self, metric: str, direction: str) -> dict[str, Any]:
+        """How the pairs are built, with the run's target filled in (what the select stage keys on)."""
+        metric, direction = self.metric or metric, self.direction or direction
+        chosen = (self.chosen.as_dict() if self.chosen is not None
+                  else {"strategy": "best", "metric": metric, "direction": direction})
+        return {"metric": metric, "direction": direction, "chosen": chosen, "rejected": self.rejected,
+                "min_margin": self.min_margin, "seed": self.seed}
+
+    def objective(self) -> dict[str, Any]:
+        """What the trainer is told (the train stage keys on it)."""
+        return {"loss": self.loss, "loss_weights": self.loss_weights, "beta": self.beta,
+                "precompute_ref_log_probs": self.precompute_ref_log_probs}
+
+
 class SelectConfig(_Strict):
     """Which candidate each arm keeps per prompt: a passive baseline and an active rule."""
 
@@ -382,22 +458,44 @@ class SelectConfig(_Strict):
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
 
+    preference: dict[str, PreferenceArm] = Field(
+        default_factory=dict, description="Arms trained on preference pairs (DPO and the other TRL losses), name -> "
+        "pairing and objective, e.g. {dpo: {rejected: worst}}; trained after the SFT arms, with the same number of "
+        "optimiser steps, and evaluated and reported like 'active'.")
+
     @field_validator("variants")
     @classmethod
     def _variant_names(cls, variants: dict[str, StrategySpec]) -> dict[str, StrategySpec]:
         for name in variants:
-            # names become folders (train/<arm>) and report columns
-            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name):
-                raise ValueError(f"variant name {name!r}: use 1-40 lower-case letters, digits, '_' or '-'")
-            if name in ARM_ORDER:
-                raise ValueError(f"variant name {name!r} is taken by a built-in arm")
-            if name.startswith("teacher-"):  # profile/teacher-<label> holds the profiled teachers
-                raise ValueError(f"variant name {name!r}: 'teacher-' names are the profiled teachers'")
+            _check_arm_name(name, "variant")
         return variants
 
+    @field_validator("preference")
+    @classmethod
+    def _preference_names(cls, arms: dict[str, PreferenceArm]) -> dict[str, PreferenceArm]:
+        for name in arms:
+            _check_arm_name(name, "preference arm")
+        return arms
+
+    @model_validator(mode="after")
+    def _preference_arms_fit(self) -> "SelectConfig":
+        sft = (PASSIVE, ACTIVE, *self.variants)
+        for name, arm in self.preference.items():
+            if name in self.variants:
+                raise ValueError(f"preference arm {name!r} is also a variant's name")
+            if arm.init != BASE and arm.init not in sft:
+                raise ValueError(f"preference arm {name!r}: init {arm.init!r} is neither base nor an SFT arm "
+                                 f"({', '.join(sft)})")
+        return self
+
     def arms(self) -> tuple[str, ...]:
-        """Every trained arm: the passive baseline, the active rule, then the variants."""
-        return (PASSIVE, ACTIVE, *self.variants)
+        """Every trained arm: the passive baseline, the active rule, the variants, then the preference arms
+        (last: an SFT-then-DPO arm starts from an SFT arm's model)."""
+        return (PASSIVE, ACTIVE, *self.variants, *self.preference)
+
+    def extra_arms(self) -> tuple[str, ...]:
+        """The steered arms beside 'active', compared like it: the variants, then the preference arms."""
+        return (*self.variants, *self.preference)
 
     def specs(self) -> dict[str, dict[str, Any]]:
         """Each arm's selection rule."""

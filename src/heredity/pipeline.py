@@ -253,9 +253,9 @@ def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,
             from heredity.stages.fanout import run_judges_on_ray
 
             judged = fan("judge", lambda: run_judges_on_ray(cfg, out, evaluated,
-                                                            judged_comparisons(cfg.select.variants)))
+                                                            judged_comparisons(cfg.select.extra_arms())))
         elif cfg.eval.judge is not None:
-            for a, b in judged_comparisons(cfg.select.variants):
+            for a, b in judged_comparisons(cfg.select.extra_arms()):
                 judged[f"{a}_vs_{b}"] = step(f"judge/{a}_vs_{b}", lambda a=a, b=b: run_judge(cfg, out, evaluated, a, b))
         profiled = {}
         profile_skipped: dict[str, str] = {}

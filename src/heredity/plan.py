@@ -42,7 +42,9 @@ def _metric_problem(column: str, options: dict[str, Any]) -> str | None:
 
 def selection_metrics(cfg: RunConfig) -> list[str]:
     """Every metric the selection reads (the target included)."""
-    return sorted({cfg.select.metric, *(m for spec in cfg.select.specs().values() for m in spec_metrics(spec))})
+    pairs = [pref.pair_rule(cfg.select.metric, cfg.select.direction) for pref in cfg.select.preference.values()]
+    return sorted({cfg.select.metric, *(m for spec in cfg.select.specs().values() for m in spec_metrics(spec)),
+                   *(rule["metric"] for rule in pairs), *(m for rule in pairs for m in spec_metrics(rule["chosen"]))})
 
 
 def _profile_problems(cfg: RunConfig) -> list[str]:
@@ -64,7 +66,7 @@ def _profile_problems(cfg: RunConfig) -> list[str]:
 
 
 def _primary_problems(cfg: RunConfig) -> list[str]:
-    known = [f"{a}_vs_{b}" for a, b in comparisons(cfg.select.variants)]
+    known = [f"{a}_vs_{b}" for a, b in comparisons(cfg.select.extra_arms())]
     problems = []
     for i, entry in enumerate(cfg.primary or []):
         comparison, _, metric = entry.partition(":")
@@ -93,13 +95,17 @@ def check_config(cfg: RunConfig, source: str = "config") -> RunConfig:
         if column not in cfg.score.metrics and (why := _metric_problem(column, options)) is not None:
             problems.append(f"field 'eval.metrics.{i}': {why}")
     rules = {"select.active": cfg.select.active, "select.passive": cfg.select.passive,
-             **{f"select.variants.{name}": spec for name, spec in cfg.select.variants.items()}}
+             **{f"select.variants.{name}": spec for name, spec in cfg.select.variants.items()},
+             **{f"select.preference.{name}.chosen": pref.chosen for name, pref in cfg.select.preference.items()}}
     for field, spec in rules.items():
         if spec is not None:
             try:
                 parse_spec(spec.as_dict())
             except HeredityError as exc:
                 problems.append(f"field '{field}': {exc}")
+    if cfg.select.preference and cfg.k * len(cfg.teachers) < 2:
+        problems.append(f"field 'select.preference': a pair needs two candidates per prompt, and k={cfg.k} with "
+                        f"{len(cfg.teachers)} teacher(s) gives {cfg.k * len(cfg.teachers)}")
     problems += _profile_problems(cfg)
     if not problems:
         missing = [m for m in selection_metrics(cfg) if m not in cfg.score.metrics]

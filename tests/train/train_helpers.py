@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from heredity.config import RunConfig, TrainConfig
+from heredity.config import RunConfig, SelectConfig, TrainConfig
 from heredity.core.rundir import Stage, stable_hash, write_table
 
 STUDENT = "embedded:smollm2-135m-instruct"
@@ -23,9 +23,12 @@ def train_config(**settings: Any) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-def run_config(train: TrainConfig) -> RunConfig:
+def run_config(train: TrainConfig, preference: dict[str, Any] | None = None) -> RunConfig:
+    """The student on CPU with ``train``; ``preference`` ({arm: PreferenceArm fields}) adds preference arms."""
     cfg = RunConfig(student=STUDENT, device="cpu")
     cfg.train = train
+    if preference:
+        cfg.select = SelectConfig(preference=preference)
     return cfg
 
 
@@ -61,14 +64,20 @@ def short_pairs(data_dir: Path, tokenizer, n: int, max_tokens: int = 60, skip: i
     return rows
 
 
-def make_select(run_dir: Path, arms: dict[str, list[dict[str, str]]]) -> Stage:
-    """A finished select stage holding the given rows per arm, as select.py leaves it."""
-    stage = Stage(run_dir, "select", {"test": stable_hash(arms)})
+def make_select(run_dir: Path, arms: dict[str, list[dict[str, str]]],
+                pairs: dict[str, list[dict[str, Any]]] | None = None) -> Stage:
+    """A finished select stage holding the given rows per arm, as select.py leaves it; ``pairs``:
+    preference arms' rows in the ``<arm>.pairs.parquet`` schema."""
+    pairs = pairs or {}
+    stage = Stage(run_dir, "select", {"test": stable_hash([arms, pairs])})
     stage.start()
     for arm, rows in arms.items():
         write_table(stage.dir / f"{arm}.parquet", [{"prompt_id": str(i), **r} for i, r in enumerate(rows)])
-    stage.finish({arm: f"{arm}.parquet" for arm in arms},
-                 data_hashes={arm: stable_hash([(r["prompt"], r["text"]) for r in rows]) for arm, rows in arms.items()})
+    for arm, rows in pairs.items():
+        write_table(stage.dir / f"{arm}.pairs.parquet", rows)
+    hashes = {arm: stable_hash([(r["prompt"], r["text"]) for r in rows]) for arm, rows in arms.items()}
+    hashes.update({arm: stable_hash(rows) for arm, rows in pairs.items()})
+    stage.finish({arm: f"{arm}.parquet" for arm in arms}, data_hashes=hashes)
     return stage
 
 

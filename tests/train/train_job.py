@@ -1,6 +1,7 @@
 """Run one train stage in its own process (the resume test kills this process with SIGKILL).
 
-usage: python train_job.py JOB.json   with {"run_dir", "arm", "train": {TrainConfig fields}}
+usage: python train_job.py JOB.json   with {"run_dir", "arm", "train": {TrainConfig fields}} and, for a
+preference arm, "preference": {PreferenceArm fields}
 """
 
 import json
@@ -19,7 +20,7 @@ def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     run_dir = Path(job["run_dir"])
     select = Stage(run_dir, "select", {})  # only its folder and manifest are read
-    run_train(run_config(train_config(**job["train"])), run_dir, select, job["arm"])
+    run_train(run_config(train_config(**job["train"]), job.get("preference")), run_dir, select, job["arm"])
 
 
 if __name__ == "__main__":

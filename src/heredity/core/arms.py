@@ -1,8 +1,10 @@
 """The arms of a run and which of them are compared: the one home of these rules.
 
 Arms: ``base`` (the untrained student), ``passive`` (the baseline selection), ``active`` (the
-steered selection) and the ``select.variants`` (more steered arms), in that order. The trained
-arms themselves come from the config (``SelectConfig.arms()``: passive, active, variants).
+steered selection), the ``select.variants`` (more steered arms) and the ``select.preference`` arms
+(trained on preference pairs), in that order. The trained arms themselves come from the config
+(``SelectConfig.arms()``; ``extra_arms()`` are the variants and preference arms, compared like a
+variant).
 
 Comparisons, always ``(a, b)`` read as "a against b":
 
@@ -21,7 +23,7 @@ from typing import Any
 from heredity.config import ACTIVE, ARM_ORDER, BASE, PASSIVE
 
 __all__ = ["ACTIVE", "ARM_ORDER", "BASE", "PASSIVE", "comparisons", "dose_response", "judged_comparisons",
-           "mark_families", "mark_profile_family", "ordered_arms", "primary_comparisons", "selection_strength", "steered_arms",
+           "mark_families", "mark_profile_family", "objective_label", "ordered_arms", "primary_comparisons", "selection_strength", "steered_arms",
            "teacher_sources"]
 COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE), (PASSIVE, BASE))
 JUDGED_COMPARISONS = ((ACTIVE, PASSIVE), (ACTIVE, BASE))
@@ -65,9 +67,10 @@ def decoding_label(summary: dict[str, Any]) -> str:
 def target_of(summary: dict[str, Any], arm: str) -> tuple[str, str]:
     """(metric, direction) an arm steers towards: the run's target, or a variant's own rule."""
     target = summary["target"]
-    variant = ((summary.get("config") or {}).get("select") or {}).get("variants", {}).get(arm)
-    if isinstance(variant, dict) and variant.get("metric"):
-        return variant["metric"], variant.get("direction") or target["direction"]
+    select = (summary.get("config") or {}).get("select") or {}
+    rule = (select.get("variants") or {}).get(arm) or (select.get("preference") or {}).get(arm)
+    if isinstance(rule, dict) and rule.get("metric"):
+        return rule["metric"], rule.get("direction") or target["direction"]
     return target["metric"], target["direction"]
 
 
@@ -187,3 +190,14 @@ def _qvalues(family: list[dict[str, Any]]) -> None:
     for d, q in zip(family, bh_qvalues([d.get("p") for d in family])):
         d["q"] = q
         d["moved"] = q is not None and q < 0.05
+
+
+def objective_label(result: dict[str, Any]) -> str:
+    """An arm's training objective in words: "sft", or the preference losses with β and where it started."""
+    objective = result.get("objective") or {}
+    if objective.get("kind") != "preference":
+        return "sft"
+    weights = objective.get("loss_weights") or [1] * len(objective["loss"])
+    losses = " + ".join(name if w == 1 else f"{w:g}·{name}" for name, w in zip(objective["loss"], weights))
+    start = result.get("init") or "base"
+    return f"preference ({losses}, β {objective['beta']:g}, from {start})"

@@ -19,6 +19,7 @@ from heredity.core.arms import (
     comparisons,
     decoding_label,
     mark_families,
+    objective_label,
     mark_profile_family,
     ordered_arms,
     steered_arms,
@@ -50,7 +51,11 @@ def training_check(train_results: dict[str, Any]) -> dict[str, Any]:
     if not results:
         return {}
     settings = {arm: r.get("hyperparameters") or {} for arm, r in results.items()}
-    names = sorted({k for h in settings.values() for k in h})
+    # a setting one objective has and another lacks (SFT's packing, DPO's β) is the arm's objective, not a
+    # difference in the shared settings; those are compared wherever every arm has them
+    # max_steps is how an arm was given the common step count (set on some arms only): the steps
+    # themselves are compared below
+    names = sorted(set.intersection(*(set(h) for h in settings.values())) - {"max_steps"})
     differing = [k for k in names if len({repr(h.get(k)) for h in settings.values()}) > 1]
     steps = {arm: r.get("steps") for arm, r in results.items()}
     planned = {arm: r.get("max_steps") for arm, r in results.items()}
@@ -63,6 +68,7 @@ def training_check(train_results: dict[str, Any]) -> dict[str, Any]:
         "own_steps": {arm: r.get("own_steps") for arm, r in results.items()},
         "equalised": any(r.get("equal_steps") for r in results.values()),
         "stopped_early": [arm for arm, r in results.items() if r.get("stopped_early")],
+        "objectives": {arm: objective_label(r) for arm, r in results.items()},
     }
 
 
@@ -82,7 +88,7 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
         if counts:
             undefined[arm] = counts
     differences: dict[str, Any] = {}
-    for a, b in comparisons(cfg.select.variants):
+    for a, b in comparisons(cfg.select.extra_arms()):
         if a in answers and b in answers:
             by_id_b = {r["prompt_id"]: r for r in answers[b]}
             paired = [(r, by_id_b[r["prompt_id"]]) for r in answers[a] if r["prompt_id"] in by_id_b]
@@ -147,7 +153,7 @@ def summarise_seeds(cfg: RunConfig, replicates: dict[int, dict[str, Any]],
         if counts:
             undefined[arm] = counts
     differences = {f"{a}_vs_{b}": {m: seeded_paired_difference(matrix(a, m), matrix(b, m), n_boot, 1) for m in metrics}
-                   for a, b in comparisons(cfg.select.variants) if a in arms and b in arms}
+                   for a, b in comparisons(cfg.select.extra_arms()) if a in arms and b in arms}
     spread = {arm: {m: _spread([replicates[s]["arms"][arm][m] for s in seeds]) for m in metrics} for arm in arms}
     summary = {
         **first,
@@ -279,11 +285,12 @@ def render_markdown(summary: dict[str, Any]) -> str:
                   "| k' | prompts | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
         for k, step in card["sweep"]["steps"].items():
             lines.append(f"| {k} | {step['prompts']} | " + " | ".join(_fmt(step[m]) for m in metrics) + " |")
+    lines += render_pairs(card)
     lines += ["", "## Training", "",
-              "| arm | examples | steps | own steps | first loss | last loss | too long | tokens/s | peak RSS (MB) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| arm | objective | examples | steps | own steps | first loss | last loss | too long | tokens/s | "
+              "peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for arm, r in summary["training"].items():
-        lines.append(f"| {arm} | {r.get('examples')} | {r.get('steps')} | {r.get('own_steps', '–')} | "
+        lines.append(f"| {arm} | {objective_label(r)} | {r.get('examples')} | {r.get('steps')} | {r.get('own_steps', '–')} | "
                      f"{_fmt(r.get('first_loss'))} | {_fmt(r.get('last_loss'))} | {r.get('too_long')} | "
                      f"{_fmt(r.get('tokens_per_s'))} | {_fmt(r.get('peak_rss_mb'))} |")
     lines += render_training_check(summary.get("training_check") or {})
@@ -301,6 +308,29 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_pairs(card: dict[str, Any]) -> list[str]:
+    """The preference arms' pairs: how many, what was dropped and why, the margin and who wrote each side."""
+    pairs = card.get("pairs") or {}
+    if not pairs:
+        return []
+    lines = ["", "## Preference pairs", "",
+             "Chosen = the rule's pick, rejected = another candidate of the same prompt; a pair is kept when "
+             "chosen beats rejected on the pair's metric by more than its min_margin (ties are dropped).", "",
+             "| arm | metric | rejected | pairs | dropped | margin mean [q25, median, q75] | chosen by teacher | "
+             "rejected by teacher |", "|---|---|---|---|---|---|---|---|"]
+
+    def shares(share: dict[str, float | None]) -> str:
+        return ", ".join(f"{t} {v:.0%}" for t, v in sorted(share.items(), key=lambda x: -(x[1] or 0)) if v) or "–"
+
+    for arm, p in pairs.items():
+        rule, m = p["rule"], p["margin"]
+        dropped = ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in p["dropped"].items() if n) or "none"
+        lines.append(f"| {arm} | {rule['direction']} {rule['metric']} | {rule['rejected']} | {p['pairs']} | {dropped} | "
+                     f"{_fmt(m['mean'])} [{_fmt(m['q25'])}, {_fmt(m['median'])}, {_fmt(m['q75'])}] | "
+                     f"{shares(p['chosen_teacher_share'])} | {shares(p['rejected_teacher_share'])} |")
+    return lines
+
+
 def render_training_check(check: dict[str, Any]) -> list[str]:
     if not check:
         return []
@@ -308,6 +338,9 @@ def render_training_check(check: dict[str, Any]) -> list[str]:
     steps = ", ".join(f"{arm} {n}" for arm, n in check["steps"].items())
     equal = "equal" if check["same_steps"] else "NOT equal"
     lines = ["", f"Same hyper-parameters and seed in every arm: {same}. Optimiser steps: {steps} ({equal})."]
+    if any(label != "sft" for label in (check.get("objectives") or {}).values()):
+        lines.append("Preference arms take the SFT arms' step count, each step over batch_size prompts (a pair in "
+                     "place of an example): equal optimiser steps, not equal tokens (a pair holds two answers).")
     if check["equalised"]:
         lines.append("The arms differ in size, so each took the largest arm's step count; "
                      "'own steps' is what its epochs alone would have given.")
@@ -377,7 +410,7 @@ def write_report(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Any], sel
     summary = summarise(cfg, answers, card, timings, train_results, compute)
     if profile_stages:
         summary["profile"] = summarise_profiles(profile_stages, cfg.eval.bootstrap_samples, profile_skipped,
-                                                variants=list(cfg.select.variants))
+                                                variants=list(cfg.select.extra_arms()))
         mark_profile_family(summary["profile"])
     if judge_stages:
         summary["judge"] = summarise_run_judgments(judge_stages)

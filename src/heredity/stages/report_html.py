@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from heredity.config import ACTIVE, BASE, PASSIVE, TeacherConfig
-from heredity.core.arms import decoding_label, dose_response, ordered_arms, steered_arms, target_of, teacher_sources
+from heredity.core.arms import (
+    decoding_label,
+    dose_response,
+    objective_label,
+    ordered_arms,
+    steered_arms,
+    target_of,
+    teacher_sources,
+)
 from heredity.core.rundir import read_json, read_table
 from heredity.stages import report_plots as plots
 from heredity.stages.report_plots import significant
@@ -379,6 +387,8 @@ def _selection(summary: dict[str, Any], run_dir: Path) -> str:
                 + " (no candidate met the rule's conditions).</p>") if any(dropped.values()) else ""
         parts.append(note + details("Selection rules and prompts dropped", table(
             ["set", "prompts dropped", "rule (a prompt is dropped when no candidate satisfies its conditions)"], drop_rows)))
+    if card.get("pairs"):
+        parts.append(_pairs(card["pairs"]))
     if card.get("sweep"):
         sw = card["sweep"]
         parts.append(plots.sweep(sw.get("steps") or {}, metrics, sw.get("unit", "sample")))
@@ -386,6 +396,25 @@ def _selection(summary: dict[str, Any], run_dir: Path) -> str:
                  for k, step in (sw.get("steps") or {}).items()]
         parts.append(details("Steering-strength sweep (table)", table(["k'", "prompts", *map(escape, metrics)], srows)))
     return "".join(parts)
+
+
+def _pairs(pairs: dict[str, Any]) -> str:
+    """The preference arms' pairs: kept and dropped by reason, the margin, who wrote each side."""
+    def shares(share: dict[str, Any]) -> str:
+        return escape(", ".join(f"{t} {100 * v:.0f}%" for t, v in sorted(share.items(), key=lambda x: -(x[1] or 0)) if v))
+
+    rows = []
+    for arm, p in pairs.items():
+        rule, m = p.get("rule") or {}, p.get("margin") or {}
+        dropped = ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in (p.get("dropped") or {}).items() if n)
+        rows.append([escape(arm), escape(f"{rule.get('direction')} {rule.get('metric')}"), escape(str(rule.get("rejected"))),
+                     fmt(p.get("pairs")), escape(dropped or "none"),
+                     f"{fmt(m.get('mean'))} [{fmt(m.get('q25'))}, {fmt(m.get('median'))}, {fmt(m.get('q75'))}]",
+                     shares(p.get("chosen_teacher_share") or {}) or "–", shares(p.get("rejected_teacher_share") or {}) or "–"])
+    return ("<h3>Preference pairs</h3><p>Chosen = the rule's pick, rejected = another candidate of the same prompt; a pair "
+            "is kept when chosen beats rejected on the pair's metric by more than its min_margin (ties are dropped).</p>"
+            + table(["arm", "ordered on", "rejected", "pairs", "prompts dropped", "margin mean [q25, median, q75]",
+                     "chosen by teacher", "rejected by teacher"], rows, numeric_from=3))
 
 
 def _pct(x: Any) -> str:
@@ -446,16 +475,19 @@ def _training(summary: dict[str, Any], run_dir: Path) -> str:
                 + ("" if same else " (differing: " + escape(", ".join(check.get("differing_hyperparameters", []))) + ")")
                 + f". Same seed: <b>{'yes' if same_seed else 'NO'}</b> ({escape(', '.join(f'{a} {s}' for a, s in seeds.items()))})."
                 + f" Optimiser steps: {steps} (<b>{'equal' if check.get('same_steps') else 'NOT equal'}</b>).")
+        if any(label != "sft" for label in (check.get("objectives") or {}).values()):
+            text += (" Preference arms take the SFT arms' step count, each step over batch_size prompts (a pair in place "
+                     "of an example): equal optimiser steps, not equal tokens.")
         if check.get("equalised"):
             text += " The arms differ in size, so each took the largest arm's step count."
         if check.get("stopped_early"):
             text += " Stopped early on validation loss: " + escape(", ".join(check["stopped_early"])) + "."
         parts.append(f"<p{' class=warn' if not (same and check.get('same_steps') and same_seed) else ''}>{text}</p>")
-    rows = [[escape(arm), fmt(r.get("examples")), fmt(r.get("steps")), fmt(r.get("own_steps")), fmt(r.get("first_loss")),
-             fmt(r.get("last_loss")), fmt(r.get("best_eval_loss")), fmt(r.get("too_long")), fmt(r.get("tokens_per_s")),
-             fmt(r.get("peak_rss_mb"))] for arm, r in training.items()]
-    body = table(["arm", "examples", "steps", "own steps", "first loss", "last loss", "best validation loss", "too long",
-                  "tokens/s", "peak RSS (MB)"], rows)
+    rows = [[escape(arm), escape(objective_label(r)), fmt(r.get("examples")), fmt(r.get("steps")), fmt(r.get("own_steps")),
+             fmt(r.get("first_loss")), fmt(r.get("last_loss")), fmt(r.get("best_eval_loss")), fmt(r.get("too_long")),
+             fmt(r.get("tokens_per_s")), fmt(r.get("peak_rss_mb"))] for arm, r in training.items()]
+    body = table(["arm", "objective", "examples", "steps", "own steps", "first loss", "last loss", "best validation loss",
+                  "too long", "tokens/s", "peak RSS (MB)"], rows, numeric_from=2)
     hyper = {arm: r.get("hyperparameters") or {} for arm, r in training.items()}
     names = sorted({k for h in hyper.values() for k in h})
     if names:

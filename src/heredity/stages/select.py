@@ -50,6 +50,10 @@ from heredity.core.rundir import (
 from heredity.errors import HeredityError
 from heredity.strategies import (
     Row,
+    build_pairs,
+    pairs_card,
+    preference_schema,
+    to_preference_rows,
     data_card,
     dose_response,
     export_batches,
@@ -68,23 +72,29 @@ EXPORT_ROWS = 2048
 KEPT_MEMORY = pa.system_memory_pool()
 
 
-def read_pool(path: Path, whole_rows: bool) -> list[Row]:
+def read_pool(path: Path, whole_rows: bool, text_hashes: bool = False) -> list[Row]:
     """The scored pool, one dict per candidate in file order; without the texts unless
     ``whole_rows``. Strings that repeat (prompt ids, teachers, finish reasons) are shared
-    objects, so a prompt's id is stored once however many candidates it has."""
+    objects, so a prompt's id is stored once however many candidates it has. ``text_hashes``
+    puts a hash of each text in its place (``text_hash``), so preference pairs can tell equal
+    answers apart without holding them."""
     if whole_rows:
         return read_table(path)
     names = [n for n in parquet_schema(path).names if n not in HEAVY_COLUMNS]
     shared: dict[str, str] = {}
     pool: list[Row] = []
-    for batch in iter_parquet(path, columns=names):
+    for batch in iter_parquet(path, columns=names + ["text"] * text_hashes):
         columns = []
         for name in names:
             values = batch.column(name).to_pylist()
             if pa.types.is_string(batch.schema.field(name).type):
                 values = [v if v is None else shared.setdefault(v, v) for v in values]
             columns.append(values)
-        pool.extend(dict(zip(names, row)) for row in zip(*columns))
+        rows = [dict(zip(names, row)) for row in zip(*columns)]
+        if text_hashes:
+            for row, text in zip(rows, batch.column("text").to_pylist()):
+                row["text_hash"] = hash(text)
+        pool.extend(rows)
     return pool
 
 
@@ -130,20 +140,40 @@ def write_arm(table: pa.Table, out: Path, arm: str, system_prompt: str | None) -
     return digest.hexdigest()
 
 
+def write_pairs(chosen: pa.Table, rejected: pa.Table, margins: list[float], out: Path, arm: str,
+                metric: str, system_prompt: str | None) -> str:
+    """``<arm>.pairs.parquet`` in the conversational preference schema (prompt, chosen, rejected);
+    returns the arm's data hash, of its (prompt, chosen, rejected) texts."""
+    pairs = list(zip(chosen.to_pylist(), rejected.to_pylist(), margins))
+    write_table(out / f"{arm}.pairs.parquet",
+                pa.Table.from_pylist(to_preference_rows(pairs, metric, system_prompt), schema=preference_schema()))
+    digest = ListHash()
+    for c, r, _ in pairs:
+        digest.update((c["prompt"], c["text"], r["text"]))
+    return digest.hexdigest()
+
+
 def run_select(cfg: RunConfig, run_dir: Path, score: Stage) -> Stage:
     specs = {arm: parse_spec(spec) for arm, spec in cfg.select.specs().items()}
-    stage = Stage(run_dir, "select", {
+    pair_rules = {arm: pref.pair_rule(cfg.select.metric, cfg.select.direction)
+                  for arm, pref in cfg.select.preference.items()}
+    key = {
         "scores": score.key,
         "specs": {arm: spec.to_dict() for arm, spec in specs.items()},
         "target": [cfg.select.metric, cfg.select.direction],
         "sweep": cfg.select.sweep,
         "system_prompt": cfg.system_prompt,
-    })
+    }
+    if pair_rules:  # only then: runs without preference arms keep the key they always had
+        key["pairs"] = {arm: {**rule, "chosen": parse_spec(rule["chosen"]).to_dict()}
+                        for arm, rule in pair_rules.items()}
+    stage = Stage(run_dir, "select", key)
     if stage.reuse():
         return stage
     path = score.dir / "scores.parquet"
-    whole_rows = not all(reads_scores_only(spec) for spec in specs.values())
-    pool = read_pool(path, whole_rows)
+    whole_rows = not all(reads_scores_only(spec) for spec in
+                         [*specs.values(), *(rule["chosen"] for rule in pair_rules.values())])
+    pool = read_pool(path, whole_rows, text_hashes=bool(pair_rules))
     groups = group_by_prompt(pool)
     teacher_order = [t.label for t in cfg.teachers]
     selections = {arm: select(groups, spec, teacher_order) for arm, spec in specs.items()}
@@ -152,17 +182,41 @@ def run_select(cfg: RunConfig, run_dir: Path, score: Stage) -> Stage:
             raise HeredityError(f"select: arm '{arm}' selected no candidate from {len(groups)} prompts "
                                 f"(rule {json.dumps(specs[arm].to_dict(), sort_keys=True, default=str)}); "
                                 "loosen the rule or change the pool")
+    pairs = {arm: build_pairs(groups, rule, teacher_order) for arm, rule in pair_rules.items()}
+    for arm, (kept, dropped) in pairs.items():
+        if not kept:
+            lost = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in dropped.items() if n)
+            raise HeredityError(f"select: preference arm '{arm}' has no pair from {len(groups)} prompts ({lost}); "
+                                "lower min_margin, use rejected: random, or generate more candidates per prompt")
     stage.start()
-    tables = (((arm, pa.Table.from_pylist(rows)) for arm, rows in selections.items()) if whole_rows
-              else chosen_rows(path, selections, pool))
-    outputs, data_hashes = {}, {}
+    # preference arms fetch their chosen and their rejected rows as two more selections
+    fetch = {**selections, **{name: rows for arm, (kept, _) in pairs.items()
+                              for name, rows in ((f"{arm}:chosen", [c for c, _, _ in kept]),
+                                                 (f"{arm}:rejected", [r for _, r, _ in kept]))}}
+    tables = (((arm, pa.Table.from_pylist(rows)) for arm, rows in fetch.items()) if whole_rows
+              else chosen_rows(path, fetch, pool))
+    outputs, data_hashes, sides = {}, {}, {}
     for arm, table in tables:
-        data_hashes[arm] = write_arm(table, stage.dir, arm, cfg.system_prompt)
-        outputs[arm] = f"{arm}.parquet"
-        outputs[f"{arm}_chat"] = f"{arm}.jsonl"
-    card = data_card(pool, selections, cfg.score.metrics)
+        if arm in selections:
+            data_hashes[arm] = write_arm(table, stage.dir, arm, cfg.system_prompt)
+            outputs[arm] = f"{arm}.parquet"
+            outputs[f"{arm}_chat"] = f"{arm}.jsonl"
+        else:
+            sides[arm] = table
+    for arm, (kept, _) in pairs.items():
+        data_hashes[arm] = write_pairs(sides.pop(f"{arm}:chosen"), sides.pop(f"{arm}:rejected"),
+                                       [m for _, _, m in kept], stage.dir, arm, pair_rules[arm]["metric"],
+                                       cfg.system_prompt)
+        outputs[f"{arm}_pairs"] = f"{arm}.pairs.parquet"
+    # a preference arm's chosen answers stand for it in the card's metric and teacher tables
+    card = data_card(pool, {**selections, **{arm: [c for c, _, _ in kept] for arm, (kept, _) in pairs.items()}},
+                     cfg.score.metrics)
     card["target"] = {"metric": cfg.select.metric, "direction": cfg.select.direction}
     card["rules"] = {arm: spec.to_dict() for arm, spec in specs.items()}
+    teachers = sorted({str(r["teacher"]) for r in pool})
+    for arm, (kept, dropped) in pairs.items():
+        card["rules"][arm] = {"strategy": "pairs", **key["pairs"][arm]}
+        card.setdefault("pairs", {})[arm] = pairs_card(kept, dropped, key["pairs"][arm], teachers)
     if cfg.select.sweep != "off":
         steps = sweep(groups, specs["active"], teacher_order, unit=cfg.select.sweep)
         card["sweep"] = {"unit": cfg.select.sweep, "steps": dose_response(steps, cfg.score.metrics)}

@@ -1,8 +1,9 @@
-"""Train stage: supervised fine-tuning of the student on each arm's selected data.
+"""Train stage: supervised fine-tuning of the student on each arm's selected data, and preference
+training (DPO and TRL's other losses) of the ``select.preference`` arms on their pairs.
 
 Every arm gets the same hyper-parameters, seed and number of optimiser steps; only the data
-differs (arms of different sizes all take the largest arm's step count, see
-``plan_equal_steps``). The manifest's result records the hyper-parameters the trainer actually
+(and a preference arm's objective) differs (arms of different sizes all take the largest arm's
+step count, see ``plan_equal_steps``; a preference arm takes the SFT arms', ``preference_plan``). The manifest's result records the hyper-parameters the trainer actually
 used and the steps taken, so that claim can be checked after the fact. The trainer itself,
 its checkpoints, measurements and the multi-process launcher live in ``heredity.training``.
 
@@ -21,11 +22,13 @@ from typing import Any
 
 from heredity.config import RunConfig
 from heredity.core.models import load_tokenizer, model_identity, pick_device
-from heredity.core.rundir import Stage, read_table, write_table
+from heredity.core.rundir import Stage, read_parquet, read_table, write_table
 from heredity.training.distributed import train_distributed
+from heredity.training.dpo import train_preference
 from heredity.training.sft import train_student
 from heredity.training.steps import (
     optimiser_steps,
+    split_validation,
     train_key,
     training_sequences,
     world_size,
@@ -33,20 +36,10 @@ from heredity.training.steps import (
 from heredity.training.telemetry import plot_loss
 
 
-def plan_equal_steps(cfg: RunConfig, run_dir: Path, select: Stage, arms: tuple[str, ...] | list[str]
-                     ) -> dict[str, Any] | None:
-    """Give every arm the same number of optimiser steps: the largest arm's.
-
-    Arms of different sizes (a threshold that drops prompts, packing that makes more sequences
-    of longer answers) would otherwise take different numbers of steps under the same
-    ``epochs``, and the students would differ by training length as well as by data. Returns
-    ``None`` when ``train.max_steps`` is set or every arm already takes the same steps (their
-    stage keys then stay what they were), else ``{"max_steps": N, "arms": {arm: own steps}}``.
-    The plan is itself a small cached stage, so a rerun does not tokenise the data again.
-    """
+def own_steps(cfg: RunConfig, run_dir: Path, select: Stage, arms: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """The optimiser steps ``epochs`` alone gives each SFT arm (TRL's count, after tokenising). A
+    small cached stage, so a rerun does not tokenise the data again."""
     tc = cfg.train
-    if tc.max_steps is not None:
-        return None
     hashes = (select.manifest() or {}).get("data_hashes", {})
     stage = Stage(run_dir, "train/steps", {
         "data": {arm: hashes.get(arm) for arm in arms},
@@ -61,38 +54,92 @@ def plan_equal_steps(cfg: RunConfig, run_dir: Path, select: Stage, arms: tuple[s
                                                        cfg.system_prompt), tc, world_size(tc))
                for arm in arms}
         stage.finish({}, steps=own)
-    own = stage.manifest()["steps"]
+    return stage.manifest()["steps"]
+
+
+def plan_equal_steps(cfg: RunConfig, run_dir: Path, select: Stage, arms: tuple[str, ...] | list[str]
+                     ) -> dict[str, Any] | None:
+    """Give every SFT arm the same number of optimiser steps: the largest arm's.
+
+    Arms of different sizes (a threshold that drops prompts, packing that makes more sequences
+    of longer answers) would otherwise take different numbers of steps under the same
+    ``epochs``, and the students would differ by training length as well as by data. Returns
+    ``None`` when ``train.max_steps`` is set or every arm already takes the same steps (their
+    stage keys then stay what they were), else ``{"max_steps": N, "arms": {arm: own steps}}``.
+    """
+    if cfg.train.max_steps is not None:
+        return None
+    own = own_steps(cfg, run_dir, select, arms)
     if len(set(own.values())) <= 1:
         return None
     return {"max_steps": max(own.values()), "arms": own}
 
 
-def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str, plan: dict[str, Any] | None = None) -> Stage:
-    """Train one arm. ``plan`` (from ``plan_equal_steps``) sets the arm's optimiser steps to
-    the largest arm's; the manifest then records the plan beside the steps taken."""
+def preference_plan(cfg: RunConfig, run_dir: Path, select: Stage, sft_arms: tuple[str, ...] | list[str],
+                    arm: str) -> dict[str, Any] | None:
+    """A preference arm's steps: the SFT arms' (the largest one's), each step over ``batch_size``
+    prompts as in SFT — a pair in place of an example. Equal optimiser steps, not equal tokens: a
+    DPO step reads two answers per prompt (and the reference's log-probs of both), so it costs about
+    twice an SFT step; what the arms share is how often, and on how many prompts, the student is
+    updated. ``None`` (epochs decide, as for the SFT arms) when ``train.max_steps`` is set or its own
+    count already equals the SFT arms' common one; else a plan as ``plan_equal_steps`` gives."""
+    if cfg.train.max_steps is not None:
+        return None
+    pairs = read_parquet(select.dir / f"{arm}.pairs.parquet").select(["prompt_id"]).to_pylist()
+    train_pairs, _ = split_validation(pairs, cfg.train.eval_fraction, cfg.train.seed)
+    own = optimiser_steps(len(train_pairs), cfg.train, world_size(cfg.train))  # TRL drops no pair
+    sft = own_steps(cfg, run_dir, select, sft_arms)
+    if len(set(sft.values())) == 1 and own in sft.values():
+        return None
+    return {"max_steps": max(sft.values()), "arms": {**sft, arm: own}}
+
+
+def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str, plan: dict[str, Any] | None = None,
+              start: Stage | None = None) -> Stage:
+    """Train one arm. ``plan`` (from ``plan_equal_steps`` or ``preference_plan``) sets the arm's
+    optimiser steps; the manifest then records the plan beside the steps taken. A preference arm
+    (``select.preference``) trains on its pairs with DPO, from the base student or, for
+    SFT-then-DPO, from ``start``: the finished train stage of its ``init`` arm."""
     tc = cfg.train if plan is None else cfg.train.model_copy(update={"max_steps": plan["max_steps"]})
+    preference = cfg.select.preference.get(arm)
     data_hash = (select.manifest() or {}).get("data_hashes", {}).get(arm)
-    stage = Stage(run_dir, f"train/{arm}", {
+    key = {
         "data": data_hash,
         "student": model_identity(cfg.student),
         "system_prompt": cfg.system_prompt,
         "train": train_key(tc),
         "device": cfg.device,
-    })
+    }
+    initial = cfg.student
+    if preference is not None:
+        key["objective"] = preference.objective()
+        key["init"] = "base" if start is None else start.key
+        initial = cfg.student if start is None else str(start.dir / "model")
+    stage = Stage(run_dir, f"train/{arm}", key)
     if stage.reuse():
         return stage
     stage.start()
     checkpoints = stage.dir / "checkpoints"
+    data_file = select.dir / (f"{arm}.parquet" if preference is None else f"{arm}.pairs.parquet")
+    objective = None if preference is None else preference.objective()
     if world_size(tc) > 1:
-        info = train_distributed(cfg.student, select.dir / f"{arm}.parquet", tc, cfg.system_prompt,
-                                 pick_device(cfg.device), stage.dir / "model", checkpoints, stage.key)
+        info = train_distributed(initial, data_file, tc, cfg.system_prompt, pick_device(cfg.device),
+                                 stage.dir / "model", checkpoints, stage.key, objective)
+    elif preference is not None:
+        info = train_preference(initial, read_table(data_file), tc, objective, pick_device(cfg.device),
+                                stage.dir / "model", checkpoints, resume_key=stage.key, cleanup_checkpoints=False)
     else:
-        rows = read_table(select.dir / f"{arm}.parquet")
-        info = train_student(cfg.student, rows, tc, cfg.system_prompt, pick_device(cfg.device),
+        info = train_student(cfg.student, read_table(data_file), tc, cfg.system_prompt, pick_device(cfg.device),
                              stage.dir / "model", checkpoints, resume_key=stage.key, cleanup_checkpoints=False)
-    info["equal_steps"] = ({"max_steps": plan["max_steps"], "own_steps_by_arm": plan["arms"],
-                            "why": "arms of different sizes: every arm takes the largest arm's step count"}
-                           if plan is not None else None)
+    if preference is not None:
+        info["init"] = preference.init
+        info["equal_steps"] = {"max_steps": plan["max_steps"], "own_steps_by_arm": plan["arms"],
+                               "why": "a preference arm takes the SFT arms' step count, each step over batch_size "
+                                      "prompts (a pair in place of an example)"} if plan is not None else None
+    else:
+        info["equal_steps"] = ({"max_steps": plan["max_steps"], "own_steps_by_arm": plan["arms"],
+                                "why": "arms of different sizes: every arm takes the largest arm's step count"}
+                               if plan is not None else None)
     log = info.pop("log")
     keys = sorted({k for e in log for k in e})
     write_table(stage.dir / "train_log.parquet", [{k: e.get(k) for k in keys} for e in log])
@@ -104,7 +151,17 @@ def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str, plan: dict
 
 def run_train_arms(cfg: RunConfig, run_dir: Path, select: Stage, arms: tuple[str, ...] | list[str],
                    step=lambda name, make: make()) -> dict[str, Stage]:
-    """Train every arm with the same settings and the same number of optimiser steps.
+    """Train every arm with the same settings and the same number of optimiser steps: the SFT arms
+    first, then the preference arms (an SFT-then-DPO arm starts from an SFT arm's model).
     ``step(name, make)`` wraps each arm's training (the pipeline's timer and progress)."""
-    plan = plan_equal_steps(cfg, run_dir, select, arms)
-    return {arm: step(f"train/{arm}", lambda arm=arm: run_train(cfg, run_dir, select, arm, plan)) for arm in arms}
+    sft_arms = [arm for arm in arms if arm not in cfg.select.preference]
+    plan = plan_equal_steps(cfg, run_dir, select, sft_arms)
+    trained = {arm: step(f"train/{arm}", lambda arm=arm: run_train(cfg, run_dir, select, arm, plan))
+               for arm in sft_arms}
+    for arm in arms:
+        if arm in cfg.select.preference:
+            init = cfg.select.preference[arm].init
+            start = None if init == "base" else trained[init]
+            trained[arm] = step(f"train/{arm}", lambda arm=arm, start=start: run_train(
+                cfg, run_dir, select, arm, preference_plan(cfg, run_dir, select, sft_arms, arm), start))
+    return trained

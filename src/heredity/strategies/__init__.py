@@ -102,18 +102,21 @@ from heredity.strategies.export import (  # noqa: E402
     ChatFormat,
     export_batches,
     export_selection,
+    preference_schema,
     to_chat_rows,
+    to_preference_rows,
     to_sft_dataset,
 )
+from heredity.strategies.pairs import DROP_REASONS, build_pairs, pairs_card  # noqa: E402
 from heredity.strategies.steering import dose_response, sweep  # noqa: E402
 
 __all__ = [
-    "BASE_FIELDS", "STRATEGIES", "BestParams", "ChatFormat", "ClosestParams", "Condition", "ConstrainedParams",
+    "BASE_FIELDS", "DROP_REASONS", "STRATEGIES", "BestParams", "ChatFormat", "ClosestParams", "Condition", "ConstrainedParams",
     "Context", "Direction", "FreeParams", "Groups", "Op", "ParetoParams", "Params", "RandomParams", "Row", "Spec",
     "SpecError", "Strategy", "StrategyFn", "TeacherParams", "ThresholdParams", "WeightedParams", "average_ranks",
-    "data_card", "dose_response", "export_batches", "export_selection", "get_strategy", "group_by_prompt", "list_strategies",
-    "oriented", "pareto_front", "parse_spec", "passes", "reads_scores_only", "register_strategy", "select", "select_best",
+    "build_pairs", "data_card", "dose_response", "export_batches", "export_selection", "get_strategy", "group_by_prompt", "list_strategies",
+    "oriented", "pairs_card", "pareto_front", "parse_spec", "passes", "preference_schema", "reads_scores_only", "register_strategy", "select", "select_best",
     "select_closest", "select_constrained", "select_first", "select_pareto", "select_random", "select_teacher",
-    "select_threshold", "select_weighted", "spec_metrics", "sweep", "to_chat_rows", "to_sft_dataset", "value",
+    "select_threshold", "select_weighted", "spec_metrics", "sweep", "to_chat_rows", "to_preference_rows", "to_sft_dataset", "value",
     "weighted_scores", "zscore_stats",
 ]

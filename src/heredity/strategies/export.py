@@ -93,3 +93,39 @@ def to_sft_dataset(rows: Sequence[Row], system_prompt: str | None = None, fmt: C
     schema = chat_schema(fmt, metadata)
     return Dataset.from_dict({name: [item[name] for item in chat] for name in schema.names},
                              features=Features.from_arrow_schema(schema))
+
+
+# The extra columns of a preference pair beside TRL's conversational prompt/chosen/rejected.
+PAIR_METADATA = (("prompt_id", "string"), ("chosen_teacher", "string"), ("rejected_teacher", "string"),
+                 ("chosen_sample_index", "int64"), ("rejected_sample_index", "int64"),
+                 ("chosen_score", "float64"), ("rejected_score", "float64"), ("margin", "float64"))
+
+
+def to_preference_rows(pairs: Iterable[tuple[Row, Row, float]], metric: str,
+                       system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """Pairs as the conversational preference rows TRL's DPOTrainer and the hub read
+    (``prompt``: [system?, user], ``chosen`` / ``rejected``: [assistant]), with each side's teacher,
+    sample index and value of ``metric``, and the margin (chosen better by this much)."""
+    from heredity.strategies.base import value
+
+    out = []
+    for chosen, rejected, margin in pairs:
+        out.append({
+            "prompt": chat_messages(chosen["prompt"], system_prompt),
+            "chosen": [{"role": "assistant", "content": chosen["text"]}],
+            "rejected": [{"role": "assistant", "content": rejected["text"]}],
+            "prompt_id": chosen["prompt_id"],
+            "chosen_teacher": str(chosen["teacher"]), "rejected_teacher": str(rejected["teacher"]),
+            "chosen_sample_index": chosen["sample_index"], "rejected_sample_index": rejected["sample_index"],
+            "chosen_score": value(chosen, metric), "rejected_score": value(rejected, metric), "margin": margin,
+        })
+    return out
+
+
+def preference_schema():
+    import pyarrow as pa
+
+    messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    kinds = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}
+    return pa.schema([("prompt", messages), ("chosen", messages), ("rejected", messages),
+                      *((name, kinds[kind]) for name, kind in PAIR_METADATA)])

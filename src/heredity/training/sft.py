@@ -2,46 +2,30 @@
 
 A conversational prompt/completion dataset, so the loss covers the assistant tokens only.
 ``prepare_training`` checks the data, loads the student and builds the trainer;
-``train_student`` trains (resuming from a checkpoint of the same stage key), saves the model
-and returns what the run measured.
+``train_student`` trains it (``training.fit``: resuming from a checkpoint of the same stage key),
+saves the model and returns what the run measured.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 from heredity.config import TrainConfig
 from heredity.core.models import load_model, load_tokenizer
 from heredity.errors import HeredityError
-from heredity.training.checkpoints import (
-    checkpoint_step,
-    newest_checkpoint,
-    prepare_checkpoints,
-)
-from heredity.training.save import save_distributed, save_student
+from heredity.training.fit import PreparedTraining, fit
 from heredity.training.steps import (
     PACKING_STRATEGY,
-    optimiser_steps,
     split_validation,
     to_sft_rows,
     token_lengths,
 )
-from heredity.training.telemetry import (
-    best_step,
-    effective_hyperparameters,
-    explain_out_of_memory,
-    make_meter,
-    peak_memory_mb,
-    reset_peak_memory,
-)
+from heredity.training.telemetry import make_meter
 
 
-def _use_cpu_threads() -> None:
+def use_cpu_threads() -> None:
     """One compute thread per CPU this process may run on, unless OMP_NUM_THREADS says otherwise.
 
     torch reads OMP_NUM_THREADS at start-up; overriding it would undo a deliberate choice
@@ -88,15 +72,6 @@ def load_student(student: str, tc: TrainConfig, device: str):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-class PreparedTraining:
-    """A built SFTTrainer and what was learnt about the data on the way (before any step)."""
-
-    def __init__(self, trainer, tokenizer, meter, rows, validation, lengths, too_long, kept, notes):
-        self.trainer, self.tokenizer, self.meter = trainer, tokenizer, meter
-        self.rows, self.validation, self.lengths = rows, validation, lengths
-        self.too_long, self.kept, self.notes = too_long, kept, notes
-
-
 def prepare_training(student: str, rows: list[dict[str, Any]], tc: TrainConfig, system_prompt: str | None,
                      device: str, work_dir: Path) -> PreparedTraining:
     """Check the data, load the student and build the SFTTrainer (TRL tokenises here).
@@ -120,7 +95,7 @@ def prepare_training(student: str, rows: list[dict[str, Any]], tc: TrainConfig, 
         notes.append(f"only {len(rows)} training examples, fewer than one optimiser step takes "
                      f"(batch_size × gradient_accumulation_steps = {per_step}): each epoch is one smaller step")
     if device == "cpu":
-        _use_cpu_threads()
+        use_cpu_threads()
     tokenizer = load_tokenizer(student, padding_side="right")
     rows, validation = split_validation(rows, tc.eval_fraction, tc.seed)
     if tc.eval_fraction and (not validation or not rows):
@@ -200,74 +175,13 @@ def prepare_training(student: str, rows: list[dict[str, Any]], tc: TrainConfig, 
         # TRL drops examples whose prompt alone fills max_length (no answer token is left to
         # learn from). The prompts are the same in every arm, so every arm loses the same ones.
         notes.append(f"{len(rows) - kept} examples dropped: their prompt alone fills max_length={tc.max_length}")
-    return PreparedTraining(trainer, tokenizer, meter, rows, validation, lengths, too_long, kept, notes)
+    return PreparedTraining(trainer, tokenizer, meter, rows, validation, lengths, too_long, kept, notes,
+                            packed=tc.packing)
 
 
 def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, system_prompt: str | None,
                   device: str, output: Path, work_dir: Path, resume_key: str | None = None,
                   cleanup_checkpoints: bool = True) -> dict[str, Any]:
-    """Fine-tune ``student`` on ``rows`` (prompt/text pairs) and save it to ``output``.
-
-    Checkpoints go to ``work_dir``. With ``resume_key`` (the stage key), a complete checkpoint
-    left there by an interrupted call with the same key is resumed; with ``cleanup_checkpoints``
-    the folder is deleted once the model is saved (``run_train`` deletes it itself, after the
-    manifest, so a kill between the two still resumes).
-    """
+    """Fine-tune ``student`` on ``rows`` (prompt/text pairs) and save it to ``output`` (see ``fit``)."""
     prepared = prepare_training(student, rows, tc, system_prompt, device, work_dir)
-    trainer, tokenizer, meter = prepared.trainer, prepared.tokenizer, prepared.meter
-    for note in prepared.notes:
-        warnings.warn(note, stacklevel=2)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # In a distributed run the launching process has already pruned the checkpoints; its
-    # workers only look, so that they do not delete files under each other.
-    resume_from = newest_checkpoint(work_dir) if distributed else prepare_checkpoints(work_dir, resume_key)
-
-    reset_peak_memory(device)
-    started = time.perf_counter()
-    with explain_out_of_memory(tc, device):
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.perf_counter() - started
-    memory = peak_memory_mb(device)
-
-    tokenizer.padding_side = "left"
-    if distributed:
-        save_distributed(trainer, tokenizer, student, tc, output, work_dir)
-    else:
-        save_student(trainer, tokenizer, student, tc, output, work_dir, device)
-    if cleanup_checkpoints:
-        shutil.rmtree(work_dir, ignore_errors=True)
-
-    log = [dict(entry) for entry in trainer.state.log_history]
-    losses = [e["loss"] for e in log if "loss" in e]
-    resumed_step = checkpoint_step(resume_from) if resume_from else None
-    sequences = len(trainer.train_dataset)
-    return {
-        "steps": trainer.state.global_step,
-        "max_steps": trainer.state.max_steps,
-        # What ``epochs`` alone would have given this arm; differs from max_steps when the
-        # arms were equalised to the largest one (see ``plan_equal_steps``).
-        "own_steps": optimiser_steps(sequences, tc.model_copy(update={"max_steps": None}), trainer.args.world_size),
-        "steps_this_run": trainer.state.global_step - (resumed_step or 0),
-        "resumed_from_step": resumed_step,
-        "seed": tc.seed,
-        "examples": len(prepared.rows),
-        "examples_trained": prepared.kept,
-        "too_long": prepared.too_long,
-        "longest_tokens": max(prepared.lengths),
-        "train_seconds": round(seconds, 2),
-        "tokens": int(meter.tokens),
-        "tokens_per_s": round(meter.tokens / seconds, 1) if seconds > 0 else None,
-        **memory,
-        "validation_examples": len(prepared.validation),
-        "packed_sequences": sequences if tc.packing else None,
-        "best_step": best_step(trainer),
-        "best_eval_loss": trainer.state.best_metric,
-        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
-        "train_loss": result.training_loss,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "hyperparameters": effective_hyperparameters(trainer),
-        "saved": "adapter" if tc.method != "full" and not tc.merge_lora else "model",
-        "warnings": prepared.notes,
-        "log": log,
-    }
+    return fit(prepared, student, tc, device, output, work_dir, resume_key, cleanup_checkpoints)

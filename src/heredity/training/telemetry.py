@@ -25,6 +25,8 @@ HYPERPARAMETERS = (
     "packing", "completion_only_loss", "seed", "data_seed", "optim", "adam_beta1", "adam_beta2",
     "adam_epsilon", "max_grad_norm", "bf16", "fp16",
 )
+# DPOConfig's: the objective of a preference arm.
+PREFERENCE_HYPERPARAMETERS = ("beta", "loss_type", "loss_weights", "precompute_ref_log_probs", "label_smoothing")
 
 
 def make_meter(device: str):
@@ -137,7 +139,11 @@ def plain(value: Any) -> Any:
 def effective_hyperparameters(trainer) -> dict[str, Any]:
     """What the trainer actually used (after SFTConfig's own defaults and conversions)."""
     args = trainer.args
-    found = {name: plain(getattr(args, name, None)) for name in HYPERPARAMETERS}
+    # what this trainer's config has (DPOConfig has no packing); a preference trainer's objective apart,
+    # so the settings every arm shares are compared without it
+    found = {name: plain(getattr(args, name)) for name in HYPERPARAMETERS if hasattr(args, name)}
+    if hasattr(args, "beta"):
+        found["preference"] = {name: plain(getattr(args, name)) for name in PREFERENCE_HYPERPARAMETERS}
     found["world_size"] = args.world_size
     found["total_batch_size"] = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     peft_config = getattr(trainer.model, "peft_config", None)

@@ -1,0 +1,141 @@
+"""Preference training of the student with TRL's DPOTrainer, on the pairs the select stage built.
+
+The settings every arm shares (``train``: epochs or steps, learning rate, batch size, max_length,
+seed, method) mean the same here as for SFT, with one pair in place of one example: a batch of 8 is
+8 prompts, each with its chosen and its rejected answer. The objective (``select.preference``: loss,
+β, reference) is the arm's own. The reference model is the model training starts from: the base
+student, or for SFT-then-DPO an SFT arm's trained model. With LoRA, TRL switches the adapter off to
+get it; with full fine-tuning it is a second copy in memory unless its log-probs are computed once
+before training (``precompute_ref_log_probs``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from heredity.config import TrainConfig
+from heredity.core.models import load_model, load_tokenizer
+from heredity.errors import HeredityError
+from heredity.training.fit import PreparedTraining, fit
+from heredity.training.sft import check_qlora, load_student, use_cpu_threads
+from heredity.training.steps import split_validation
+from heredity.training.telemetry import make_meter
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def pair_lengths(tokenizer, pairs: list[dict[str, Any]]) -> list[int]:
+    """Tokens of each pair's longer side (prompt and answer), as the trainer sees it."""
+    texts = [tokenizer.apply_chat_template(p["prompt"] + p[side], tokenize=False)
+             for p in pairs for side in ("chosen", "rejected")]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [max(len(ids[2 * i]), len(ids[2 * i + 1])) for i in range(len(pairs))]
+
+
+def prepare_preference_training(start: str, pairs: list[dict[str, Any]], tc: TrainConfig,
+                                objective: dict[str, Any], device: str, work_dir: Path) -> PreparedTraining:
+    """Check the pairs, load the model training starts from (and, if needed, its reference copy) and
+    build the DPOTrainer. ``pairs``: rows of ``<arm>.pairs.parquet``; ``objective``:
+    ``PreferenceArm.objective()``."""
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import DPOConfig, DPOTrainer
+
+    if not pairs:
+        raise HeredityError("cannot train on an empty set of preference pairs")
+    if tc.method == "qlora":
+        check_qlora(device)
+    notes: list[str] = []
+    if tc.packing:
+        notes.append("train.packing does not apply to preference pairs: each pair is its own sequence")
+    if device == "cpu":
+        use_cpu_threads()
+    tokenizer = load_tokenizer(start, padding_side="right")
+    rows, validation = split_validation(pairs, tc.eval_fraction, tc.seed)
+    if tc.eval_fraction and (not validation or not rows):
+        raise HeredityError(f"train.eval_fraction={tc.eval_fraction} leaves {len(rows)} training and "
+                            f"{len(validation)} validation pairs; both need at least one")
+    lengths = pair_lengths(tokenizer, rows)
+    too_long = sum(n > tc.max_length for n in lengths)
+    if too_long:
+        notes.append(f"{too_long} of {len(rows)} pairs are longer than max_length={tc.max_length} tokens "
+                     f"(longest {max(lengths)}); training sees only their first {tc.max_length} tokens")
+
+    model = load_student(start, tc, device)
+    model.train()
+    peft_config, ref_model = None, None
+    if tc.method in ("lora", "qlora"):
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
+                                 target_modules=tc.lora_target_modules, task_type="CAUSAL_LM")
+    elif not objective["precompute_ref_log_probs"]:
+        # loaded as heredity loads models (an embedded or adapter reference resolves here), not by TRL from
+        # the policy's config path
+        ref_model = load_model(start, device)
+    validate: dict[str, Any] = {}
+    save_steps = tc.save_steps
+    if validation:
+        validate = {"eval_strategy": "steps", "eval_steps": tc.eval_steps, "per_device_eval_batch_size": tc.batch_size}
+        if tc.early_stopping_patience is not None:
+            save_steps = tc.eval_steps * max(1, save_steps // tc.eval_steps)
+            validate.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+    args = DPOConfig(
+        output_dir=str(work_dir),
+        num_train_epochs=tc.epochs,
+        max_steps=tc.max_steps if tc.max_steps is not None else -1,
+        **validate,
+        learning_rate=tc.learning_rate,
+        lr_scheduler_type=tc.lr_scheduler,
+        warmup_steps=tc.warmup_ratio,  # a float below 1 is a ratio of total steps
+        weight_decay=tc.weight_decay,
+        per_device_train_batch_size=tc.batch_size,
+        gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        max_length=tc.max_length,
+        seed=tc.seed,
+        data_seed=tc.seed,
+        beta=objective["beta"],
+        loss_type=list(objective["loss"]),
+        loss_weights=objective["loss_weights"],
+        precompute_ref_log_probs=objective["precompute_ref_log_probs"],
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=tc.save_total_limit,
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    meter = make_meter(device)
+    callbacks = [meter]
+    if tc.early_stopping_patience is not None:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
+
+    def dataset(part: list[dict[str, Any]]):
+        return Dataset.from_list([{c: p[c] for c in PAIR_COLUMNS} for p in part])
+
+    trainer = DPOTrainer(
+        model=model, ref_model=ref_model, args=args, train_dataset=dataset(rows),
+        eval_dataset=dataset(validation) if validation else None,
+        processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # the log goes to train_log.parquet instead
+    return PreparedTraining(trainer, tokenizer, meter, rows, validation, lengths, too_long, len(trainer.train_dataset),
+                            notes)
+
+
+def train_preference(start: str, pairs: list[dict[str, Any]], tc: TrainConfig, objective: dict[str, Any],
+                     device: str, output: Path, work_dir: Path, resume_key: str | None = None,
+                     cleanup_checkpoints: bool = True) -> dict[str, Any]:
+    """Train ``start`` on preference ``pairs`` and save it to ``output`` (see ``training.fit``)."""
+    prepared = prepare_preference_training(start, pairs, tc, objective, device, work_dir)
+    info = fit(prepared, start, tc, device, output, work_dir, resume_key, cleanup_checkpoints)
+    info["objective"] = {"kind": "preference", **objective}
+    info["pairs"] = len(prepared.rows)
+    return info

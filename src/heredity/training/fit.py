@@ -1,0 +1,106 @@
+"""Training a prepared trainer, whatever its objective: resume from the newest checkpoint of the
+same stage key, train, save the student, and return what the run measured (steps, seconds,
+tokens, memory, losses, the effective hyper-parameters). ``training.sft`` and ``training.dpo``
+each build the trainer; this is what they share.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from heredity.config import TrainConfig
+from heredity.training.checkpoints import checkpoint_step, newest_checkpoint, prepare_checkpoints
+from heredity.training.save import save_distributed, save_student
+from heredity.training.steps import optimiser_steps
+from heredity.training.telemetry import (
+    best_step,
+    effective_hyperparameters,
+    explain_out_of_memory,
+    peak_memory_mb,
+    reset_peak_memory,
+)
+
+
+class PreparedTraining:
+    """A built trainer (TRL's SFTTrainer or DPOTrainer) and what was learnt about the data on the way
+    (before any step). ``kept``: examples (or pairs) the trainer trains on; ``packed``: whether its
+    dataset holds packed sequences rather than examples."""
+
+    def __init__(self, trainer, tokenizer, meter, rows, validation, lengths, too_long, kept, notes, packed=False):
+        self.trainer, self.tokenizer, self.meter = trainer, tokenizer, meter
+        self.rows, self.validation, self.lengths = rows, validation, lengths
+        self.too_long, self.kept, self.notes, self.packed = too_long, kept, notes, packed
+
+
+
+def fit(prepared: PreparedTraining, student: str, tc: TrainConfig, device: str, output: Path, work_dir: Path,
+        resume_key: str | None = None, cleanup_checkpoints: bool = True) -> dict[str, Any]:
+    """Train a prepared trainer, save the model to ``output`` and return what the run measured.
+
+    ``student`` is the model training started from (an adapter's base names it). Checkpoints go to ``work_dir``. With ``resume_key`` (the stage key), a complete checkpoint
+    left there by an interrupted call with the same key is resumed; with ``cleanup_checkpoints``
+    the folder is deleted once the model is saved (``run_train`` deletes it itself, after the
+    manifest, so a kill between the two still resumes).
+    """
+    trainer, tokenizer, meter = prepared.trainer, prepared.tokenizer, prepared.meter
+    for note in prepared.notes:
+        warnings.warn(note, stacklevel=2)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # In a distributed run the launching process has already pruned the checkpoints; its
+    # workers only look, so that they do not delete files under each other.
+    resume_from = newest_checkpoint(work_dir) if distributed else prepare_checkpoints(work_dir, resume_key)
+
+    reset_peak_memory(device)
+    started = time.perf_counter()
+    with explain_out_of_memory(tc, device):
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.perf_counter() - started
+    memory = peak_memory_mb(device)
+
+    tokenizer.padding_side = "left"
+    if distributed:
+        save_distributed(trainer, tokenizer, student, tc, output, work_dir)
+    else:
+        save_student(trainer, tokenizer, student, tc, output, work_dir, device)
+    if cleanup_checkpoints:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    log = [dict(entry) for entry in trainer.state.log_history]
+    losses = [e["loss"] for e in log if "loss" in e]
+    resumed_step = checkpoint_step(resume_from) if resume_from else None
+    sequences = len(trainer.train_dataset)
+    return {
+        "steps": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        # What ``epochs`` alone would have given this arm; differs from max_steps when the
+        # arms were equalised to the largest one (see ``plan_equal_steps``).
+        "own_steps": optimiser_steps(sequences, tc.model_copy(update={"max_steps": None}), trainer.args.world_size),
+        "steps_this_run": trainer.state.global_step - (resumed_step or 0),
+        "resumed_from_step": resumed_step,
+        "seed": tc.seed,
+        "examples": len(prepared.rows),
+        "examples_trained": prepared.kept,
+        "too_long": prepared.too_long,
+        "longest_tokens": max(prepared.lengths),
+        "train_seconds": round(seconds, 2),
+        "tokens": int(meter.tokens),
+        "tokens_per_s": round(meter.tokens / seconds, 1) if seconds > 0 else None,
+        **memory,
+        "validation_examples": len(prepared.validation),
+        "packed_sequences": sequences if prepared.packed else None,
+        "best_step": best_step(trainer),
+        "best_eval_loss": trainer.state.best_metric,
+        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
+        "train_loss": result.training_loss,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "hyperparameters": effective_hyperparameters(trainer),
+        "saved": "adapter" if tc.method != "full" and not tc.merge_lora else "model",
+        "warnings": prepared.notes,
+        "log": log,
+    }
