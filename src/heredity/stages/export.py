@@ -638,8 +638,9 @@ def _model_card(run: dict[str, Any], entry: dict[str, Any], folders: list[dict[s
         "| comparison | metric | family | difference | 95% CI | q |", "|---|---|---|---|---|---|",
         *_differences(summary, arm, target), *_seeds(summary, arm, target), "",
         "## Caveats", "", *_caveats(run, arm, result),
-        "## Use", "", "```python", f"from {'peft' if entry['adapter'] else 'transformers'} import {auto}",
-        "from transformers import AutoTokenizer", "",
+        "## Use", "", "```python",
+        *([f"from peft import {auto}", "from transformers import AutoTokenizer"] if entry["adapter"]
+          else [f"from transformers import {auto}, AutoTokenizer"]), "",
         f'model = {auto}.from_pretrained("{load}")', f'tokenizer = AutoTokenizer.from_pretrained("{load}")',
         'messages = [{"role": "user", "content": "Explain why the sky looks blue."}]',
         "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
