@@ -6,17 +6,15 @@ rerun, and takes the SFT arms' number of optimiser steps. Pairs are real: the 12
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
     STUDENT,
+    kill_after_first_checkpoint,
     make_select,
     one_cpu_thread,
     run_config,
@@ -27,7 +25,6 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 from heredity.core.loglik import score_choices
 from heredity.core.models import load_model, load_tokenizer
 from heredity.stages.train import preference_plan, run_train
-from heredity.training.checkpoints import is_complete
 
 pytestmark = pytest.mark.slow
 
@@ -116,18 +113,7 @@ def test_dpo_resumes_after_sigkill_and_reaches_the_same_step(tmp_path, alpaca_pa
     run_dir = tmp_path / "run"
     select = make_select(run_dir, {}, pairs={"dpo": alpaca_pairs[:16]})
     checkpoints = run_dir / "train" / "dpo" / "checkpoints"
-    proc = _start_job(tmp_path, run_dir)
-    try:
-        deadline = time.monotonic() + 600
-        while not is_complete(checkpoints / "checkpoint-1"):
-            assert proc.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_first_checkpoint(_start_job(tmp_path, run_dir), checkpoints, tmp_path / "job.log")
     assert not (run_dir / "train" / "dpo" / "manifest.json").exists()
 
     stage = run_train(run_config(train_config(**DPO), PREFERENCE), run_dir, select, "dpo")

@@ -4,11 +4,8 @@ real SIGKILL, and arms that share every setting. Tiny on purpose (a few optimise
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import pytest
 from safetensors import safe_open
 from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
     STUDENT,
+    kill_after_first_checkpoint,
     make_select,
     one_cpu_thread,
     run_config,
@@ -27,7 +25,6 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 from heredity.core.models import load_model
 from heredity.core.rundir import Stage
 from heredity.stages.train import run_train
-from heredity.training.checkpoints import is_complete
 
 pytestmark = pytest.mark.slow  # tens of seconds: scheduled first (tests/conftest.py)
 
@@ -169,20 +166,7 @@ def test_resume_after_sigkill_reaches_the_same_step(tmp_path, pairs, lora_run):
     run_dir = tmp_path / "run"
     select = make_select(run_dir, {"passive": pairs[:4]})
     checkpoints = run_dir / "train" / "passive" / "checkpoints"
-    proc = _start_job(tmp_path, run_dir, "passive")
-    try:
-        deadline = time.monotonic() + 600
-        # Wait for a checkpoint the trainer finished writing (its trainer_state.json parses): a
-        # kill while that file is half-written leaves a checkpoint that is rightly not resumed.
-        while not is_complete(checkpoints / "checkpoint-1"):
-            assert proc.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_first_checkpoint(_start_job(tmp_path, run_dir, "passive"), checkpoints, tmp_path / "job.log")
     stage_dir = run_dir / "train" / "passive"
     assert not (stage_dir / "manifest.json").exists()
     killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))

@@ -99,3 +99,25 @@ def one_cpu_thread():
         torch.set_num_threads(1)
         yield
     torch.set_num_threads(before)
+
+
+def kill_after_first_checkpoint(proc, checkpoints: Path, log_file: Path) -> None:
+    """SIGKILL ``proc`` once ``checkpoints/checkpoint-1`` is complete (its trainer_state.json parses: a
+    kill while that file is half-written leaves a checkpoint that is rightly not resumed)."""
+    import os
+    import signal
+    import time
+
+    from heredity.training.checkpoints import is_complete
+
+    try:
+        deadline = time.monotonic() + 600
+        while not is_complete(checkpoints / "checkpoint-1"):
+            assert proc.poll() is None, log_file.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL

@@ -17,10 +17,10 @@ from typing import Any
 from heredity.config import TrainConfig
 from heredity.core.models import load_model, load_tokenizer
 from heredity.errors import HeredityError
-from heredity.training.fit import PreparedTraining, fit
+from heredity.training.fit import PreparedTraining, fit, shared_arguments
+from heredity.training.fit import callbacks as trainer_callbacks
 from heredity.training.sft import check_qlora, load_student, use_cpu_threads
 from heredity.training.steps import split_validation
-from heredity.training.telemetry import make_meter
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -38,7 +38,6 @@ def prepare_preference_training(start: str, pairs: list[dict[str, Any]], tc: Tra
     """Check the pairs, load the model training starts from (and, if needed, its reference copy) and
     build the DPOTrainer. ``pairs``: rows of ``<arm>.pairs.parquet``; ``objective``:
     ``PreferenceArm.objective()``."""
-    import torch
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
@@ -75,47 +74,11 @@ def prepare_preference_training(start: str, pairs: list[dict[str, Any]], tc: Tra
         # loaded as heredity loads models (an embedded or adapter reference resolves here), not by TRL from
         # the policy's config path
         ref_model = load_model(start, device)
-    validate: dict[str, Any] = {}
-    save_steps = tc.save_steps
-    if validation:
-        validate = {"eval_strategy": "steps", "eval_steps": tc.eval_steps, "per_device_eval_batch_size": tc.batch_size}
-        if tc.early_stopping_patience is not None:
-            save_steps = tc.eval_steps * max(1, save_steps // tc.eval_steps)
-            validate.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
-    args = DPOConfig(
-        output_dir=str(work_dir),
-        num_train_epochs=tc.epochs,
-        max_steps=tc.max_steps if tc.max_steps is not None else -1,
-        **validate,
-        learning_rate=tc.learning_rate,
-        lr_scheduler_type=tc.lr_scheduler,
-        warmup_steps=tc.warmup_ratio,  # a float below 1 is a ratio of total steps
-        weight_decay=tc.weight_decay,
-        per_device_train_batch_size=tc.batch_size,
-        gradient_accumulation_steps=tc.gradient_accumulation_steps,
-        max_length=tc.max_length,
-        seed=tc.seed,
-        data_seed=tc.seed,
-        beta=objective["beta"],
-        loss_type=list(objective["loss"]),
-        loss_weights=objective["loss_weights"],
-        precompute_ref_log_probs=objective["precompute_ref_log_probs"],
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=tc.save_total_limit,
-        report_to="none",
-        use_cpu=device == "cpu",
-        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    meter = make_meter(device)
-    callbacks = [meter]
-    if tc.early_stopping_patience is not None:
-        from transformers import EarlyStoppingCallback
-
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
+    args = DPOConfig(**shared_arguments(tc, device, work_dir, validating=bool(validation)),
+                     beta=objective["beta"], loss_type=list(objective["loss"]), loss_weights=objective["loss_weights"],
+                     precompute_ref_log_probs=objective["precompute_ref_log_probs"])
+    callbacks = trainer_callbacks(tc, device)
+    meter = callbacks[0]
 
     def dataset(part: list[dict[str, Any]]):
         return Dataset.from_list([{c: p[c] for c in PAIR_COLUMNS} for p in part])

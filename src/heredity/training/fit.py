@@ -21,9 +21,60 @@ from heredity.training.telemetry import (
     best_step,
     effective_hyperparameters,
     explain_out_of_memory,
+    make_meter,
     peak_memory_mb,
     reset_peak_memory,
 )
+
+
+def shared_arguments(tc: TrainConfig, device: str, work_dir: Path, validating: bool) -> dict[str, Any]:
+    """The trainer arguments every arm shares, whatever its objective (SFTConfig and DPOConfig alike):
+    the optimiser, schedule, batch, length, seed, logging, checkpoints and, with a validation split,
+    evaluation (and keeping the best checkpoint under early stopping)."""
+    import torch
+
+    save_steps = tc.save_steps
+    validate: dict[str, Any] = {}
+    if validating:
+        validate = {"eval_strategy": "steps", "eval_steps": tc.eval_steps, "per_device_eval_batch_size": tc.batch_size}
+        if tc.early_stopping_patience is not None:
+            # Keeping the best model needs a checkpoint at every validation that might be it.
+            save_steps = tc.eval_steps * max(1, save_steps // tc.eval_steps)
+            validate.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+    return dict(
+        output_dir=str(work_dir),
+        num_train_epochs=tc.epochs,
+        max_steps=tc.max_steps if tc.max_steps is not None else -1,
+        **validate,
+        learning_rate=tc.learning_rate,
+        lr_scheduler_type=tc.lr_scheduler,
+        warmup_steps=tc.warmup_ratio,  # a float below 1 is a ratio of total steps
+        weight_decay=tc.weight_decay,
+        per_device_train_batch_size=tc.batch_size,
+        gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        max_length=tc.max_length,
+        seed=tc.seed,
+        data_seed=tc.seed,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=tc.save_total_limit,
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def callbacks(tc: TrainConfig, device: str) -> list:
+    """The throughput/memory meter first (``PreparedTraining.meter``), then early stopping when set."""
+    found = [make_meter(device)]
+    if tc.early_stopping_patience is not None:
+        from transformers import EarlyStoppingCallback
+
+        found.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
+    return found
 
 
 class PreparedTraining:

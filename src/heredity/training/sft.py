@@ -15,14 +15,14 @@ from typing import Any
 from heredity.config import TrainConfig
 from heredity.core.models import load_model, load_tokenizer
 from heredity.errors import HeredityError
-from heredity.training.fit import PreparedTraining, fit
+from heredity.training.fit import PreparedTraining, fit, shared_arguments
+from heredity.training.fit import callbacks as trainer_callbacks
 from heredity.training.steps import (
     PACKING_STRATEGY,
     split_validation,
     to_sft_rows,
     token_lengths,
 )
-from heredity.training.telemetry import make_meter
 
 
 def use_cpu_threads() -> None:
@@ -78,7 +78,6 @@ def prepare_training(student: str, rows: list[dict[str, Any]], tc: TrainConfig, 
 
     Split from ``train_student`` so the batches TRL builds can be inspected without training.
     """
-    import torch
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
@@ -119,47 +118,10 @@ def prepare_training(student: str, rows: list[dict[str, Any]], tc: TrainConfig, 
             r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
             target_modules=tc.lora_target_modules, task_type="CAUSAL_LM",
         )
-    save_steps = tc.save_steps
-    validate: dict[str, Any] = {}
-    if sft_validation:
-        validate = {"eval_strategy": "steps", "eval_steps": tc.eval_steps, "per_device_eval_batch_size": tc.batch_size}
-        if tc.early_stopping_patience is not None:
-            # Keeping the best model needs a checkpoint at every validation that might be it.
-            save_steps = tc.eval_steps * max(1, save_steps // tc.eval_steps)
-            validate.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
-    args = SFTConfig(
-        output_dir=str(work_dir),
-        num_train_epochs=tc.epochs,
-        max_steps=tc.max_steps if tc.max_steps is not None else -1,
-        packing=tc.packing,
-        packing_strategy=PACKING_STRATEGY,
-        **validate,
-        learning_rate=tc.learning_rate,
-        lr_scheduler_type=tc.lr_scheduler,
-        warmup_steps=tc.warmup_ratio,  # a float below 1 is a ratio of total steps
-        weight_decay=tc.weight_decay,
-        per_device_train_batch_size=tc.batch_size,
-        gradient_accumulation_steps=tc.gradient_accumulation_steps,
-        max_length=tc.max_length,
-        seed=tc.seed,
-        data_seed=tc.seed,
-        completion_only_loss=True,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=tc.save_total_limit,
-        report_to="none",
-        use_cpu=device == "cpu",
-        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    meter = make_meter(device)
-    callbacks = [meter]
-    if tc.early_stopping_patience is not None:
-        from transformers import EarlyStoppingCallback
-
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
+    args = SFTConfig(**shared_arguments(tc, device, work_dir, validating=bool(sft_validation)),
+                     packing=tc.packing, packing_strategy=PACKING_STRATEGY, completion_only_loss=True)
+    callbacks = trainer_callbacks(tc, device)
+    meter = callbacks[0]
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(sft_rows),
         eval_dataset=Dataset.from_list(sft_validation) if sft_validation else None,
