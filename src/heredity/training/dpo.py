@@ -17,10 +17,10 @@ from typing import Any
 from heredity.config import TrainConfig
 from heredity.core.models import load_model, load_tokenizer
 from heredity.errors import HeredityError
-from heredity.training.fit import PreparedTraining, fit, shared_arguments
+from heredity.training.fit import PreparedTraining, fit, lora_config, shared_arguments
 from heredity.training.fit import callbacks as trainer_callbacks
 from heredity.training.sft import check_qlora, load_student, use_cpu_threads
-from heredity.training.steps import split_validation
+from heredity.training.steps import split_for_training
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -52,10 +52,7 @@ def prepare_preference_training(start: str, pairs: list[dict[str, Any]], tc: Tra
     if device == "cpu":
         use_cpu_threads()
     tokenizer = load_tokenizer(start, padding_side="right")
-    rows, validation = split_validation(pairs, tc.eval_fraction, tc.seed)
-    if tc.eval_fraction and (not validation or not rows):
-        raise HeredityError(f"train.eval_fraction={tc.eval_fraction} leaves {len(rows)} training and "
-                            f"{len(validation)} validation pairs; both need at least one")
+    rows, validation = split_for_training(pairs, tc, unit="pairs")
     lengths = pair_lengths(tokenizer, rows)
     too_long = sum(n > tc.max_length for n in lengths)
     if too_long:
@@ -64,13 +61,8 @@ def prepare_preference_training(start: str, pairs: list[dict[str, Any]], tc: Tra
 
     model = load_student(start, tc, device)
     model.train()
-    peft_config, ref_model = None, None
-    if tc.method in ("lora", "qlora"):
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
-                                 target_modules=tc.lora_target_modules, task_type="CAUSAL_LM")
-    elif not objective["precompute_ref_log_probs"]:
+    peft_config, ref_model = lora_config(tc), None
+    if peft_config is None and not objective["precompute_ref_log_probs"]:
         # loaded as heredity loads models (an embedded or adapter reference resolves here), not by TRL from
         # the policy's config path
         ref_model = load_model(start, device)

@@ -67,6 +67,17 @@ def shared_arguments(tc: TrainConfig, device: str, work_dir: Path, validating: b
     )
 
 
+
+def lora_config(tc: TrainConfig):
+    """peft's LoraConfig for ``train.method`` lora or qlora; None for full fine-tuning."""
+    if tc.method not in ("lora", "qlora"):
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
+                      target_modules=tc.lora_target_modules, task_type="CAUSAL_LM")
+
+
 def callbacks(tc: TrainConfig, device: str) -> list:
     """The throughput/memory meter first (``PreparedTraining.meter``), then early stopping when set."""
     found = [make_meter(device)]

@@ -15,11 +15,11 @@ from typing import Any
 from heredity.config import TrainConfig
 from heredity.core.models import load_model, load_tokenizer
 from heredity.errors import HeredityError
-from heredity.training.fit import PreparedTraining, fit, shared_arguments
+from heredity.training.fit import PreparedTraining, fit, lora_config, shared_arguments
 from heredity.training.fit import callbacks as trainer_callbacks
 from heredity.training.steps import (
     PACKING_STRATEGY,
-    split_validation,
+    split_for_training,
     to_sft_rows,
     token_lengths,
 )
@@ -96,10 +96,7 @@ def prepare_training(student: str, rows: list[dict[str, Any]], tc: TrainConfig, 
     if device == "cpu":
         use_cpu_threads()
     tokenizer = load_tokenizer(student, padding_side="right")
-    rows, validation = split_validation(rows, tc.eval_fraction, tc.seed)
-    if tc.eval_fraction and (not validation or not rows):
-        raise HeredityError(f"train.eval_fraction={tc.eval_fraction} leaves {len(rows)} training and "
-                            f"{len(validation)} validation examples; both need at least one")
+    rows, validation = split_for_training(rows, tc)
     sft_rows = to_sft_rows(rows, system_prompt)
     sft_validation = to_sft_rows(validation, system_prompt) if validation else []
     lengths = token_lengths(tokenizer, sft_rows)
@@ -110,14 +107,7 @@ def prepare_training(student: str, rows: list[dict[str, Any]], tc: TrainConfig, 
 
     model = load_student(student, tc, device)
     model.train()
-    peft_config = None
-    if tc.method in ("lora", "qlora"):
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
-            target_modules=tc.lora_target_modules, task_type="CAUSAL_LM",
-        )
+    peft_config = lora_config(tc)
     args = SFTConfig(**shared_arguments(tc, device, work_dir, validating=bool(sft_validation)),
                      packing=tc.packing, packing_strategy=PACKING_STRATEGY, completion_only_loss=True)
     callbacks = trainer_callbacks(tc, device)

@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from heredity.config import TrainConfig
+from heredity.errors import HeredityError
 from heredity.strategies import to_chat_rows
 
 # How often checkpoints are written changes nothing in the trained model, so these fields
@@ -48,6 +49,18 @@ def split_validation(rows: list[dict[str, Any]], fraction: float, seed: int
     for row in rows:
         digest = hashlib.sha256(f"{seed}:{row['prompt_id']}".encode()).digest()
         (validation if int.from_bytes(digest[:8], "big") / 2**64 < fraction else train).append(row)
+    return train, validation
+
+
+
+def split_for_training(rows: list[dict[str, Any]], tc: TrainConfig, unit: str = "examples"
+                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``split_validation`` with ``tc``'s fraction and seed, refusing a split that leaves either side
+    empty (``unit`` names what the rows are in the message: examples, pairs)."""
+    train, validation = split_validation(rows, tc.eval_fraction, tc.seed)
+    if tc.eval_fraction and (not validation or not train):
+        raise HeredityError(f"train.eval_fraction={tc.eval_fraction} leaves {len(train)} training and "
+                            f"{len(validation)} validation {unit}; both need at least one")
     return train, validation
 
 
