@@ -141,7 +141,7 @@ def inmemory_stages(cfg, run_dir: Path, generate):
     """The score and select stages as heredity ran them before they streamed (commit a6efad8),
     minus their manifests' bookkeeping: whole files in, Python rows, whole files out."""
     from heredity.core.rundir import read_table, stable_hash, write_json, write_table
-    from heredity.stages.score import metric_context, needs_tokenizer, score_texts
+    from heredity.metrics.scoring import metric_context, needs_tokenizer, score_texts
     from heredity.strategies import (
         data_card,
         export_selection,

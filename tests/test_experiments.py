@@ -9,7 +9,7 @@ import pytest
 
 from heredity.core.rundir import read_json
 from heredity.plan import load_config
-from heredity.stages.results import render_results, verdict
+from heredity.reporting.results import render_results, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -80,7 +80,7 @@ def test_results_page_shows_every_committed_summary(tmp_path):
 
 def test_results_page_as_html_draws_every_study(tmp_path):
     from heredity.core.arms import dose_response
-    from heredity.stages.results import render_results_html
+    from heredity.reporting.results import render_results_html
 
     summaries = sorted(EXPERIMENTS.glob("*/summary.json"))
     if not summaries:

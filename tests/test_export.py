@@ -16,7 +16,7 @@ from conftest import tiny_config
 from typer.testing import CliRunner
 
 from heredity.cli import app
-from heredity.stages.report_html import fmt
+from heredity.reporting.html import fmt
 
 pytestmark = pytest.mark.slow
 DATA = "data/train-00000-of-00001.parquet"

@@ -27,11 +27,10 @@ from heredity.metrics import ray_scoring
 from heredity.pipeline import run
 from heredity.plan import config_from_dict
 from heredity.core.prompts import Prompt
-from heredity.stages.evaluate import run_evaluate
+from heredity.stages.evaluate import run_evaluate, run_evaluations_on_ray
 from heredity.core.rundir import Stage, write_table
-from heredity.stages.fanout import run_evaluations_on_ray, run_judges_on_ray, run_profiles_on_ray
-from heredity.stages.judge import run_judge
-from heredity.stages.profile import run_profile
+from heredity.stages.judge import run_judge, run_judges_on_ray
+from heredity.stages.profile import run_profile, run_profiles_on_ray
 
 pytestmark = pytest.mark.slow  # tens of seconds: scheduled first (tests/conftest.py)
 

@@ -26,7 +26,7 @@ def test_paired_difference_uses_the_pairing():
 
 def test_undefined_metric_values_are_left_out_of_the_means_and_shown():
     from heredity.plan import config_from_dict
-    from heredity.stages.report import render_markdown, summarise
+    from heredity.reporting.report import render_markdown, summarise
 
     cfg = config_from_dict({"score": {"metrics": ["length", "words"]}, "eval": {"bootstrap_samples": 200}})
     values = {"base": [3.0, float("nan"), 5.0, None], "passive": [1.0, 2.0, 3.0, 4.0], "active": [None] * 4}
@@ -47,7 +47,7 @@ def test_undefined_metric_values_are_left_out_of_the_means_and_shown():
 
 
 def test_cost_table_shows_wall_time_and_latency_percentiles_never_a_sum_of_batches():
-    from heredity.stages.report_html import teacher_costs
+    from heredity.reporting.html import teacher_costs
 
     # a local teacher: two batches of four, every candidate of a batch carrying its batch's time
     local = [{"teacher": "local", "prompt_tokens": 10, "completion_tokens": 20, "latency_s": t}

@@ -138,7 +138,7 @@ def test_compare_pairs_runs_on_shared_prompts(runs, tmp_path):
     # the base student is the same model on the same prompts in both runs: a zero difference
     import pyarrow.parquet as pq
 
-    from heredity.stages.compare import load_runs, paired_across
+    from heredity.reporting.compare import load_runs, paired_across
 
     paired = paired_across(load_runs([first, second]))["shortest − longest"]
     assert paired["base"]["words"]["diff"] == 0 and paired["base"]["words"]["n"] == 3

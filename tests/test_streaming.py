@@ -16,7 +16,7 @@ from heredity.core.rundir import ListHash, stable_hash
 from heredity.metrics import MetricContext
 from heredity.pipeline import run
 from heredity.plan import config_from_dict
-from heredity.stages.score import score_texts
+from heredity.metrics.scoring import score_texts
 from heredity.strategies import (
     data_card,
     dose_response,

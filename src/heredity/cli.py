@@ -127,7 +127,7 @@ def results_cmd(folder: Path = typer.Argument(Path("experiments"), help="Folder 
     """Render the results page from every study's summary.json."""
     from heredity.core.rundir import write_text
     from heredity.errors import HeredityError
-    from heredity.stages.results import render_results, render_results_html
+    from heredity.reporting.results import render_results, render_results_html
 
     try:
         pages = {out: render_results(folder), **({html: render_results_html(folder)} if html else {})}
@@ -143,7 +143,7 @@ def results_cmd(folder: Path = typer.Argument(Path("experiments"), help="Folder 
 def report_cmd(run_dir: Path = typer.Argument(..., help="A finished run directory (holding summary.json).")) -> None:
     """Re-render a finished run's report.md and report.html from its files; nothing is recomputed."""
     from heredity.errors import HeredityError
-    from heredity.stages.report import rerender
+    from heredity.reporting.report import rerender
 
     try:
         summary = rerender(run_dir)
@@ -189,7 +189,7 @@ def compare_cmd(run_dirs: list[Path] = typer.Argument(..., help="Two or more fin
                 out: Path = typer.Option(Path("compare"), "--out", help="Folder for compare.html and compare.md.")) -> None:
     """Runs side by side: arms and metrics aligned, paired by prompt where the held-out prompts match."""
     from heredity.errors import HeredityError
-    from heredity.stages.compare import compare
+    from heredity.reporting.compare import compare
 
     try:
         result = compare(run_dirs, out)

@@ -30,11 +30,11 @@ from heredity.core.models import model_identity, pick_device
 from heredity.core.rundir import RunLock, Stage, read_table, stable_hash, write_json, write_table
 from heredity.errors import HeredityError
 from heredity.plan import check_config, persisted_config, preflight
-from heredity.stages.evaluate import run_evaluate
+from heredity.reporting.report import summarise_seeds, write_report, write_reports
+from heredity.stages.evaluate import run_evaluate, run_evaluations_on_ray
 from heredity.stages.generate import run_generate
-from heredity.stages.judge import run_judge
-from heredity.stages.profile import run_profile, skipped_teachers, teacher_models
-from heredity.stages.report import summarise_seeds, write_report, write_reports
+from heredity.stages.judge import run_judge, run_judges_on_ray
+from heredity.stages.profile import run_profile, run_profiles_on_ray, skipped_teachers, teacher_models
 from heredity.stages.score import run_score
 from heredity.stages.select import run_select
 from heredity.stages.train import run_train_arms
@@ -237,9 +237,7 @@ def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,
                                 "set eval_every or eval_source to train and evaluate students")
         # Same settings and the same number of optimiser steps in every arm (see plan_equal_steps).
         trained = run_train_arms(cfg, out, select, cfg.select.arms(), step)
-        if cfg.ray is not None:  # every model at once, one Ray task each (stages/fanout.py)
-            from heredity.stages.fanout import run_evaluations_on_ray
-
+        if cfg.ray is not None:  # every model at once, one Ray task each
             evaluated = fan("evaluate", lambda: run_evaluations_on_ray(
                 cfg, out, eval_prompts, {"base": None, **{arm: trained[arm] for arm in cfg.select.arms()}}))
         else:
@@ -250,8 +248,6 @@ def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,
                     cfg, out, arm, eval_prompts, trained[arm], progress))
         judged = {}
         if cfg.eval.judge is not None and cfg.ray is not None:  # every comparison at once, one Ray task each
-            from heredity.stages.fanout import run_judges_on_ray
-
             judged = fan("judge", lambda: run_judges_on_ray(cfg, out, evaluated,
                                                             judged_comparisons(cfg.select.extra_arms())))
         elif cfg.eval.judge is not None:
@@ -268,8 +264,6 @@ def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,
                 for name, why in profile_skipped.items():
                     console.print(f"[bold]profile/{name}[/bold] skipped: {why}", highlight=False)
             if cfg.ray is not None:
-                from heredity.stages.fanout import run_profiles_on_ray
-
                 profiled = fan("profile", lambda: run_profiles_on_ray(cfg, out, models))
             for name, (ref, key) in models.items():
                 if name not in profiled:

@@ -69,8 +69,8 @@ def test_no_dose_response_from_two_strengths():
 
 @pytest.mark.parametrize("render", ["html", "markdown"])
 def test_reports_show_the_dose_response(render):
-    from heredity.stages.report import render_markdown
-    from heredity.stages.report_html import _dose_response
+    from heredity.reporting.report import render_markdown
+    from heredity.reporting.html import _dose_response
 
     summary = read_json(TOXICITY)
     text = _dose_response(summary) if render == "html" else render_markdown(summary)

@@ -13,7 +13,7 @@ from heredity.metrics import MetricContext, get_metric
 from heredity.metrics import model as mm
 from heredity.metrics.model import parse_score
 from heredity.plan import config_from_dict
-from heredity.stages.score import metric_versions, score_texts
+from heredity.metrics.scoring import metric_versions, score_texts
 
 REF = "embedded:smollm2-135m-instruct"
 PROMPT = "What is the capital of France?"

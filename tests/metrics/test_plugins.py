@@ -12,7 +12,7 @@ from heredity import strategies
 from heredity.errors import HeredityError
 from heredity.metrics import MetricContext, get_metric, list_metrics, registry
 from heredity.plan import config_from_dict
-from heredity.stages.score import metric_versions, score_texts
+from heredity.metrics.scoring import metric_versions, score_texts
 from heredity.strategies import group_by_prompt, select
 
 MODULE = '''

@@ -11,7 +11,7 @@ import pytest
 
 from heredity.metrics import MetricContext, register, registry
 from heredity.metrics.cache import ScoreCache, default_path, open_cache
-from heredity.stages.score import score_texts
+from heredity.metrics.scoring import score_texts
 
 TEXTS = ["the cat sat on the mat", "a dog barked", "", "the cat sat on the mat", "an owl hooted twice"]
 

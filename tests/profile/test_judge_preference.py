@@ -36,7 +36,7 @@ def test_run_report_pairs_judge_preferences_by_answer_pair(tmp_path):
     from types import SimpleNamespace
 
     from heredity.core.rundir import write_json, write_table
-    from heredity.stages.profile import summarise_profiles
+    from heredity.profile.differences import summarise_profiles
 
     stages = {}
     for name, prefs in (("active", [0.9, 0.8, 0.7]), ("passive", [0.5, 0.6, 0.4])):

@@ -82,7 +82,7 @@ def test_heredity_batched_loglik_matches_the_harness(result):
 def test_two_models_results_pair_by_document(result, tmp_path):
     """Inside a run, harness accuracies of two models are compared document by document."""
     from heredity.core.rundir import write_json
-    from heredity.stages.profile import _difference, _per_prompt
+    from heredity.profile.differences import _difference, _per_prompt
 
     other = json.loads(json.dumps({k: v for k, v in result.items() if k != "samples"}))
     docs = other["tasks"]["hellaswag_local"]["per_doc"]["acc"]

@@ -12,8 +12,8 @@ import torch
 from heredity.core.models import load_model, resolve
 from heredity.core.rundir import write_json, write_table
 from heredity.profile import profile_model
-from heredity.stages.profile import summarise_profiles
-from heredity.stages.report import render_profile
+from heredity.profile.differences import summarise_profiles
+from heredity.reporting.report import render_profile
 
 pytestmark = pytest.mark.slow  # tens of seconds: scheduled first (tests/conftest.py)
 

@@ -70,7 +70,7 @@ def test_score_cache_keys_any_string(text, prompt):
 
 
 def test_score_cache_stores_scores_of_lone_surrogates(tmp_path):
-    from heredity.stages.score import score_texts
+    from heredity.metrics.scoring import score_texts
 
     cache = ScoreCache(tmp_path / "scores.sqlite")
     texts = ["fine text here.", "lone \ud800 surrogate", "\udfff", ""]

@@ -15,7 +15,7 @@ from train_helpers import (  # noqa: F401 (one_cpu_thread is an autouse fixture)
 
 from heredity.core.models import load_tokenizer
 from heredity.core.rundir import Stage
-from heredity.stages.report import render_training_check, training_check
+from heredity.reporting.report import render_training_check, training_check
 from heredity.stages.train import plan_equal_steps, run_train_arms
 from heredity.training.steps import optimiser_steps, train_key
 

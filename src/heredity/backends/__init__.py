@@ -11,8 +11,9 @@ from heredity.backends.base import (
     BatchIncomplete,
     Completion,
     Request,
+    batched,
     open_backend,
     register_backend,
 )
 
-__all__ = ["BACKENDS", "Backend", "BatchIncomplete", "Completion", "Request", "open_backend", "register_backend"]
+__all__ = ["BACKENDS", "Backend", "BatchIncomplete", "Completion", "Request", "batched", "open_backend", "register_backend"]

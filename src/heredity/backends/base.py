@@ -43,6 +43,12 @@ class BatchIncomplete(HeredityError):
         self.completions = completions
 
 
+
+def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """``items`` in consecutive slices of ``size``: the batches a backend is handed."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 class Backend(Protocol):
     """What a generation backend provides. ``batch_size`` requests arrive per call."""
 

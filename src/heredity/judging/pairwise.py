@@ -12,7 +12,7 @@ import numpy as np
 from heredity.config import JudgeConfig, TeacherConfig
 from heredity.core.data import SuiteResult
 from heredity.core.http import public_url
-from heredity.core.rundir import write_json, write_table
+from heredity.core.rundir import Stage, read_json, write_json, write_table
 from heredity.core.stats import estimate, fit_length_glm, length_feature, sigmoid
 from heredity.errors import HeredityError
 from heredity.judging.judges import Judge, resolve_judge, settings_of
@@ -165,3 +165,16 @@ def pairwise(judge: "Judge | JudgeConfig | TeacherConfig | str", pairs: Sequence
              log: Callable[[str], None] | None = None) -> SuiteResult:
     """Judge A's answers against B's (each pair's ``model_a``/``model_b`` name the two sides)."""
     return judge_and_summarise("pairwise", summarise_pairwise, judge, pairs, cfg, out, log)
+
+
+def summarise_run_judgments(stages: dict[str, Stage]) -> dict[str, Any]:
+    """Each judge stage's headline figures (read from the ``summary.json`` ``pairwise`` wrote), for
+    the run's summary and report."""
+    out = {}
+    for name, stage in stages.items():
+        s = read_json(stage.dir / "summary.json")
+        out[name] = {"judge": s["protocol"]["judge"], "method": s["protocol"]["method"], "pairs": s["pairs"],
+                     "win_rate": s["win_rate"], "length_controlled_win_rate": s["length_controlled"]["win_rate"],
+                     "position_consistency": s["position_consistency"], "longer_preferred": s["longer_preferred"],
+                     "mean_length_chars": s["mean_length"]}
+    return out

@@ -15,8 +15,8 @@ distribution per metric with ``describe`` (mean, CI and the quantiles p10, p50, 
 (the judging library and the toxicity metric share them).
 
 Pairing across models: a suite's ``paired_items(rows, summary)`` turns its per-item rows into
-``{"suite/metric": Paired | Replicated}`` (see ``Suite.pair``); the profile stage compares two
-models' values on the items both have (``heredity.stages.profile``).
+``{"suite/metric": Paired | Replicated}`` (see ``Suite.pair``); the run's report compares two
+models' values on the items both have (``heredity.profile.differences``).
 """
 
 from __future__ import annotations

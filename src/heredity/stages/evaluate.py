@@ -1,4 +1,11 @@
-"""Evaluate stage: each student answers the held-out prompts (greedy unless eval.temperature > 0); answers are scored."""
+"""Evaluate stage: each student answers the held-out prompts (greedy unless eval.temperature > 0); answers are scored.
+
+With ``ray:`` set, :func:`run_evaluations_on_ray` answers with every model at once, one Ray task
+per model given one replica's resources. A task returns its answers; the driver scores them
+(through the score cache) and writes the stage as each task comes back, so a stage is written
+once whatever Ray reran. A trained arm is read from the run directory (``train/<arm>/model``),
+so on a multi-node cluster the run directory must be on a file system every node mounts.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heredity.backends import Request
+from heredity.backends import Request, batched
 from heredity.backends.transformers_backend import generate_batch
 from heredity.config import RunConfig, SamplingConfig
+from heredity.core.cluster import fan_out
 from heredity.core.models import (
     chat_messages,
     load_model,
@@ -20,8 +28,7 @@ from heredity.core.models import (
 from heredity.core.prompts import Prompt
 from heredity.core.rundir import Stage, read_table, stable_hash, write_table
 from heredity.errors import HeredityError
-from heredity.stages.generate import batched
-from heredity.stages.score import metric_context, metric_versions, score_texts
+from heredity.metrics.scoring import metric_context, metric_versions, score_texts
 
 
 def answer(model_ref: str, prompts: list[Prompt], cfg: RunConfig, progress=None, label: str = "") -> list[dict[str, Any]]:
@@ -142,3 +149,24 @@ def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Pro
     if earlier is not None:
         return finish_evaluate(cfg, stage, arm, earlier.rows, earlier)
     return finish_evaluate(cfg, stage, arm, answer(model_ref, eval_prompts, cfg, progress, arm))
+
+
+def run_evaluations_on_ray(cfg: RunConfig, run_dir: Path, eval_prompts: list[Prompt],
+                           models: dict[str, Stage | None]) -> dict[str, Stage]:
+    """``evaluate/<arm>`` for every ``arm → trained stage`` (None: the base student), one Ray task
+    per arm whose stage is not already done; answers are scored and written here."""
+    assert cfg.ray is not None
+    stages, refs = {}, {}
+    for arm, model_stage in models.items():
+        stages[arm], refs[arm] = evaluate_stage(cfg, run_dir, arm, eval_prompts, model_stage)
+    todo = [arm for arm, stage in stages.items() if not stage.reuse()]
+    earlier = {arm: earlier_answers(stages[arm]) for arm in todo}
+    for arm in todo:
+        stages[arm].start()
+        found = earlier[arm]
+        if found is not None:  # only a metric changed: re-score here, generate nothing
+            finish_evaluate(cfg, stages[arm], arm, found.rows, found)
+    jobs = {arm: (answer, (refs[arm], eval_prompts, cfg)) for arm in todo if earlier[arm] is None}
+    for arm, rows in fan_out(cfg.ray, jobs, "evaluate"):
+        finish_evaluate(cfg, stages[arm], arm, rows)
+    return stages

@@ -54,7 +54,7 @@ from heredity.core.rundir import (
     write_text,
 )
 from heredity.errors import HeredityError
-from heredity.stages.report_html import fmt, metric_notes, rule_text, teacher_label
+from heredity.reporting.html import fmt, metric_notes, rule_text, teacher_label
 from heredity.strategies import list_strategies
 from heredity.strategies.export import chat_schema, to_chat_rows
 

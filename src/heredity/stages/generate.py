@@ -13,19 +13,15 @@ import math
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from heredity.backends import Request, open_backend
+from heredity.backends import Request, batched, open_backend
 from heredity.backends.base import BatchIncomplete
 from heredity.config import RunConfig, TeacherConfig
 from heredity.core.models import chat_messages, model_identity, pick_device
 from heredity.core.prompts import Prompt, replace_lone_surrogates, text_field
 from heredity.core.rundir import Stage, file_hash, read_table, stable_hash, write_table
 from heredity.errors import HeredityError, input_error
-
-
-def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 # ---------------------------------------------------------------------------- the stage

@@ -1,14 +1,20 @@
 """The ``judge/<a>_vs_<b>`` stages of a run (``eval.judge``): the judge compares two arms'
-held-out answers pairwise (:mod:`heredity.judging`); which arms, ``core.arms.judged_comparisons``."""
+held-out answers pairwise (:mod:`heredity.judging`); which arms, ``core.arms.judged_comparisons``.
+
+With ``ray:`` set, :func:`run_judges_on_ray` runs every comparison at once, one Ray task each;
+a task judges into a temporary folder and returns its files, which the driver writes into the
+stage (``core.cluster``: workers compute, the driver writes)."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from heredity.config import PRICE_FIELDS, JudgeConfig, RunConfig
+from heredity.core.cluster import fan_out, folder_files, write_files
 from heredity.core.http import public_url
-from heredity.core.rundir import Stage, read_json, read_table
+from heredity.core.rundir import Stage, read_table
 from heredity.judging import Pair, judge_config, pairwise
 
 
@@ -66,13 +72,26 @@ def judge_key(jc: JudgeConfig) -> dict[str, Any]:
     return settings
 
 
-def summarise_run_judgments(stages: dict[str, Stage]) -> dict[str, Any]:
-    """Each judge stage's headline figures, for the run's summary and report."""
-    out = {}
-    for name, stage in stages.items():
-        s = read_json(stage.dir / "summary.json")
-        out[name] = {"judge": s["protocol"]["judge"], "method": s["protocol"]["method"], "pairs": s["pairs"],
-                     "win_rate": s["win_rate"], "length_controlled_win_rate": s["length_controlled"]["win_rate"],
-                     "position_consistency": s["position_consistency"], "longer_preferred": s["longer_preferred"],
-                     "mean_length_chars": s["mean_length"]}
-    return out
+
+def _judge_on_worker(jc: JudgeConfig, pairs: list[Pair]) -> tuple[int, dict[str, bytes]]:
+    with tempfile.TemporaryDirectory(prefix="heredity-judge-") as tmp:
+        result = pairwise(jc, pairs, jc, out=Path(tmp))
+        return result.summary["pairs"], folder_files(Path(tmp))
+
+
+def run_judges_on_ray(cfg: RunConfig, run_dir: Path, eval_stages: dict[str, Stage],
+                      comparisons: list[tuple[str, str]]) -> dict[str, Stage]:
+    """``judge/<a>_vs_<b>`` for every comparison, one Ray task each (its own copy of a local judge
+    model, or its own client of an API judge) for those not already done."""
+    assert cfg.ray is not None
+    stages, jobs = {}, {}
+    for a, b in comparisons:
+        name = f"{a}_vs_{b}"
+        stages[name], jc = judge_stage(cfg, run_dir, eval_stages, a, b)
+        if not stages[name].reuse():
+            stages[name].start()
+            jobs[name] = (_judge_on_worker, (jc, answer_pairs(eval_stages, a, b)))
+    for name, (pairs, files) in fan_out(cfg.ray, jobs, "judge"):
+        write_files(stages[name].dir, files)
+        stages[name].finish(JUDGE_OUTPUTS, counts={"pairs": pairs})
+    return stages

@@ -4,7 +4,7 @@ Plots first, tables and provenance on demand (``<details>``). The page reads ``s
 (passed in) plus the run's own files — ``score/scores.parquet``, ``select/<arm>.parquet``,
 ``generate/candidates.parquet``, ``train/<arm>/train_log.parquet``, ``per_prompt.parquet`` —
 and tolerates any of them missing (older runs, runs copied without their pools): a section
-without its data says so instead of failing. Plots: :mod:`heredity.stages.report_plots`.
+without its data says so instead of failing. Plots: :mod:`heredity.reporting.plots`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from heredity.core.arms import (
     teacher_sources,
 )
 from heredity.core.rundir import read_json, read_table
-from heredity.stages import report_plots as plots
-from heredity.stages.report_plots import significant
+from heredity.reporting import plots
+from heredity.reporting.plots import significant
 
 EXAMPLES = 4  # held-out prompts shown with every arm's answer
 

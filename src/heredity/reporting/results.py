@@ -27,7 +27,7 @@ from heredity.core.arms import (
     teacher_sources,
 )
 from heredity.core.rundir import read_json
-from heredity.stages.report_html import metric_notes
+from heredity.reporting.html import metric_notes
 from heredity.errors import HeredityError
 
 def _fmt(x: float | None) -> str:
@@ -248,7 +248,7 @@ def render_results_html(root: Path) -> str:
     from its summary.json as a run's report.html draws them."""
     from html import escape
 
-    from heredity.stages.report_html import page, study_sections
+    from heredity.reporting.html import page, study_sections
 
     root = Path(root)
     if not root.is_dir():

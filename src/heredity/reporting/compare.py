@@ -18,9 +18,9 @@ from heredity.core.arms import ordered_arms
 from heredity.core.rundir import read_json, read_table
 from heredity.core.stats import as_array, paired_difference
 from heredity.errors import HeredityError
-from heredity.stages import report_plots as plots
-from heredity.stages.report_html import ci, details, fmt, page, signed, table
-from heredity.stages.report_plots import significant
+from heredity.reporting import plots
+from heredity.reporting.html import ci, details, fmt, page, signed, table
+from heredity.reporting.plots import significant
 
 MIN_SHARED = 2  # fewer shared prompts than this: no paired difference
 

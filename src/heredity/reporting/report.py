@@ -38,10 +38,10 @@ from heredity.core.rundir import (
 from heredity.core.stats import as_array, mean_ci, paired_difference, seeded_paired_difference
 from heredity.errors import HeredityError
 from heredity.plan import persisted_config
-from heredity.stages.judge import summarise_run_judgments
-from heredity.stages.profile import summarise_profiles
-from heredity.stages.report_html import metric_notes, render_html
-from heredity.stages.results import dose_response_lines, render_seeds
+from heredity.judging.pairwise import summarise_run_judgments
+from heredity.profile.differences import summarise_profiles
+from heredity.reporting.html import metric_notes, render_html
+from heredity.reporting.results import dose_response_lines, render_seeds
 
 
 def training_check(train_results: dict[str, Any]) -> dict[str, Any]:
