@@ -9,7 +9,6 @@ otherwise only the runs' own means and CIs are shown, never an unpaired differen
 
 from __future__ import annotations
 
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from heredity.core.rundir import read_json, read_table
 from heredity.core.stats import as_array, paired_difference
 from heredity.errors import HeredityError
 from heredity.reporting import plots
-from heredity.reporting.html import ci, details, fmt, page, signed, table
+from heredity.reporting.html import ci, fmt, render_page, signed
 from heredity.reporting.plots import significant
 
 MIN_SHARED = 2  # fewer shared prompts than this: no paired difference
@@ -134,24 +133,14 @@ def compare_markdown(runs: dict[str, dict[str, Any]], paired: dict[str, Any]) ->
                                  f"{ci(d['ci95'])} | {d['n']} |")
     else:
         lines += ["No two runs share held-out prompts (same id and text): no paired difference across runs."]
-    return "\n".join(lines).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&") + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def compare_html(runs: dict[str, dict[str, Any]], paired: dict[str, Any]) -> str:
     arms, metrics = _aligned(runs)
     labels = list(runs)
-    body = [f"<h1>heredity compare: {escape(', '.join(labels))}</h1>",
-            table(DESCRIBE, [[escape(c) if i < 6 else c for i, c in enumerate(_describe(lab, r["summary"]))]
-                             for lab, r in runs.items()])]
     # per metric, one row per (arm, run), grouped by arm
     per_metric = {m: {f"{a} · {lab}": _mean(r["summary"], a, m) for a in arms for lab, r in runs.items()} for m in metrics}
-    body.append("<h2>Held-out means with 95% CIs, arm by arm</h2>")
-    body.append(plots.means(per_metric, "Held-out means (rows: arm · run)", labels))
-    rows = []
-    for m in metrics:
-        for a in arms:
-            rows.append([escape(m), escape(a), *_mean_cells(runs, a, m)])
-    body.append(details("Means as a table", table(["metric", "arm", *map(escape, labels)], rows, numeric_from=2)))
     # each run's own differences, side by side
     own: dict[str, dict[str, Any]] = {}
     for lab, r in runs.items():
@@ -159,31 +148,22 @@ def compare_html(runs: dict[str, dict[str, Any]], paired: dict[str, Any]) -> str
             if n.endswith(f"_vs_{PASSIVE}") or n == f"{ACTIVE}_vs_{BASE}":
                 for m, d in per.items():
                     own.setdefault(m, {})[f"{n.replace('_vs_', ' − ')} · {lab}"] = d
-    body.append("<h2>Each run's paired differences</h2>")
-    body.append(plots.forest(own, "Within-run paired differences, 95% CI"))
-    body.append("<h2>Across runs, paired on shared held-out prompts</h2>")
-    if paired:
-        forest: dict[str, dict[str, Any]] = {}
-        prow = []
-        for name, per_arm in paired.items():
-            for arm, per in per_arm.items():
-                for m, d in per.items():
-                    forest.setdefault(m, {})[f"{arm}: {name}"] = d
-                    prow.append([escape(name), escape(arm), escape(m), signed(d["diff"]), ci(d["ci95"]),
-                                 '<span class="sig">yes</span>' if significant(d) else '<span class="ns">no</span>',
-                                 fmt(d["n"])])
-        body.append(f"<p class=note>The same arm of each run against the first run ({escape(labels[0])}), on the "
-                    "prompts both answered (same id and text), paired bootstrap.</p>")
-        body.append(plots.forest(forest, "Across runs: same arm, shared prompts, 95% CI"))
-        body.append(details("Across-run differences as a table", table(
-            ["runs", "arm", "metric", "difference", "95% CI", "CI excludes 0", "shared prompts"], prow, numeric_from=3)))
-    else:
-        body.append("<p>No two runs share held-out prompts (same id and text): no paired difference across runs; "
-                    "compare the means and their CIs above.</p>")
-    body.append("<h2>Reports</h2><ul>" + "".join(
-        f"<li>{escape(lab)}: <code>{escape(str(Path(r['dir']).resolve() / 'report.html'))}</code></li>"
-        for lab, r in runs.items()) + "</ul>")
-    return page("heredity compare: " + ", ".join(labels), "".join(body))
+    across: dict[str, dict[str, Any]] = {}
+    paired_rows = []
+    for name, per_arm in paired.items():
+        for arm, per in per_arm.items():
+            for m, d in per.items():
+                across.setdefault(m, {})[f"{arm}: {name}"] = d
+                paired_rows.append([name, arm, m, signed(d["diff"]), ci(d["ci95"]), significant(d), fmt(d["n"])])
+    return render_page(
+        "compare.html.j2", title="heredity compare: " + ", ".join(labels), labels=labels,
+        describe_header=DESCRIBE, describe_rows=[_describe(lab, r["summary"]) for lab, r in runs.items()],
+        means_plot=plots.means(per_metric, "Held-out means (rows: arm · run)", labels),
+        mean_rows=[[m, a, *_mean_cells(runs, a, m)] for m in metrics for a in arms],
+        own_plot=plots.forest(own, "Within-run paired differences, 95% CI"),
+        paired_rows=paired_rows,
+        paired_plot=plots.forest(across, "Across runs: same arm, shared prompts, 95% CI") if paired else "",
+        reports={lab: str(Path(r["dir"]).resolve() / "report.html") for lab, r in runs.items()})
 
 
 def compare(dirs: list[Path], out: Path) -> dict[str, Any]:

@@ -17,8 +17,9 @@ import base64
 import io
 import math
 from collections.abc import Sequence
-from html import escape
 from typing import Any
+
+from markupsafe import Markup
 
 # One colour per arm, the same in every plot; runs in a comparison take the tab10 cycle.
 ARM_COLOURS = {"pool": "#9e9e9e", "base": "#6d6d6d", "passive": "#1f77b4", "active": "#d62728"}
@@ -49,14 +50,15 @@ def _plt():
     return plt
 
 
-def figure_html(fig: Any, alt: str) -> str:
-    """The figure as an ``<img>`` holding its SVG in a data URI (the figure is closed)."""
+def figure_html(fig: Any, alt: str) -> Markup:
+    """The figure as an ``<img>`` holding its SVG in a data URI (the figure is closed); Markup, so
+    a template puts it in as it is."""
     plt = _plt()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img class="plot" alt="{escape(alt)}" src="data:image/svg+xml;base64,{data}">'
+    return Markup('<img class="plot" alt="{}" src="data:image/svg+xml;base64,{}">').format(alt, data)
 
 
 def _finite(values: Sequence[Any]) -> list[float]:

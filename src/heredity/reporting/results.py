@@ -27,7 +27,7 @@ from heredity.core.arms import (
     teacher_sources,
 )
 from heredity.core.rundir import read_json
-from heredity.reporting.html import metric_notes
+from heredity.reporting.html import metric_notes, render_page
 from heredity.errors import HeredityError
 
 def _fmt(x: float | None) -> str:
@@ -246,33 +246,17 @@ def studies(root: Path) -> dict[Path, dict[str, Any]]:
 def render_results_html(root: Path) -> str:
     """The results page as one self-contained HTML file: every study's plots and tables, drawn
     from its summary.json as a run's report.html draws them."""
-    from html import escape
-
-    from heredity.reporting.html import page, study_sections
-
     root = Path(root)
     if not root.is_dir():
         raise HeredityError(f"{root}: no such folder of studies")
-    found = studies(root)
-    body = ["<h1>heredity results</h1>",
-            f"<p class=lede>Every figure is read from a study's <code>summary.json</code> under "
-            f"<code>{escape(root.name)}/</code>, written by the run that the command beside it starts. Means with "
-            "bootstrap 95% CIs over held-out prompts; differences are paired over prompts.</p>"]
-    if not found:
-        body.append("<p>No study has a summary.json yet.</p>")
-    body.append("<ul>" + "".join(f'<li><a href="#{escape(f.name)}">{escape(_intro(f / "README.md")[0] or f.name)}</a></li>'
-                                 for f in found) + "</ul>")
-    for folder, summary in found.items():
+    shown = []
+    for folder, summary in studies(root).items():
         title, question = _intro(folder / "README.md")
         rel = folder.relative_to(root.parent) if folder.is_relative_to(root.parent) else folder
         compute = sum(v for v in (summary.get("stage_compute_s") or {}).values() if v)
-        body += [f'<section id="{escape(folder.name)}"><h2>{escape(title or folder.name)}</h2>',
-                 f"<p>{escape(question)}</p>" if question else "",
-                 f"<p class=note>{summary['eval_prompts']} held-out prompts, {escape(decoding_label(summary))}. "
-                 f"Reproduce: <code>heredity run {escape(str(rel))}/config.yaml --out runs/{escape(folder.name)}</code> "
-                 f"(compute when run: {compute / 60:.0f} min).</p>",
-                 study_sections(summary), "</section>"]
-    return page("heredity results", "".join(body))
+        shown.append({"id": folder.name, "title": title or folder.name, "question": question, "folder": str(rel),
+                      "summary": summary, "decoding": decoding_label(summary), "compute_min": f"{compute / 60:.0f}"})
+    return render_page("results.html.j2", title="heredity results", root=root.name, studies=shown)
 
 
 def render_results(root: Path) -> str:

@@ -27,7 +27,6 @@ login); heredity never reads it beyond checking that there is one.
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -324,7 +323,7 @@ def _rule(rule: Any) -> str:
     a card's rule never makes the export import a module)."""
     known = {s.name: s.description for s in list_strategies()}
     what = known.get(rule.get("strategy"), "").rstrip(".") if isinstance(rule, dict) else ""
-    return f"`{html.unescape(rule_text(rule))}`" + (f" ({what[:1].lower() + what[1:]})" if what else "")
+    return f"`{rule_text(rule)}`" + (f" ({what[:1].lower() + what[1:]})" if what else "")
 
 
 def _front_matter(meta: dict[str, Any]) -> str:
