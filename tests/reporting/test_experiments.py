@@ -11,7 +11,7 @@ from heredity.core.rundir import read_json
 from heredity.plan import load_config
 from heredity.reporting.results import render_results, verdict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ROOT / "experiments"
 CONFIGS = sorted(EXPERIMENTS.glob("*/config.yaml")) + sorted((EXPERIMENTS / "paper").glob("*.yaml"))
 
