@@ -525,6 +525,11 @@ class DistributedConfig(_Strict):
     main_process_port: int = Field(29500, ge=1, le=65535)
 
 
+# The experiment trackers ``train.report_to`` may name: transformers reports to each through its own
+# callback; ``heredity.plan`` checks that the package is installed.
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio"]
+
+
 class TrainConfig(_Strict):
     """Supervised fine-tuning settings, shared by every arm so only the data differs."""
 
@@ -588,6 +593,30 @@ class TrainConfig(_Strict):
     distributed: DistributedConfig | None = Field(
         None, description="Train across several processes/GPUs, launched by heredity itself.",
     )
+    report_to: list[Tracker] = Field(
+        default_factory=list,
+        description="Experiment trackers that receive the training metrics (loss, learning rate, validation "
+        "loss) of every arm: tensorboard, wandb, mlflow, trackio (one name or a list; each needs its package "
+        "installed). Each arm reports as <run name>/<arm>/seed-<seed>; TensorBoard writes into "
+        "train/<arm>/tracker/. Credentials and servers come from the trackers' own environment variables "
+        "(WANDB_API_KEY, MLFLOW_TRACKING_URI, ...). Empty (default): no tracker. Not part of the stage key.",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_or_a_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value]
+        return value
+
+    @field_validator("report_to")
+    @classmethod
+    def _each_tracker_once(cls, trackers: list[str]) -> list[str]:
+        if len(set(trackers)) != len(trackers):
+            raise ValueError("a tracker is named twice")
+        return trackers
 
     def seed_list(self) -> list[int]:
         """The training seeds, one replicate each."""

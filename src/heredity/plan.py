@@ -9,6 +9,7 @@ error naming its field before the first expensive stage, not hours later.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -245,12 +246,29 @@ def _check_replay(teacher: TeacherConfig, index: int, train: list[Prompt]) -> No
                             f"(field 'teachers.{index}.replay.prompt_field')")
 
 
+# The modules each tracker of ``train.report_to`` needs, any one of them (transformers' TensorBoard
+# callback writes with torch's writer, which needs tensorboard, or with tensorboardX), and what to install.
+TRACKER_MODULES = {"tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+                   "wandb": (("wandb",), "wandb"), "mlflow": (("mlflow",), "mlflow"),
+                   "trackio": (("trackio",), "trackio")}
+
+
+def _check_trackers(trackers: list[str]) -> None:
+    """Every tracker ``train.report_to`` names is installed: the trainer would refuse a missing one
+    only after generation, scoring and selection have run."""
+    for tracker in trackers:
+        modules, package = TRACKER_MODULES[tracker]
+        if not any(importlib.util.find_spec(m) is not None for m in modules):
+            raise HeredityError(f"field 'train.report_to': {tracker} is not installed: pip install {package}")
+
+
 def _check_training(cfg: RunConfig) -> None:
     """Settings that the trainer would refuse only once training starts."""
     from transformers import (
         SchedulerType,  # only when the run trains: transformers is then needed anyway
     )
 
+    _check_trackers(cfg.train.report_to)
     names = [s.value for s in SchedulerType]
     if cfg.train.lr_scheduler not in names:
         raise HeredityError(f"field 'train.lr_scheduler': unknown scheduler {cfg.train.lr_scheduler!r} "

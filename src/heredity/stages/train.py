@@ -23,8 +23,10 @@ from typing import Any
 from heredity.config import RunConfig
 from heredity.core.models import load_tokenizer, model_identity, pick_device
 from heredity.core.rundir import Stage, read_parquet, read_table, write_table
+from heredity.training.checkpoints import prepare_checkpoints
 from heredity.training.distributed import train_distributed
 from heredity.training.dpo import train_preference
+from heredity.training.fit import Tracking
 from heredity.training.sft import train_student
 from heredity.training.steps import (
     optimiser_steps,
@@ -94,6 +96,14 @@ def preference_plan(cfg: RunConfig, run_dir: Path, select: Stage, sft_arms: tupl
     return {"max_steps": max(sft.values()), "arms": {**sft, arm: own}}
 
 
+def arm_tracking(cfg: RunConfig, stage: Stage, arm: str) -> Tracking:
+    """The arm as the trackers of ``train.report_to`` show it. The seed is in the name because the
+    replicates of ``train.seeds`` share the run's name and arms; TensorBoard's folder is in the
+    stage's, so the event files stay with the run."""
+    return Tracking(run_name=f"{cfg.name}/{arm}/seed-{cfg.train.seed}", project=cfg.name,
+                    folder=str(stage.dir / "tracker"))
+
+
 def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str, plan: dict[str, Any] | None = None,
               start: Stage | None = None) -> Stage:
     """Train one arm. ``plan`` (from ``plan_equal_steps`` or ``preference_plan``) sets the arm's
@@ -122,15 +132,22 @@ def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str, plan: dict
     checkpoints = stage.dir / "checkpoints"
     data_file = select.dir / (f"{arm}.parquet" if preference is None else f"{arm}.pairs.parquet")
     objective = None if preference is None else preference.objective()
+    tracking = arm_tracking(cfg, stage, arm)
+    if "tensorboard" in tc.report_to and prepare_checkpoints(checkpoints, stage.key) is None:
+        # Training starts from step 0: event files of an earlier attempt (other settings, or killed
+        # before its first checkpoint) would show beside this one's as if they were the same run.
+        shutil.rmtree(tracking.folder, ignore_errors=True)
     if world_size(tc) > 1:
         info = train_distributed(initial, data_file, tc, cfg.system_prompt, pick_device(cfg.device),
-                                 stage.dir / "model", checkpoints, stage.key, objective)
+                                 stage.dir / "model", checkpoints, stage.key, objective, tracking)
     elif preference is not None:
         info = train_preference(initial, read_table(data_file), tc, objective, pick_device(cfg.device),
-                                stage.dir / "model", checkpoints, resume_key=stage.key, cleanup_checkpoints=False)
+                                stage.dir / "model", checkpoints, resume_key=stage.key, cleanup_checkpoints=False,
+                                tracking=tracking)
     else:
         info = train_student(cfg.student, read_table(data_file), tc, cfg.system_prompt, pick_device(cfg.device),
-                             stage.dir / "model", checkpoints, resume_key=stage.key, cleanup_checkpoints=False)
+                             stage.dir / "model", checkpoints, resume_key=stage.key, cleanup_checkpoints=False,
+                             tracking=tracking)
     if preference is not None:
         info["init"] = preference.init
         info["equal_steps"] = {"max_steps": plan["max_steps"], "own_steps_by_arm": plan["arms"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from heredity.core.rundir import read_json, read_table, write_json
 from heredity.errors import HeredityError
 from heredity.training.checkpoints import prepare_checkpoints
 from heredity.training.dpo import train_preference
+from heredity.training.fit import Tracking
 from heredity.training.sft import train_student
 
 
@@ -56,9 +58,10 @@ def launch_command(d, device: str, job: Path) -> list[str]:
 
 def train_distributed(student: str, rows_file: Path, tc: TrainConfig, system_prompt: str | None, device: str,
                       output: Path, work_dir: Path, resume_key: str,
-                      objective: dict[str, Any] | None = None) -> dict[str, Any]:
+                      objective: dict[str, Any] | None = None, tracking: Tracking | None = None) -> dict[str, Any]:
     """Run ``train_student`` (or, with a preference ``objective``, ``train_preference`` on the pairs in
-    ``rows_file``) in ``num_processes`` workers and return rank 0's result."""
+    ``rows_file``) in ``num_processes`` workers and return rank 0's result. ``train.report_to``
+    travels in the train settings, ``tracking`` beside them (rank 0 alone reports)."""
     prepare_checkpoints(work_dir, resume_key)
     job = work_dir / "job.json"
     result_file = work_dir / "result.json"
@@ -66,7 +69,7 @@ def train_distributed(student: str, rows_file: Path, tc: TrainConfig, system_pro
     write_json(job, {"student": student, "rows": str(rows_file), "train": tc.model_dump(mode="json"),
                      "system_prompt": system_prompt, "device": device, "output": str(output),
                      "work_dir": str(work_dir), "resume_key": resume_key, "result": str(result_file),
-                     "objective": objective})
+                     "objective": objective, "tracking": asdict(tracking) if tracking is not None else None})
     log_file = output.parent / "launch.log"
     with open(log_file, "w", encoding="utf-8") as log:
         code = subprocess.run(launch_command(tc.distributed, device, job), stdout=log, stderr=subprocess.STDOUT,
@@ -93,12 +96,15 @@ def worker_main(job_file: str) -> None:
     if device.startswith("cuda"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     rows, tc = read_table(Path(job["rows"])), TrainConfig(**job["train"])
+    tracking = Tracking(**job["tracking"]) if job.get("tracking") else None
     if job.get("objective") is not None:
         info = train_preference(job["student"], rows, tc, job["objective"], device, Path(job["output"]),
-                                Path(job["work_dir"]), resume_key=job["resume_key"], cleanup_checkpoints=False)
+                                Path(job["work_dir"]), resume_key=job["resume_key"], cleanup_checkpoints=False,
+                                tracking=tracking)
     else:
         info = train_student(job["student"], rows, tc, job["system_prompt"], device, Path(job["output"]),
-                             Path(job["work_dir"]), resume_key=job["resume_key"], cleanup_checkpoints=False)
+                             Path(job["work_dir"]), resume_key=job["resume_key"], cleanup_checkpoints=False,
+                             tracking=tracking)
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(Path(job["result"]), info)
 

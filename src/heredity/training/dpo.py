@@ -17,7 +17,7 @@ from typing import Any
 from heredity.config import TrainConfig
 from heredity.core.models import load_model, load_tokenizer
 from heredity.errors import HeredityError
-from heredity.training.fit import PreparedTraining, fit, lora_config, shared_arguments
+from heredity.training.fit import PreparedTraining, Tracking, fit, lora_config, shared_arguments, tensorboard_folder
 from heredity.training.fit import callbacks as trainer_callbacks
 from heredity.training.sft import check_qlora, load_student, use_cpu_threads
 from heredity.training.steps import split_for_training
@@ -34,10 +34,11 @@ def pair_lengths(tokenizer, pairs: list[dict[str, Any]]) -> list[int]:
 
 
 def prepare_preference_training(start: str, pairs: list[dict[str, Any]], tc: TrainConfig,
-                                objective: dict[str, Any], device: str, work_dir: Path) -> PreparedTraining:
+                                objective: dict[str, Any], device: str, work_dir: Path,
+                                tracking: Tracking | None = None) -> PreparedTraining:
     """Check the pairs, load the model training starts from (and, if needed, its reference copy) and
     build the DPOTrainer. ``pairs``: rows of ``<arm>.pairs.parquet``; ``objective``:
-    ``PreferenceArm.objective()``."""
+    ``PreferenceArm.objective()``; ``tracking``: where the trackers of ``train.report_to`` file this arm."""
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
@@ -66,7 +67,7 @@ def prepare_preference_training(start: str, pairs: list[dict[str, Any]], tc: Tra
         # loaded as heredity loads models (an embedded or adapter reference resolves here), not by TRL from
         # the policy's config path
         ref_model = load_model(start, device)
-    args = DPOConfig(**shared_arguments(tc, device, work_dir, validating=bool(validation)),
+    args = DPOConfig(**shared_arguments(tc, device, work_dir, validating=bool(validation), tracking=tracking),
                      beta=objective["beta"], loss_type=list(objective["loss"]), loss_weights=objective["loss_weights"],
                      precompute_ref_log_probs=objective["precompute_ref_log_probs"])
     callbacks = trainer_callbacks(tc, device)
@@ -75,11 +76,12 @@ def prepare_preference_training(start: str, pairs: list[dict[str, Any]], tc: Tra
     def dataset(part: list[dict[str, Any]]):
         return Dataset.from_list([{c: p[c] for c in PAIR_COLUMNS} for p in part])
 
-    trainer = DPOTrainer(
-        model=model, ref_model=ref_model, args=args, train_dataset=dataset(rows),
-        eval_dataset=dataset(validation) if validation else None,
-        processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
-    )
+    with tensorboard_folder(tc, tracking):
+        trainer = DPOTrainer(
+            model=model, ref_model=ref_model, args=args, train_dataset=dataset(rows),
+            eval_dataset=dataset(validation) if validation else None,
+            processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
+        )
     trainer.remove_callback(PrinterCallback)  # the log goes to train_log.parquet instead
     return PreparedTraining(trainer, tokenizer, meter, rows, validation, lengths, too_long, len(trainer.train_dataset),
                             notes)
@@ -87,9 +89,9 @@ def prepare_preference_training(start: str, pairs: list[dict[str, Any]], tc: Tra
 
 def train_preference(start: str, pairs: list[dict[str, Any]], tc: TrainConfig, objective: dict[str, Any],
                      device: str, output: Path, work_dir: Path, resume_key: str | None = None,
-                     cleanup_checkpoints: bool = True) -> dict[str, Any]:
+                     cleanup_checkpoints: bool = True, tracking: Tracking | None = None) -> dict[str, Any]:
     """Train ``start`` on preference ``pairs`` and save it to ``output`` (see ``training.fit``)."""
-    prepared = prepare_preference_training(start, pairs, tc, objective, device, work_dir)
+    prepared = prepare_preference_training(start, pairs, tc, objective, device, work_dir, tracking)
     info = fit(prepared, start, tc, device, output, work_dir, resume_key, cleanup_checkpoints)
     info["objective"] = {"kind": "preference", **objective}
     info["pairs"] = len(prepared.rows)

@@ -10,6 +10,9 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +30,56 @@ from heredity.training.telemetry import (
 )
 
 
-def shared_arguments(tc: TrainConfig, device: str, work_dir: Path, validating: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Tracking:
+    """How one arm's trainer shows up in the trackers ``train.report_to`` names: its run name
+    (``<run>/<arm>/seed-<seed>``), the project (trackio groups runs by it; the run's name) and the
+    folder TensorBoard writes its event files to (``train/<arm>/tracker``). Plain strings, so a
+    distributed job file carries it to its workers."""
+
+    run_name: str
+    project: str
+    folder: str
+
+
+def tracker_arguments(tc: TrainConfig, tracking: Tracking | None) -> dict[str, Any]:
+    """``report_to`` for the trainer ("none" unless ``train.report_to`` names trackers), with the
+    run name and project when ``tracking`` gives them (else the trackers' own defaults)."""
+    if not tc.report_to:
+        return {"report_to": "none"}
+    named = {"run_name": tracking.run_name, "project": tracking.project} if tracking is not None else {}
+    return {"report_to": list(tc.report_to), **named}
+
+
+@contextmanager
+def tensorboard_folder(tc: TrainConfig, tracking: Tracking | None) -> Iterator[None]:
+    """Build the trainer inside this: its TensorBoard callback then writes to ``tracking.folder``.
+
+    transformers 5 dropped ``TrainingArguments.logging_dir``; the callback reads the folder from
+    TENSORBOARD_LOGGING_DIR once, when the trainer creates it (else a ``runs/`` folder inside
+    ``output_dir``, the checkpoints, which are deleted after training). Set for that moment only, so
+    one arm's folder never leaks into the next arm's trainer or the caller's environment.
+    """
+    if "tensorboard" not in tc.report_to or tracking is None:
+        yield
+        return
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = tracking.folder
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = before
+
+
+def shared_arguments(tc: TrainConfig, device: str, work_dir: Path, validating: bool,
+                     tracking: Tracking | None = None) -> dict[str, Any]:
     """The trainer arguments every arm shares, whatever its objective (SFTConfig and DPOConfig alike):
-    the optimiser, schedule, batch, length, seed, logging, checkpoints and, with a validation split,
-    evaluation (and keeping the best checkpoint under early stopping)."""
+    the optimiser, schedule, batch, length, seed, logging (and the trackers it goes to),
+    checkpoints and, with a validation split, evaluation (and keeping the best checkpoint under
+    early stopping)."""
     import torch
 
     save_steps = tc.save_steps
@@ -59,7 +108,7 @@ def shared_arguments(tc: TrainConfig, device: str, work_dir: Path, validating: b
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=tc.save_total_limit,
-        report_to="none",
+        **tracker_arguments(tc, tracking),
         use_cpu=device == "cpu",
         bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
         disable_tqdm=True,

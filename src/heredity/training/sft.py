@@ -15,7 +15,7 @@ from typing import Any
 from heredity.config import TrainConfig
 from heredity.core.models import load_model, load_tokenizer
 from heredity.errors import HeredityError
-from heredity.training.fit import PreparedTraining, fit, lora_config, shared_arguments
+from heredity.training.fit import PreparedTraining, Tracking, fit, lora_config, shared_arguments, tensorboard_folder
 from heredity.training.fit import callbacks as trainer_callbacks
 from heredity.training.steps import (
     PACKING_STRATEGY,
@@ -73,8 +73,9 @@ def load_student(student: str, tc: TrainConfig, device: str):
 
 
 def prepare_training(student: str, rows: list[dict[str, Any]], tc: TrainConfig, system_prompt: str | None,
-                     device: str, work_dir: Path) -> PreparedTraining:
-    """Check the data, load the student and build the SFTTrainer (TRL tokenises here).
+                     device: str, work_dir: Path, tracking: Tracking | None = None) -> PreparedTraining:
+    """Check the data, load the student and build the SFTTrainer (TRL tokenises here). ``tracking``:
+    where the trackers of ``train.report_to`` file this arm.
 
     Split from ``train_student`` so the batches TRL builds can be inspected without training.
     """
@@ -108,15 +109,16 @@ def prepare_training(student: str, rows: list[dict[str, Any]], tc: TrainConfig, 
     model = load_student(student, tc, device)
     model.train()
     peft_config = lora_config(tc)
-    args = SFTConfig(**shared_arguments(tc, device, work_dir, validating=bool(sft_validation)),
+    args = SFTConfig(**shared_arguments(tc, device, work_dir, validating=bool(sft_validation), tracking=tracking),
                      packing=tc.packing, packing_strategy=PACKING_STRATEGY, completion_only_loss=True)
     callbacks = trainer_callbacks(tc, device)
     meter = callbacks[0]
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(sft_rows),
-        eval_dataset=Dataset.from_list(sft_validation) if sft_validation else None,
-        processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
-    )
+    with tensorboard_folder(tc, tracking):
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(sft_rows),
+            eval_dataset=Dataset.from_list(sft_validation) if sft_validation else None,
+            processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
+        )
     trainer.remove_callback(PrinterCallback)  # the log goes to train_log.parquet instead
     # Packed, the dataset holds sequences, not examples; TRL drops none of them.
     kept = len(rows) if tc.packing else len(trainer.train_dataset)
@@ -133,7 +135,7 @@ def prepare_training(student: str, rows: list[dict[str, Any]], tc: TrainConfig, 
 
 def train_student(student: str, rows: list[dict[str, Any]], tc: TrainConfig, system_prompt: str | None,
                   device: str, output: Path, work_dir: Path, resume_key: str | None = None,
-                  cleanup_checkpoints: bool = True) -> dict[str, Any]:
+                  cleanup_checkpoints: bool = True, tracking: Tracking | None = None) -> dict[str, Any]:
     """Fine-tune ``student`` on ``rows`` (prompt/text pairs) and save it to ``output`` (see ``fit``)."""
-    prepared = prepare_training(student, rows, tc, system_prompt, device, work_dir)
+    prepared = prepare_training(student, rows, tc, system_prompt, device, work_dir, tracking)
     return fit(prepared, student, tc, device, output, work_dir, resume_key, cleanup_checkpoints)

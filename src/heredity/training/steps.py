@@ -13,8 +13,11 @@ from heredity.errors import HeredityError
 from heredity.strategies import to_chat_rows
 
 # How often checkpoints are written changes nothing in the trained model, so these fields
-# stay out of the stage key: changing them must not retrain a finished arm.
-NOT_IN_KEY = {"save_steps", "save_total_limit", "seeds"}  # a replicate trains with its own `seed`
+# stay out of the stage key: changing them must not retrain a finished arm. Nor does where the
+# metrics are reported (`report_to`): a tracker only watches the same steps, so adding one to a
+# finished run reuses its arms (their losses stay in train_log.parquet) rather than retraining.
+NOT_IN_KEY = {"save_steps", "save_total_limit", "seeds",  # a replicate trains with its own `seed`
+              "report_to"}
 
 # Fields added after runs already existed: left out of the key while at their default, so
 # upgrading heredity does not retrain arms that were trained without them.
