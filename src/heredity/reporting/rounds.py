@@ -45,6 +45,7 @@ are computed within each family; ``moved`` is ``q < 0.05`` as in ``core.arms.mar
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -164,12 +165,9 @@ def _corpus_bootstrap(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
             ratio = np.where(sums_den > 0, sums_num / np.where(sums_den > 0, sums_den, 1), np.nan)
         drawn = ratio[seed_idx, np.arange(samples)[:, None]]  # (samples, drawn seeds)
         reps = reps + (drawn if k == 0 else -drawn)
-    with np.errstate(invalid="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            reps = np.nanmean(reps, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate with no defined seed: NaN, dropped
+        reps = np.nanmean(reps, axis=1)
     return {**empty, "diff": clean(np.nanmean(per_seed)), "ci95": percentile_ci(reps, samples),
             "p": clean(bootstrap_p(reps))}
 
@@ -284,12 +282,9 @@ def summarise_rounds(name: str, target: str, direction: str, metrics: list[str],
             d = _corpus_bootstrap(base_values[m], None, samples, seed)
             base[m] = {"value": d["diff"], "ci95": d["ci95"], "n": d["n"], "n_undefined": d["n_undefined"]}
         else:
-            with np.errstate(all="ignore"):
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    base_values[m] = np.nanmean(v, axis=0)  # the same under every seed
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a prompt undefined under every seed: NaN
+                base_values[m] = np.nanmean(v, axis=0)  # the same under every seed
             base[m] = mean_ci(base_values[m], samples, seed)
 
     def point(r: int, arm: str, m: str) -> dict[str, Any]:
