@@ -69,8 +69,36 @@ def _print_card(out: Path) -> None:
     console.print(f"selected sets: {out / 'select'}")
 
 
+def _print_rounds(summary: dict, out: Path) -> None:
+    """A rounds run: the target's mean per round and arm, then the report's findings."""
+    metric, arms = summary["target"], [a for a in summary["arms"] if a != "base"]
+    table = Table(title=f"held-out {metric} by round (target: {summary['direction']}; base "
+                        f"{_number(summary['base'][metric]['value'])})")
+    table.add_column("round")
+    for arm in arms:
+        table.add_column(arm, justify="right")
+    for i, number in enumerate(summary["rounds"]):
+        table.add_row(str(number), *(_number(summary["trajectories"][arm][metric][i]["value"]) for arm in arms))
+    Console().print(table)
+    for line in summary["findings"]:
+        console.print(line, highlight=False, soft_wrap=True)
+    if summary.get("stopped"):
+        console.print(f"stopped after round {summary['stopped']['after_round']}: {summary['stopped']['why']}",
+                      highlight=False)
+    console.print(f"report: {out / 'report.html'}  (also {out / 'report.md'}, {out / 'summary.json'}; each round's "
+                  f"own report in {out / 'round-<r>'})", highlight=False, soft_wrap=True)
+
+
+def _number(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
 def _print_summary(summary: dict, out: Path) -> None:
     from heredity.core.arms import ordered_arms
+
+    if "trajectories" in summary:
+        _print_rounds(summary, out)
+        return
 
     arms = ordered_arms(summary["arms"])
     metric = summary["target"]["metric"]

@@ -775,6 +775,34 @@ class EvalConfig(_Strict):
     )
 
 
+class RoundStop(_Strict):
+    """Stop iterating once any arm's mean of ``metric`` falls below ``value`` (a diversity floor)."""
+
+    metric: str = Field(..., description="A per-prompt eval metric (e.g. mtld) or a corpus metric of the rounds "
+                        "report (corpus_distinct_2, self_bleu).")
+    value: float = Field(..., description="The bound: after a round in which any arm's mean is below it, no "
+                         "further round runs.")
+
+
+class RoundsConfig(_Strict):
+    """Iterated inheritance: round r+1 generates its candidates with round r's trained arms."""
+
+    count: int = Field(1, ge=1, le=100, description="Rounds to run; 1 is a plain run.")
+    init: Literal["previous", "base"] = Field(
+        "previous", description="Train round r+1 from round r's student of the same arm (previous) or from the "
+        "base student each round (base).")
+    data: Literal["replace", "accumulate"] = Field(
+        "replace", description="Train on this round's kept data only (replace) or on every round's so far "
+        "(accumulate).")
+    prompts: Literal["same", "fresh"] = Field(
+        "same", description="Every round generates for the same train prompts (same), or the train prompts are "
+        "split into `count` disjoint parts, one per round (fresh).")
+    keep_teachers: bool = Field(
+        False, description="Round r+1 also samples the original teachers (k each) beside the arm's own student.")
+    stop_below: RoundStop | None = Field(None, description="Optional early stop, e.g. {metric: corpus_distinct_2, "
+                                         "value: 0.3}.")
+
+
 class RunConfig(_Strict):
     """A whole experiment: prompts → generate → score → select → train → evaluate → report."""
 
@@ -797,10 +825,27 @@ class RunConfig(_Strict):
     select: SelectConfig = Field(default_factory=SelectConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    rounds: RoundsConfig = Field(
+        default_factory=RoundsConfig, description="Iterated inheritance: an int (rounds: 4) or the full "
+        "settings; each round is a run directory OUT/round-<r>/ whose teachers are the previous round's arms.")
     primary: list[str] | None = Field(
         None, description="The study's primary comparisons, COMPARISON:METRIC (e.g. active_vs_passive:toxicity); "
         "reported with their CIs as the confirmatory result. Every other difference is exploratory and gets a "
         "Benjamini-Hochberg q-value. None: each steered arm's own target vs passive and vs base.")
+
+    @field_validator("rounds", mode="before")
+    @classmethod
+    def _rounds_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"count": value}
+        return value
+
+    @model_validator(mode="after")
+    def _rounds_fit(self) -> "RunConfig":
+        if self.rounds.count > 1 and self.select.preference:
+            raise ValueError("rounds: preference arms (select.preference) cannot be iterated yet; run them in a "
+                             "single round")
+        return self
 
     @field_validator("teachers")
     @classmethod

@@ -29,8 +29,18 @@ from heredity.core.arms import judged_comparisons, ordered_arms
 from heredity.core.models import model_identity, pick_device
 from heredity.core.rundir import RunLock, Stage, read_table, stable_hash, write_json, write_table
 from heredity.errors import HeredityError
-from heredity.plan import check_config, persisted_config, preflight
+from heredity.plan import (
+    check_config,
+    persisted_config,
+    preflight,
+    produced_models,
+    round_config,
+    round_dir,
+    round_prompts,
+)
 from heredity.reporting.report import summarise_seeds, write_report, write_reports
+from heredity.reporting.rounds import round_means, summarise_rounds, write_rounds_report
+from heredity.stages.accumulate import run_accumulate
 from heredity.stages.evaluate import run_evaluate, run_evaluations_on_ray
 from heredity.stages.generate import run_generate
 from heredity.stages.judge import run_judge, run_judges_on_ray
@@ -91,10 +101,20 @@ def run(cfg: RunConfig, out: Path, console: Console | None = None, until: str = 
     # Everything checkable is checked before anything is written: a bad input leaves a finished
     # run in ``out`` exactly as it was.
     train_prompts, eval_prompts = preflight(cfg, out, until)
+    rounds = cfg.rounds.count > 1 and until == "report"
+    plans = round_plans(cfg, out) if rounds else {}
+    for (index, number), rcfg in plans.items():
+        if number > 1:  # a later round's teachers are the earlier rounds' students, not yet trained
+            preflight(rcfg, round_dir(chain_dir(cfg, out, index), number), until,
+                      produced_models(replicate_config(cfg, index), chain_dir(cfg, out, index)))
     if until == "report" and cfg.train.method == "qlora":
         check_qlora(pick_device(cfg.device))  # before hours of generation, not after
     quiet_libraries()
     with RunLock(out):  # one run per directory; the OS releases it however this process ends
+        if rounds:
+            return _run_rounds(cfg, out, console, plans, train_prompts, eval_prompts)
+        if cfg.rounds.count > 1:  # `heredity select` of a rounds config: the first round's
+            out = round_dir(out, 1)
         if len(cfg.train.seed_list()) > 1 and until == "report":
             return _run_seeds(cfg, out, console, train_prompts, eval_prompts)
         return _run_locked(replicate_config(cfg, 0), out, console, until, train_prompts, eval_prompts)
@@ -185,8 +205,84 @@ def _run_seeds(cfg: RunConfig, out: Path, console: Console, train_prompts: list,
     return summary
 
 
+def chain_dir(cfg: RunConfig, out: Path, index: int) -> Path:
+    """Where replicate ``index`` of ``train.seeds`` keeps its rounds: ``out`` for the first,
+    ``out/seeds/seed-<s>/`` for the others (as ``_run_seeds`` places a plain run's replicates)."""
+    return Path(out) if index == 0 else replicate_dir(out, cfg.train.seed_list()[index])
+
+
+def round_plans(cfg: RunConfig, out: Path) -> dict[tuple[int, int], RunConfig]:
+    """The config of every (replicate, round) of a rounds run, built and checked before any round runs."""
+    return {(index, number): round_config(replicate_config(cfg, index), chain_dir(cfg, out, index), number)
+            for number in range(1, cfg.rounds.count + 1) for index in range(len(cfg.train.seed_list()))}
+
+
+# What a later round shares with round 1: the untrained student's evaluation and profile.
+SHARED_ACROSS_ROUNDS = ("evaluate/base", "profile/base")
+
+
+def _run_rounds(cfg: RunConfig, out: Path, console: Console, plans: dict[tuple[int, int], RunConfig],
+                train_prompts: list, eval_prompts: list) -> dict[str, Any]:
+    """``rounds``: round after round, each a full run in ``round-<r>/`` of every replicate's chain,
+    the students of one round the next round's teachers (``round_config``); after each round the
+    trajectories so far are summarised in ``out`` (summary.json, report.md, report.html), and a
+    ``rounds.stop_below`` bound that an arm falls below ends the loop."""
+    seeds = cfg.train.seed_list()
+    arms = cfg.select.arms()
+    trained: dict[int, dict[str, Stage]] = {}
+    selects: dict[int, list[Stage]] = {index: [] for index in range(len(seeds))}
+    answers: dict[int, dict[int, dict[str, list[dict[str, Any]]]]] = {}
+    timings: dict[str, float] = {}
+    stopped = None
+    summary: dict[str, Any] = {}
+    write_json(out / "config.json", persisted_config(cfg))
+    for number in range(1, cfg.rounds.count + 1):
+        for index, seed in enumerate(seeds):
+            where = round_dir(chain_dir(cfg, out, index), number)
+            first = round_dir(out, 1)
+            for name in (SHARED_STAGES if number == 1 else SHARED_ACROSS_ROUNDS) if where != first else ():
+                _link_stage(first / name, where / name)
+            console.print(f"[bold]round {number} of {cfg.rounds.count}[/bold]"
+                          + (f", seed {seed}" if len(seeds) > 1 else "") + f" → {where}", highlight=False)
+            starts = trained.get(index) if cfg.rounds.init == "previous" else None
+            earlier = selects[index] if cfg.rounds.data == "accumulate" and number > 1 else None
+            result, stages = run_round(plans[(index, number)], where, console, "report",
+                                       round_prompts(train_prompts, cfg, number), eval_prompts, starts, earlier)
+            trained[index] = {arm: stages[f"train/{arm}"] for arm in arms}
+            selects[index].append(stages["select"])
+            answers.setdefault(number, {})[seed] = {
+                arm: read_table(where / "evaluate" / arm / "answers.parquet") for arm in ("base", *arms)}
+            timings.update({f"round-{number}/seed-{seed}/{k}": v for k, v in result.get("timings_s", {}).items()})
+        stop = cfg.rounds.stop_below
+        if stop is not None and number < cfg.rounds.count:
+            means = round_means(answers[number], [stop.metric])
+            low = sorted(arm for arm in arms if (means.get(arm) or {}).get(stop.metric) is not None
+                         and means[arm][stop.metric] < stop.value)
+            if low:
+                stopped = {"after_round": number, "why": f"{stop.metric} of {', '.join(low)} fell below {stop.value} "
+                           f"({', '.join(f'{means[a][stop.metric]:.4g}' for a in low)})"}
+        summary = summarise_rounds(cfg.name, cfg.select.metric, cfg.select.direction, cfg.eval_metrics, answers, stopped)
+        summary.update(config=persisted_config(cfg), timings_s=timings)
+        write_json(out / "summary.json", summary)
+        write_rounds_report(summary, out)
+        if stopped is not None:
+            console.print(f"[bold]rounds stopped[/bold] after round {number}: {stopped['why']}", highlight=False)
+            break
+    return summary
+
+
 def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,
                 train_prompts: list, eval_prompts: list) -> dict[str, Any]:
+    return run_round(cfg, out, console, until, train_prompts, eval_prompts)[0]
+
+
+def run_round(cfg: RunConfig, out: Path, console: Console, until: str, train_prompts: list, eval_prompts: list,
+              starts: dict[str, Stage] | None = None, earlier_selects: list[Stage] | None = None
+              ) -> tuple[dict[str, Any], dict[str, Stage]]:
+    """One pass of the loop in ``out``: its summary and every stage. In a rounds run, ``starts``
+    are the trained stages each SFT arm continues from (``rounds.init: previous``), and
+    ``earlier_selects`` the earlier rounds' selections, trained on beside this round's
+    (``rounds.data: accumulate``)."""
     write_json(out / "config.json", persisted_config(cfg))  # never with credentials
     timer = _Timer(console)
 
@@ -225,18 +321,21 @@ def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,
 
         generate = step("generate", lambda: run_generate(cfg, out, train_prompts, progress))
         if until == "generate":
-            return {"stopped_after": "generate", "timings_s": dict(timer.timings)}
+            return {"stopped_after": "generate", "timings_s": dict(timer.timings)}, stages
         score = step("score", lambda: run_score(cfg, out, generate))
         if until == "score":
-            return {"stopped_after": "score", "timings_s": dict(timer.timings)}
+            return {"stopped_after": "score", "timings_s": dict(timer.timings)}, stages
         select = step("select", lambda: run_select(cfg, out, score))
         if until == "select":
-            return {"stopped_after": "select", "timings_s": dict(timer.timings)}
+            return {"stopped_after": "select", "timings_s": dict(timer.timings)}, stages
         if not eval_prompts:
             raise HeredityError("no held-out eval prompts (prompts.eval_every is null): "
                                 "set eval_every or eval_source to train and evaluate students")
+        data = select
+        if earlier_selects:
+            data = step("accumulate", lambda: run_accumulate(out, [*earlier_selects, select], cfg.select.arms()))
         # Same settings and the same number of optimiser steps in every arm (see plan_equal_steps).
-        trained = run_train_arms(cfg, out, select, cfg.select.arms(), step)
+        trained = run_train_arms(cfg, out, data, cfg.select.arms(), step, starts)
         if cfg.ray is not None:  # every model at once, one Ray task each
             evaluated = fan("evaluate", lambda: run_evaluations_on_ray(
                 cfg, out, eval_prompts, {"base": None, **{arm: trained[arm] for arm in cfg.select.arms()}}))
@@ -277,4 +376,4 @@ def _run_locked(cfg: RunConfig, out: Path, console: Console, until: str,
                                profile_skipped)
     summary["timings_s"] = dict(timer.timings)
     write_json(out / "summary.json", summary)
-    return summary
+    return summary, stages

@@ -374,18 +374,20 @@ def _check_prompt_lengths(cfg: RunConfig, prompts: list[tuple[str, Prompt]]) -> 
                                 f"context of {context} tokens (field 'student': {cfg.student})")
 
 
-def preflight(cfg: RunConfig, out: Path, until: str = "report") -> tuple[list[Prompt], list[Prompt]]:
+def preflight(cfg: RunConfig, out: Path, until: str = "report",
+              produced: frozenset[str] = frozenset()) -> tuple[list[Prompt], list[Prompt]]:
     """Everything that can be checked before the first expensive stage, reading only: the run
     directory, the prompt files (returned, as (train, eval)), replay files, every local model the
     run will load, the device, the training settings and each prompt's length in the student's
-    context. Raises one HeredityError naming the file, row and field of the first problem."""
+    context. Raises one HeredityError naming the file, row and field of the first problem.
+    ``produced``: models an earlier round of this run will train (``round_config``), not yet on disk."""
     _check_out(Path(out))
     train, held_out = load_prompts(cfg.prompts)
     trains = until not in _STOPS_WITHOUT_TRAINING
     for i, teacher in enumerate(cfg.teachers):
         if teacher.backend == "replay":
             _check_replay(teacher, i, train)
-        elif teacher.backend != "openai":
+        elif teacher.backend != "openai" and teacher.model not in produced:
             check_model(teacher.model, f"teachers.{i}.model")
     if trains:
         check_model(cfg.student, "student")
@@ -410,3 +412,67 @@ def preflight(cfg: RunConfig, out: Path, until: str = "report") -> tuple[list[Pr
         _check_training(cfg)
         _check_prompt_lengths(cfg, [("train", p) for p in train] + [("eval", p) for p in held_out])
     return train, held_out
+
+
+# ---------------------------------------------------------------------------- rounds
+
+
+def round_dir(chain: Path, round_: int) -> Path:
+    """Round ``round_`` (1-based) of one chain of rounds: ``OUT/round-<r>/`` (or a seed's own chain)."""
+    return Path(chain) / f"round-{round_}"
+
+
+def round_prompts(train: list[Prompt], cfg: RunConfig, round_: int) -> list[Prompt]:
+    """The train prompts of round ``round_``: all of them (``rounds.prompts: same``), or every
+    ``count``-th from the ``round_``-th on (``fresh``: disjoint parts, each spread over the source)."""
+    if cfg.rounds.prompts == "same":
+        return train
+    part = train[round_ - 1::cfg.rounds.count]
+    if not part:
+        raise HeredityError(f"field 'rounds.prompts': fresh prompts for {cfg.rounds.count} rounds need at least "
+                            f"{cfg.rounds.count} train prompts; the source gives {len(train)}")
+    return part
+
+
+def round_config(cfg: RunConfig, chain: Path, round_: int) -> RunConfig:
+    """The config of round ``round_`` of a rounds run whose rounds live in ``chain``.
+
+    Round 1 is the config itself. From round 2 on, each SFT arm's student of the round before is a
+    teacher named after its arm, sampled as the first original teacher is (with the original
+    teachers beside it under ``rounds.keep_teachers``), and each arm's rule sees only its own
+    chain's candidates (``from_teachers``): the active student never learns from the passive one's
+    text, and the passive arm iterates on its own random picks, the model-collapse control.
+    Teacher profiles are left to round 1 (a later round's teachers are the earlier round's arms,
+    profiled there)."""
+    if round_ == 1:
+        return cfg
+    first = cfg.teachers[0]
+    backend = "vllm" if any(t.backend == "vllm" for t in cfg.teachers) else "transformers"
+    previous = round_dir(Path(chain).resolve(), round_ - 1) / "train"  # the model is found wherever heredity runs
+    arms = cfg.select.arms()
+    kept = [t.label for t in cfg.teachers] if cfg.rounds.keep_teachers else []
+    clash = sorted(set(arms) & set(kept))
+    if clash:
+        raise HeredityError(f"field 'rounds.keep_teachers': teacher name {clash[0]!r} is also an arm's name, which "
+                            "names that arm's student from round 2 on; rename the teacher (teachers.N.name)")
+    data = cfg.model_dump(mode="json")
+    students = [{"model": str(previous / arm / "model"), "name": arm, "backend": backend,
+                 "sampling": data["teachers"][0]["sampling"], "batch_size": first.batch_size,
+                 "vllm": data["teachers"][0]["vllm"]} for arm in arms]
+    data["teachers"] = students + (data["teachers"] if cfg.rounds.keep_teachers else [])
+
+    def own(arm: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"strategy": "from_teachers", "teachers": [arm, *kept], "then": spec}
+
+    specs = cfg.select.specs()
+    data["select"].update(active=own("active", specs["active"]), passive=own("passive", specs["passive"]),
+                          variants={name: own(name, specs[name]) for name in cfg.select.variants})
+    if data["eval"].get("profile"):
+        data["eval"]["profile"]["teachers"] = False
+    return config_from_dict(data, f"round {round_} of the config")
+
+
+def produced_models(cfg: RunConfig, chain: Path) -> frozenset[str]:
+    """Every model a rounds run trains before a later round samples it (see ``preflight``)."""
+    return frozenset(str(round_dir(Path(chain).resolve(), r) / "train" / arm / "model")
+                     for r in range(1, cfg.rounds.count) for arm in cfg.select.arms())

@@ -251,8 +251,29 @@ def model_identity(ref: str) -> str:
             return ref
         return f"{ref}|{spec.distribution}=={version(spec.distribution)}|{spec.gguf_file}"
     path = Path(ref).expanduser()
+    made_by = producing_stage_key(path)
+    if made_by is not None:
+        return f"stage:{made_by}"
     if not path.exists():
         return ref  # a hub id; its revision is pinned by the hub cache
     files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
     stamp = ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files)
     return f"{path.resolve()}|{stamp}"
+
+
+def producing_stage_key(path: Path) -> str | None:
+    """The key of the finished stage whose output ``path`` is (a trained student: ``train/<arm>/model``).
+
+    Such a model is identified by what made it, not by its files' times: a rounds run refers to a
+    round-2 teacher before it exists, and a copied or re-linked run directory keeps every key.
+    None for any other path (and while that stage is unfinished)."""
+    manifest = Path(path).expanduser().parent / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("status") != "complete":
+        return None
+    if (data.get("outputs") or {}).get("model") != Path(path).name:
+        return None
+    return data.get("key")

@@ -109,7 +109,8 @@ def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str, plan: dict
     """Train one arm. ``plan`` (from ``plan_equal_steps`` or ``preference_plan``) sets the arm's
     optimiser steps; the manifest then records the plan beside the steps taken. A preference arm
     (``select.preference``) trains on its pairs with DPO, from the base student or, for
-    SFT-then-DPO, from ``start``: the finished train stage of its ``init`` arm."""
+    SFT-then-DPO, from ``start``: the finished train stage of its ``init`` arm. An SFT arm trains
+    from the base student or from ``start`` (rounds: the same arm's student of the round before)."""
     tc = cfg.train if plan is None else cfg.train.model_copy(update={"max_steps": plan["max_steps"]})
     preference = cfg.select.preference.get(arm)
     data_hash = (select.manifest() or {}).get("data_hashes", {}).get(arm)
@@ -120,11 +121,12 @@ def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str, plan: dict
         "train": train_key(tc),
         "device": cfg.device,
     }
-    initial = cfg.student
+    initial = cfg.student if start is None else str(start.dir / "model")
     if preference is not None:
         key["objective"] = preference.objective()
         key["init"] = "base" if start is None else start.key
-        initial = cfg.student if start is None else str(start.dir / "model")
+    elif start is not None:  # rounds with init: previous (no "init" otherwise: older keys stay valid)
+        key["init"] = start.key
     stage = Stage(run_dir, f"train/{arm}", key)
     if stage.reuse():
         return stage
@@ -145,7 +147,7 @@ def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str, plan: dict
                                 stage.dir / "model", checkpoints, resume_key=stage.key, cleanup_checkpoints=False,
                                 tracking=tracking)
     else:
-        info = train_student(cfg.student, read_table(data_file), tc, cfg.system_prompt, pick_device(cfg.device),
+        info = train_student(initial, read_table(data_file), tc, cfg.system_prompt, pick_device(cfg.device),
                              stage.dir / "model", checkpoints, resume_key=stage.key, cleanup_checkpoints=False,
                              tracking=tracking)
     if preference is not None:
@@ -167,13 +169,15 @@ def run_train(cfg: RunConfig, run_dir: Path, select: Stage, arm: str, plan: dict
 
 
 def run_train_arms(cfg: RunConfig, run_dir: Path, select: Stage, arms: tuple[str, ...] | list[str],
-                   step=lambda name, make: make()) -> dict[str, Stage]:
+                   step=lambda name, make: make(), starts: dict[str, Stage] | None = None) -> dict[str, Stage]:
     """Train every arm with the same settings and the same number of optimiser steps: the SFT arms
     first, then the preference arms (an SFT-then-DPO arm starts from an SFT arm's model).
-    ``step(name, make)`` wraps each arm's training (the pipeline's timer and progress)."""
+    ``step(name, make)`` wraps each arm's training (the pipeline's timer and progress); ``starts``
+    gives an SFT arm the trained stage it continues from (rounds), else it starts from the base."""
+    starts = starts or {}
     sft_arms = [arm for arm in arms if arm not in cfg.select.preference]
     plan = plan_equal_steps(cfg, run_dir, select, sft_arms)
-    trained = {arm: step(f"train/{arm}", lambda arm=arm: run_train(cfg, run_dir, select, arm, plan))
+    trained = {arm: step(f"train/{arm}", lambda arm=arm: run_train(cfg, run_dir, select, arm, plan, starts.get(arm)))
                for arm in sft_arms}
     for arm in arms:
         if arm in cfg.select.preference:

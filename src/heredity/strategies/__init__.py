@@ -25,6 +25,7 @@ Built-in strategies and their parameters:
 - passive: ``random`` (seed), ``first``, ``teacher`` (name);
 - ``best`` (metric, direction), ``closest`` (metric, target);
 - ``threshold`` (metric, op, value, then: a spec, among: all | passing) — a prompt filter;
+- ``from_teachers`` (teachers: [labels], then: a spec) — only those teachers' candidates (rounds);
 - ``constrained`` (metric, direction, subject_to: one or several {metric, op, value});
 - ``weighted`` (weights: {metric: weight}) on pool-wide z-scores;
 - ``pareto`` (objectives: {metric: max | min}, tie_break: rank_sum | order).

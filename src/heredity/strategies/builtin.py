@@ -1,5 +1,5 @@
-"""The built-in strategies: passive baselines (random, first, teacher) and active rules (best,
-closest, threshold, constrained, weighted, pareto)."""
+"""The built-in strategies: passive baselines (random, first, teacher), active rules (best,
+closest, threshold, constrained, weighted, pareto) and a filter (from_teachers)."""
 
 from __future__ import annotations
 
@@ -149,6 +149,27 @@ def select_threshold(groups: Groups, params: ThresholdParams, ctx: Context) -> l
         passing = [r for r in rows if passes(r, params.metric, params.op, params.value)]
         if passing:
             kept[pid] = rows if params.among == "all" else passing
+    return params.then.run(kept, ctx)
+
+
+class FromTeachersParams(NestedRuleParams):
+    teachers: list[str] = Field(..., min_length=1, description="Teacher labels whose candidates the rule sees.")
+
+
+@register_strategy("from_teachers", FromTeachersParams)
+def select_from_teachers(groups: Groups, params: FromTeachersParams, ctx: Context) -> list[Row]:
+    """Hand on only the candidates of the named teachers, then pick by another rule.
+
+    The rounds loop wraps each arm's rule in it: from round 2 on, an arm picks among its own
+    previous student's candidates (and the original teachers', with ``keep_teachers``), never
+    among another arm's. Prompts with no candidate from those teachers are dropped.
+    """
+    wanted = set(params.teachers)
+    kept = {pid: own for pid, rows in prompts(groups) if (own := [r for r in rows if r["teacher"] in wanted])}
+    if not kept and groups:
+        teachers = sorted({str(r["teacher"]) for rows in groups.values() for r in rows})
+        raise HeredityError(f"strategy 'from_teachers': no candidates from {', '.join(sorted(wanted))}; "
+                            f"teachers: {', '.join(teachers)}")
     return params.then.run(kept, ctx)
 
 
