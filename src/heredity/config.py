@@ -775,6 +775,11 @@ class EvalConfig(_Strict):
     )
 
 
+# The corpus-level diversity of each arm's held-out answers that the rounds report computes (beside
+# the per-prompt metrics), and that ``rounds.stop_below`` may bound.
+CORPUS_METRICS = ("corpus_distinct_2", "self_bleu")
+
+
 class RoundStop(_Strict):
     """Stop iterating once any arm's mean of ``metric`` falls below ``value`` (a diversity floor)."""
 

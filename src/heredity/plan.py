@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from heredity.config import (
+    CORPUS_METRICS,
     RunConfig,
     TeacherConfig,
     bundled_config_data,
@@ -118,6 +119,10 @@ def check_config(cfg: RunConfig, source: str = "config") -> RunConfig:
             cfg.score.metrics = [*cfg.score.metrics, *missing]
     if not problems:
         problems += _primary_problems(cfg)
+    stop = cfg.rounds.stop_below
+    if stop is not None and stop.metric not in (*cfg.eval_metrics, *CORPUS_METRICS):
+        problems.append(f"field 'rounds.stop_below.metric': '{stop.metric}' is neither an evaluated metric "
+                        f"({', '.join(cfg.eval_metrics)}) nor a corpus metric ({', '.join(CORPUS_METRICS)})")
     if problems:
         raise HeredityError(f"{source}: invalid config: " + "; ".join(problems))
     return cfg

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from heredity.config import BASE, PASSIVE
+from heredity.config import BASE, CORPUS_METRICS, PASSIVE
 from heredity.core.arms import ordered_arms
 from heredity.core.rundir import atomic_path, write_text
 from heredity.core.stats import (
@@ -70,7 +70,6 @@ from heredity.metrics.lexical import tokenize
 
 __all__ = ["CORPUS_METRICS", "corpus_diversity", "round_means", "summarise_rounds", "write_rounds_report"]
 
-CORPUS_METRICS = ("corpus_distinct_2", "self_bleu")
 SELF_BLEU_MAX_TEXTS = 200
 ALPHA = 0.05
 
