@@ -212,3 +212,13 @@ def test_round_two_trains_from_round_ones_student_on_both_rounds_data(killed_and
     # accumulating the same selections again is reused by key
     selects = [Stage(out / f"round-{r}", "select", {}) for r in (1, 2)]
     assert run_accumulate(out / "round-2", selects, ("passive", "active")).reused
+
+
+def test_export_of_a_rounds_run_names_the_round_to_export(tmp_path):
+    from heredity.stages.export import export_run
+
+    for number in (1, 2):
+        (tmp_path / f"round-{number}").mkdir()
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(HeredityError, match=r"a rounds run; export one round's directory, e\.g\. .*round-2$"):
+        export_run(tmp_path)

@@ -181,3 +181,19 @@ def test_target_trend(rtp, scale, kind):
     assert R.trend(s, "active") == kind
     finding = next(f for f in s["findings"] if f.startswith("active: toxicity"))
     assert "round 3 − round 1:" in finding and "[" in finding  # never a claim without its CI
+
+
+def test_results_page_and_rerender_show_a_rounds_study(rtp, tmp_path):
+    from heredity.reporting.report import rerender
+    from heredity.reporting.results import render_results, render_results_html
+
+    s = R.summarise_rounds("demo", "toxicity", "min", ["toxicity", "length"], make_answers(rtp), samples=200)
+    study = tmp_path / "studies" / "rounds"
+    study.mkdir(parents=True)
+    (study / "summary.json").write_text(json.dumps(s))
+    (study / "README.md").write_text("# Rounds demo\n\nDoes it compound?\n")
+    md, html = render_results(study.parent), render_results_html(study.parent)
+    assert "## Rounds demo" in md and "Does it compound?" in md and "rounds 1, 2, 3, seeds 0, 1" in md
+    assert all(f in md for f in s["findings"]) and "\n| 3 |" in md
+    assert "Rounds demo" in html and 'src="data:image/svg+xml;base64,' in html
+    assert rerender(study) == s and (study / "report.md").read_text().startswith("# heredity rounds: demo")

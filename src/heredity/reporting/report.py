@@ -434,6 +434,11 @@ def rerender(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise HeredityError(f"{run_dir}: no summary.json; is it a finished run directory (heredity run --out)?")
     summary = read_json(path)
+    if "trajectories" in summary:  # a rounds run: its own report (each round's is under round-<r>/)
+        from heredity.reporting.rounds import write_rounds_report
+
+        write_rounds_report(summary, run_dir)
+        return summary
     summary.setdefault("undefined", {})
     write_reports(summary, run_dir)
     return summary

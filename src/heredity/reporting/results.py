@@ -27,7 +27,9 @@ from heredity.core.arms import (
     teacher_sources,
 )
 from heredity.core.rundir import read_json
+from heredity.reporting import rounds
 from heredity.reporting.html import metric_notes, render_page
+from heredity.reporting.plots import figure_html
 from heredity.errors import HeredityError
 
 def _fmt(x: float | None) -> str:
@@ -95,7 +97,31 @@ def steered(summary: dict[str, Any]) -> list[str]:
     return [a for a in ordered_arms(summary["arms"]) if a not in ("base", "passive")]
 
 
+def rounds_study(folder: Path, summary: dict[str, Any], root: Path) -> dict[str, Any]:
+    """A rounds study as the results page shows it: its findings and the target's course by round."""
+    title, question = _intro(folder / "README.md")
+    rel = folder.relative_to(root.parent) if folder.is_relative_to(root.parent) else folder
+    header, rows = rounds.metric_table(summary, summary["target"])
+    compute = sum(v for v in (summary.get("timings_s") or {}).values() if v)
+    return {"id": folder.name, "title": title or folder.name, "question": question, "folder": str(rel),
+            "summary": summary, "rounds": True, "compute_min": f"{compute / 60:.0f}", "header": header, "rows": rows,
+            "note": (f"Target: {summary['direction']} {summary['target']}; rounds {', '.join(map(str, summary['rounds']))}"
+                     f", seeds {', '.join(map(str, summary['seeds']))}, {summary['prompts']} held-out prompts.")}
+
+
+def render_rounds_study(folder: Path, summary: dict[str, Any], root: Path) -> list[str]:
+    study = rounds_study(folder, summary, root)
+    lines = [f"## {study['title']}", ""] + ([study["question"], ""] if study["question"] else [])
+    lines += [f"{study['note']} Reproduce: `heredity run {study['folder']}/config.yaml --out runs/{folder.name}` "
+              f"(compute when run: {study['compute_min']} min); every metric's table and the trajectory plot are in "
+              f"the study's `report.md`.", "", "| " + " | ".join(study["header"]) + " |",
+              "|---" * len(study["header"]) + "|"] + ["| " + " | ".join(r) + " |" for r in study["rows"]]
+    return lines + ["", "Findings:", ""] + [f"- {f}" for f in summary["findings"]] + [""]
+
+
 def render_study(folder: Path, summary: dict[str, Any], root: Path) -> list[str]:
+    if "trajectories" in summary:
+        return render_rounds_study(folder, summary, root)
     title, question = _intro(folder / "README.md")
     target, direction = summary["target"]["metric"], summary["target"]["direction"]
     arms = ordered_arms(summary["arms"])
@@ -251,6 +277,12 @@ def render_results_html(root: Path) -> str:
         raise HeredityError(f"{root}: no such folder of studies")
     shown = []
     for folder, summary in studies(root).items():
+        if "trajectories" in summary:
+            study = rounds_study(folder, summary, root)
+            fig = rounds.trajectories_figure(summary)
+            study["figure"] = "" if fig is None else figure_html(fig, "each arm's held-out means by round with 95% CIs")
+            shown.append(study)
+            continue
         title, question = _intro(folder / "README.md")
         rel = folder.relative_to(root.parent) if folder.is_relative_to(root.parent) else folder
         compute = sum(v for v in (summary.get("stage_compute_s") or {}).values() if v)

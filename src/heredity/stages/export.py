@@ -71,6 +71,9 @@ def export_run(run_dir: Path, out: Path | None = None, hub_prefix: str | None = 
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").is_file():
         raise HeredityError(f"{run_dir}: not a finished run (no summary.json)")
+    if (run_dir / "round-1").is_dir() and not (run_dir / "select").is_dir():
+        rounds = sorted(int(d.name.removeprefix("round-")) for d in run_dir.glob("round-*") if d.name[6:].isdigit())
+        raise HeredityError(f"{run_dir}: a rounds run; export one round's directory, e.g. {run_dir / f'round-{rounds[-1]}'}")
     out = Path(out) if out is not None else run_dir / "export"
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MARKER).is_file())):
         raise HeredityError(f"{out}: exists and is not a heredity export; choose another --out or remove it")
