@@ -133,7 +133,7 @@ def config(folder: Path):
         # replayed teachers, so the tie order is the models' (no teacher is loaded here)
         "teachers": [{"backend": "replay", "replay": {"path": str(f)}} for f in sorted(folder.glob("*.json"))],
         "score": {"metrics": METRICS},
-        "select": {"metric": "length", "direction": "max"},
+        "select": {"target": "length", "direction": "max"},
     })
 
 

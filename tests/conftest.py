@@ -44,7 +44,7 @@ def tiny_config(**overrides) -> dict:
                       "sampling": {"temperature": 1.0, "max_new_tokens": 24, "seed": 0}}],
         "k": 2,
         "score": {"metrics": ["length", "mtld"]},
-        "select": {"metric": "length", "direction": "max"},
+        "select": {"target": "length", "direction": "max"},
         "train": {"epochs": 1, "batch_size": 6, "learning_rate": 1e-4, "max_length": 128},
         "eval": {"max_new_tokens": 24, "bootstrap_samples": 200},
     }

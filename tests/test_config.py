@@ -8,7 +8,7 @@ from heredity.plan import bundled_config, config_from_dict, load_config
 
 def test_bundled_quickstart_is_valid_and_targets_length():
     cfg = bundled_config("quickstart")
-    assert cfg.select.metric == "length" and cfg.select.direction == "min"
+    assert cfg.select.target == "length" and cfg.select.direction == "min"
     assert cfg.k == 4
     assert {"length", "mtld"} <= set(cfg.score.metrics)
 
@@ -38,7 +38,7 @@ def test_yaml_syntax_error_names_line(tmp_path: Path):
 
 
 def test_target_metric_is_always_scored():
-    cfg = config_from_dict({"score": {"metrics": ["length"]}, "select": {"metric": "words"}})
+    cfg = config_from_dict({"score": {"metrics": ["length"]}, "select": {"target": "words"}})
     assert cfg.score.metrics == ["length", "words"]
 
 
@@ -159,3 +159,13 @@ def test_profile_settings_are_checked_before_any_stage_runs():
     assert "limits" not in profile_key(profile(suites=["all"]).eval.profile)
     limited = profile(suites=["toxicity", "bbq"], limits={"toxicity": 30, "bbq": None}).eval.profile
     assert profile_key(limited)["limits"] == {"toxicity": 30, "bbq": None}
+
+
+def test_select_target_old_name_metric_is_still_read_with_a_note(caplog):
+    with caplog.at_level("WARNING", logger="heredity.config"):
+        old = config_from_dict({"select": {"metric": "mtld", "direction": "min"}})
+    assert old.select.target == "mtld" and "'metric' is deprecated; call it 'target'" in caplog.text
+    assert old.select.active_spec() == {"strategy": "best", "metric": "mtld", "direction": "min"}
+    assert old.model_dump()["select"]["target"] == "mtld" and "metric" not in old.model_dump()["select"]
+    with pytest.raises(HeredityError, match="give the target as 'target' only"):
+        config_from_dict({"select": {"metric": "mtld", "target": "length"}})

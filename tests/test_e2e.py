@@ -136,7 +136,7 @@ def test_new_target_reruns_only_what_depends_on_it(finished_run, tmp_path):
 
 def test_bad_config_is_one_line_without_traceback(tmp_path):
     config = tmp_path / "bad.yaml"
-    config.write_text("k: 4\nselect: {metric: length, direction: up}\n")
+    config.write_text("k: 4\nselect: {target: length, direction: up}\n")
     result = heredity("run", str(config), "--out", str(tmp_path / "run"))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

@@ -159,7 +159,7 @@ def ray_config(cluster: Cluster, **extra) -> dict:
 
 def test_profile_and_evaluate_fan_out_one_model_per_task_with_local_values(cluster, tmp_path, monkeypatch):
     cfg = config_from_dict({"teachers": [{"model": MODEL}], "device": "cpu", "ray": ray_config(cluster),
-                            "score": {"metrics": ["words"]}, "select": {"metric": "words"},
+                            "score": {"metrics": ["words"]}, "select": {"target": "words"},
                             "eval": {"profile": {"suites": ["calibration"], "limit": 4,
                                                  "batch_size": 8}, "bootstrap_samples": 100, "max_new_tokens": 8}})
     monkeypatch.setenv("HEREDITY_SCORE_CACHE", "0")
@@ -199,7 +199,7 @@ def replay_config(data_dir: Path, **extra) -> dict:
                      for name in ("gpt-3.5-turbo-0613.json", "llama-2-7b-chat-hf.json")],
         "k": 1, "device": "cpu",
         "score": {"metrics": ["words", "mtld", {"name": "slow_toxicity:score", "as": "toxicity"}]},
-        "select": {"metric": "words"}, **extra,
+        "select": {"target": "words"}, **extra,
     }
 
 
@@ -253,7 +253,7 @@ def test_score_on_the_cluster_survives_a_lost_node_and_equals_local(cluster, dat
 def test_judge_fans_out_one_comparison_per_task_with_local_verdicts(cluster, data_dir, tmp_path, monkeypatch):
     """Two comparisons judged at once on the cluster give the local verdicts, written by the driver."""
     cfg = config_from_dict({"teachers": [{"model": MODEL}], "device": "cpu", "ray": ray_config(cluster),
-                            "score": {"metrics": ["words"]}, "select": {"metric": "words"},
+                            "score": {"metrics": ["words"]}, "select": {"target": "words"},
                             "eval": {"judge": {"model": {"model": MODEL, "batch_size": 8}, "max_answer_chars": 400},
                                      "bootstrap_samples": 100}})
     answers = {name: json.loads((data_dir / "alpaca_eval" / f"{name}.json").read_text())[:3]
@@ -298,7 +298,7 @@ def test_training_seeds_run_their_evaluations_on_the_cluster(cluster, tmp_path, 
     monkeypatch.setenv("HEREDITY_SCORE_CACHE", "0")
     cfg = {"prompts": {"source": "bundled:quickstart", "limit_train": 4, "limit_eval": 2},
            "teachers": [{"model": MODEL, "sampling": {"temperature": 1.0, "max_new_tokens": 16, "seed": 0}}],
-           "k": 2, "score": {"metrics": ["length", "mtld"]}, "select": {"metric": "length"},
+           "k": 2, "score": {"metrics": ["length", "mtld"]}, "select": {"target": "length"},
            "train": {"epochs": 1, "batch_size": 6, "learning_rate": 1e-4, "max_length": 128, "seeds": [0, 1]},
            "eval": {"max_new_tokens": 8, "bootstrap_samples": 200}, "device": "cpu", "ray": ray_config(cluster)}
     summary = run(config_from_dict(cfg), tmp_path / "run", Console(file=io.StringIO()))

@@ -22,7 +22,7 @@ def replay_config(data_dir: Path, files: list[Path], **extra) -> dict:
         "teachers": [{"backend": "replay", "replay": {"path": str(f)}} for f in files],
         "k": 1,
         "score": {"metrics": ["words", "mtld"]},
-        "select": {"metric": "words", "direction": "max"},
+        "select": {"target": "words", "direction": "max"},
         **extra,
     }
 

@@ -48,7 +48,7 @@ def rounds_config(**rounds) -> dict:
 def test_rounds_shorthand_and_what_cannot_iterate():
     assert config_from_dict({**rounds_config(), "rounds": 3}).rounds.count == 3
     with pytest.raises(HeredityError, match="preference arms"):
-        config_from_dict({**rounds_config(), "select": {"metric": "length", "preference": {"dpo": {}}}})
+        config_from_dict({**rounds_config(), "select": {"target": "length", "preference": {"dpo": {}}}})
     with pytest.raises(HeredityError, match=r"field 'rounds.stop_below.metric': 'ttr' is neither"):
         config_from_dict(rounds_config(stop_below={"metric": "ttr", "value": 1}))
     assert config_from_dict(rounds_config(stop_below={"metric": "self_bleu", "value": 90})).rounds.stop_below

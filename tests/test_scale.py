@@ -20,7 +20,7 @@ def gen_config(**extra) -> dict:
         "prompts": {"source": "bundled:quickstart", "limit_train": 4},
         "teachers": [{"model": "embedded:smollm2-135m-instruct", "batch_size": 2,
                       "sampling": {"temperature": 1.0, "max_new_tokens": 10}}],
-        "k": 2, "device": "cpu", "score": {"metrics": ["words"]}, "select": {"metric": "words"}, **extra,
+        "k": 2, "device": "cpu", "score": {"metrics": ["words"]}, "select": {"target": "words"}, **extra,
     }
 
 

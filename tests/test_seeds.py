@@ -30,7 +30,7 @@ def seeds_config(**extra) -> dict:
 
 
 def test_replicate_configs_reseed_training_and_every_random_passive_draw():
-    cfg = config_from_dict(seeds_config(select={"metric": "length", "passive": {
+    cfg = config_from_dict(seeds_config(select={"target": "length", "passive": {
         "strategy": "threshold", "metric": "length", "op": "<=", "value": 100, "then": {"strategy": "random", "seed": 7}}}))
     first, second = replicate_config(cfg, 0), replicate_config(cfg, 1)
     assert (first.train.seed, second.train.seed) == (0, 1) and first.train.seeds is None

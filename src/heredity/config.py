@@ -383,7 +383,7 @@ class PreferenceArm(_Strict):
     text; the data card counts each reason.
     """
 
-    metric: str | None = Field(None, description="The metric the pair is ordered on; None: select.metric.")
+    metric: str | None = Field(None, description="The metric the pair is ordered on; None: select.target.")
     direction: Literal["max", "min"] | None = Field(None, description="None: select.direction.")
     chosen: StrategySpec | None = Field(
         None, description="Rule that picks the chosen answer; None: best on metric/direction (the active rule's "
@@ -437,8 +437,8 @@ class PreferenceArm(_Strict):
 class SelectConfig(_Strict):
     """Which candidate each arm keeps per prompt: a passive baseline and an active rule."""
 
-    metric: str = Field("length", description="The target: reported first, and what the default "
-                        "active rule maximises or minimises.")
+    target: str = Field("length", description="The target metric: reported first, and what the default "
+                        "active rule maximises or minimises (called 'metric' before; still read).")
     direction: Literal["max", "min"] = "max"
     seed: int = Field(0, description="Seed of the default passive (uniformly random) selection.")
     active: StrategySpec | None = Field(
@@ -452,6 +452,17 @@ class SelectConfig(_Strict):
     variants: dict[str, StrategySpec] = Field(
         default_factory=dict, description="More steered arms beside 'active', name -> rule, e.g. {short: {strategy: "
         "best, metric: length, direction: min}}; each is trained, evaluated and reported like 'active'.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_metric_key(cls, data: Any) -> Any:
+        """``metric:`` is ``target:``'s old name: read, with a deprecation note."""
+        if isinstance(data, dict) and "metric" in data:
+            if "target" in data:
+                raise ValueError("give the target as 'target' only ('metric' is its old name)")
+            _log.warning("select: the key 'metric' is deprecated; call it 'target'")
+            data = {("target" if k == "metric" else k): v for k, v in data.items()}
+        return data
 
     @field_validator("sweep", mode="before")
     @classmethod
@@ -505,7 +516,7 @@ class SelectConfig(_Strict):
     def active_spec(self) -> dict[str, Any]:
         if self.active is not None:
             return self.active.as_dict()
-        return {"strategy": "best", "metric": self.metric, "direction": self.direction}
+        return {"strategy": "best", "metric": self.target, "direction": self.direction}
 
     def passive_spec(self) -> dict[str, Any]:
         return self.passive.as_dict() if self.passive is not None else {"strategy": "random", "seed": self.seed}

@@ -44,8 +44,8 @@ def _metric_problem(column: str, options: dict[str, Any]) -> str | None:
 
 def selection_metrics(cfg: RunConfig) -> list[str]:
     """Every metric the selection reads (the target included)."""
-    pairs = [pref.pair_rule(cfg.select.metric, cfg.select.direction) for pref in cfg.select.preference.values()]
-    return sorted({cfg.select.metric, *(m for spec in cfg.select.specs().values() for m in spec_metrics(spec)),
+    pairs = [pref.pair_rule(cfg.select.target, cfg.select.direction) for pref in cfg.select.preference.values()]
+    return sorted({cfg.select.target, *(m for spec in cfg.select.specs().values() for m in spec_metrics(spec)),
                    *(rule["metric"] for rule in pairs), *(m for rule in pairs for m in spec_metrics(rule["chosen"]))})
 
 
@@ -113,7 +113,7 @@ def check_config(cfg: RunConfig, source: str = "config") -> RunConfig:
         missing = [m for m in selection_metrics(cfg) if m not in cfg.score.metrics]
         for m in missing:
             if (why := _metric_problem(m, options)) is not None:
-                field = "select.metric" if m == cfg.select.metric else "select"
+                field = "select.target" if m == cfg.select.target else "select"
                 problems.append(f"field '{field}': {why}")
         if not problems and missing:
             cfg.score.metrics = [*cfg.score.metrics, *missing]

@@ -227,7 +227,7 @@ def test_pipeline_until_select_with_an_openai_teacher(fresh, tmp_path, caplog):
                       "sampling": {"temperature": 1.0, "max_new_tokens": 16, "seed": 0}}],
         "k": 2,
         "score": {"metrics": ["length"]},
-        "select": {"metric": "length", "direction": "max"},
+        "select": {"target": "length", "direction": "max"},
     })
     out = tmp_path / "run"
     result = pipeline.run(cfg, out, until="select")

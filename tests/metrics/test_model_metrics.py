@@ -87,13 +87,13 @@ def test_unparseable_replies_are_nan_and_counted(monkeypatch, capsys):
 def test_options_are_validated_and_keyed():
     cfg = config_from_dict({"score": {"metrics": ["words", {"name": "perplexity", "as": "ppl", "max_length": 512},
                                                   {"name": "judge", "rubric": "Rate {answer} for {prompt}: 1-10"}]},
-                            "select": {"metric": "words"}})
+                            "select": {"target": "words"}})
     assert cfg.score.metrics == ["words", "ppl", "judge"]
     versions = metric_versions(cfg.score.metrics, cfg.score.metric_options)
     assert versions["words"] == "1" and versions["ppl"].startswith("perplexity@1+")
     # batch size changes speed only: not part of the key
     same = config_from_dict({"score": {"metrics": [{"name": "perplexity", "as": "ppl", "max_length": 512,
-                                                    "batch_size": 2}]}, "select": {"metric": "ppl"}})
+                                                    "batch_size": 2}]}, "select": {"target": "ppl"}})
     assert metric_versions(same.score.metrics, same.score.metric_options)["ppl"] == versions["ppl"]
     with pytest.raises(HeredityError, match=r"field 'score.metrics.0': metric 'judge': option 'rubric': "
                                             r"the rubric must contain \{answer\}"):

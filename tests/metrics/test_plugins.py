@@ -109,7 +109,7 @@ POOL = [
 
 def test_module_function_metric_in_a_config_and_when_scoring(plugin):
     cfg = config_from_dict({"score": {"metrics": ["words", "myplug.metrics:exclamations", "myplug.metrics:chars_plus"]},
-                            "select": {"metric": "myplug.metrics:exclamations", "direction": "min"}})
+                            "select": {"target": "myplug.metrics:exclamations", "direction": "min"}})
     assert cfg.score.metrics == ["words", "myplug.metrics:exclamations", "myplug.metrics:chars_plus"]
     texts = [r["text"] for r in POOL]
     scores = score_texts(texts, cfg.score.metrics, MetricContext())
@@ -124,7 +124,7 @@ def test_module_function_metric_in_a_config_and_when_scoring(plugin):
 
 def test_module_function_metric_with_a_column_name_and_options(plugin):
     cfg = config_from_dict({"score": {"metrics": [{"name": "myplug.metrics:exclamations", "as": "bangs", "any": 1}]},
-                            "select": {"metric": "bangs"}})
+                            "select": {"target": "bangs"}})
     assert cfg.score.metrics == ["bangs"]
     assert cfg.score.metric_options == {"bangs": {"name": "myplug.metrics:exclamations", "any": 1}}
     scores = score_texts(["a!", "b"], cfg.score.metrics, MetricContext(metric_options=cfg.score.metric_options))
@@ -163,7 +163,7 @@ def test_module_function_strategies(plugin):
     with pytest.raises(HeredityError, match="'missing' which was not scored|reads 'missing'"):
         select(groups, {"strategy": "myplug.metrics:prefer_short", "metric": "missing"})
     cfg = config_from_dict({"score": {"metrics": ["words"]},
-                            "select": {"metric": "words", "active": {"strategy": "myplug.metrics:prefer_short",
+                            "select": {"target": "words", "active": {"strategy": "myplug.metrics:prefer_short",
                                                                      "metric": "chars"}}})
     assert "chars" in cfg.score.metrics  # the strategy's metric is scored
     with pytest.raises(HeredityError) as info:

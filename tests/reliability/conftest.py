@@ -37,7 +37,7 @@ def replay_config(data_dir: Path, n_prompts: int = 12, **extra: Any) -> dict[str
                      {"backend": "replay", "replay": {"path": str(data_dir / "alpaca_eval" / "zephyr-7b-beta.json")}}],
         "k": 1,
         "score": {"metrics": ["words", "ttr"]},
-        "select": {"metric": "words", "direction": "max"},
+        "select": {"target": "words", "direction": "max"},
     }
     cfg.update(extra)
     return cfg

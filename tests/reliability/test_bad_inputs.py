@@ -116,7 +116,7 @@ def config_bool_as_number(tmp, data, out):
 @case
 def config_strategy_k_yes(tmp, data, out):
     rule = {"strategy": "first_k", "k": True, "then": "first"}
-    return (select_args(tmp, data, out, select={"metric": "words", "active": rule}),
+    return (select_args(tmp, data, out, select={"target": "words", "active": rule}),
             ["field 'select.active'", "parameter 'k'", "boolean"])
 
 
@@ -127,8 +127,8 @@ def config_unknown_key(tmp, data, out):
 
 @case
 def config_misspelt_select_metric(tmp, data, out):
-    return (select_args(tmp, data, out, select={"metric": "wrds", "direction": "max"}),
-            ["field 'select.metric'", "wrds"])
+    return (select_args(tmp, data, out, select={"target": "wrds", "direction": "max"}),
+            ["field 'select.target'", "wrds"])
 
 
 @case
@@ -139,7 +139,7 @@ def config_unknown_score_metric(tmp, data, out):
 
 @case
 def config_unknown_strategy(tmp, data, out):
-    return (select_args(tmp, data, out, select={"metric": "words", "active": {"strategy": "bestest"}}),
+    return (select_args(tmp, data, out, select={"target": "words", "active": {"strategy": "bestest"}}),
             ["field 'select.active'", "bestest"])
 
 
@@ -159,7 +159,7 @@ def config_teacher_name_with_slash(tmp, data, out):
 
 @case
 def config_bad_variant_name(tmp, data, out):
-    return (select_args(tmp, data, out, select={"metric": "words", "variants": {"../x": "first"}}),
+    return (select_args(tmp, data, out, select={"target": "words", "variants": {"../x": "first"}}),
             ["field 'select.variants'", "'../x'"])
 
 
@@ -595,7 +595,7 @@ def test_enough_cases():
 def test_empty_selection_is_refused_and_select_stays_unfinished(rule, tmp_path, data_dir, finished_run):
     finished, before = finished_run
     out = tmp_path / "run"
-    code, output = invoke(*select_args(tmp_path, data_dir, out, select={"metric": "words", "active": rule}))
+    code, output = invoke(*select_args(tmp_path, data_dir, out, select={"target": "words", "active": rule}))
     lines = error_lines(output)
     assert code == 1 and "Traceback" not in output
     assert lines[-1].startswith("error: select: arm 'active' selected no candidate"), output

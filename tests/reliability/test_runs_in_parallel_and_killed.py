@@ -33,7 +33,7 @@ def slow_config(data_dir: Path) -> dict:
     answers = sorted((data_dir / "alpaca_eval").glob("*.json"))
     n_prompts = len(json.loads((data_dir / "alpaca_eval" / "gpt-3.5-turbo-0613.json").read_text(encoding="utf-8")))
     cfg = replay_config(data_dir, n_prompts=n_prompts, score={"metrics": METRICS},
-                        select={"metric": "words", "variants": {"fog": {"strategy": "best",
+                        select={"target": "words", "variants": {"fog": {"strategy": "best",
                                                                         "metric": "flesch-reading-ease"}}})
     cfg["teachers"] = [{"backend": "replay", "replay": {"path": str(path)}} for path in answers]
     return cfg

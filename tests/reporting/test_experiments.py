@@ -25,7 +25,7 @@ def test_there_are_cpu_studies_and_paper_scale_configs():
 def test_every_experiment_config_loads_and_validates(path, monkeypatch):
     monkeypatch.chdir(ROOT)  # data paths in the configs are relative to the repository root
     cfg = load_config(path)
-    assert cfg.select.metric in cfg.score.metrics  # every metric a selection reads is scored
+    assert cfg.select.target in cfg.score.metrics  # every metric a selection reads is scored
     study = path.parent
     if study != EXPERIMENTS / "paper":
         readme = (study / "README.md").read_text(encoding="utf-8")

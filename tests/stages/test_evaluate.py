@@ -42,7 +42,7 @@ def test_a_changed_metric_rescores_the_answers_and_generates_nothing(tmp_path, m
 
     answers = [{"prompt_id": p.id, "prompt": p.text, "text": text, "finish_reason": "stop", "completion_tokens": 9}
                for p, text in zip(PROMPTS, alpaca_texts)]
-    before = config_from_dict(tiny_config(score={"metrics": ["words"]}, select={"metric": "words"}))
+    before = config_from_dict(tiny_config(score={"metrics": ["words"]}, select={"target": "words"}))
     stage, _ = evaluate.evaluate_stage(before, tmp_path, "base", PROMPTS, None)
     stage.start()
     evaluate.finish_evaluate(before, stage, "base", [dict(a) for a in answers])
@@ -53,7 +53,7 @@ def test_a_changed_metric_rescores_the_answers_and_generates_nothing(tmp_path, m
     # as if generating the answers had taken 20 minutes
     write_json(stage.manifest_path, {**stage.manifest(), "seconds": 1200.0})
     monkeypatch.setattr(evaluate, "answer", no_generation)
-    after = config_from_dict(tiny_config(score={"metrics": ["words", "mtld"]}, select={"metric": "words"}))
+    after = config_from_dict(tiny_config(score={"metrics": ["words", "mtld"]}, select={"target": "words"}))
     rescored = evaluate.run_evaluate(after, tmp_path, "base", PROMPTS, None)
     assert not rescored.reused and rescored.is_done() and rescored.key != stage.key
     # the compute behind the outputs: the earlier stage's seconds plus the re-scoring
@@ -64,11 +64,11 @@ def test_a_changed_metric_rescores_the_answers_and_generates_nothing(tmp_path, m
     assert [r["mtld"] for r in rows] == pytest.approx([mtld(a["text"]) for a in answers])
     assert set(rows[0]) == {*answers[0], "arm", "words", "mtld"}
     # a dropped metric leaves no stale column behind
-    dropped = config_from_dict(tiny_config(score={"metrics": ["mtld"]}, select={"metric": "mtld"}))
+    dropped = config_from_dict(tiny_config(score={"metrics": ["mtld"]}, select={"target": "mtld"}))
     assert "words" not in read_table(evaluate.run_evaluate(dropped, tmp_path, "base", PROMPTS, None).dir
                                      / "answers.parquet")[0]
     # other decoding settings change the answers: those are generated again
-    longer = config_from_dict(tiny_config(score={"metrics": ["mtld"]}, select={"metric": "mtld"},
+    longer = config_from_dict(tiny_config(score={"metrics": ["mtld"]}, select={"target": "mtld"},
                                           eval={"max_new_tokens": 48, "bootstrap_samples": 200}))
     try:
         evaluate.run_evaluate(longer, tmp_path, "base", PROMPTS, None)

@@ -24,7 +24,7 @@ def gen_config(k: int = 2, train: int = 3, batch_size: int = 64, teachers=None, 
                                   "sampling": {"temperature": 1.0, "max_new_tokens": max_new_tokens}}],
         "k": k,
         "score": {"metrics": ["words"]},
-        "select": {"metric": "words"},
+        "select": {"target": "words"},
     }
 
 

@@ -52,7 +52,7 @@ def config(data_dir: Path, **select_extra) -> dict:
         "k": 1,
         "student": STUDENT,
         "score": {"metrics": METRICS},
-        "select": {"metric": "length", "direction": "max", "sweep": "candidate", **select_extra},
+        "select": {"target": "length", "direction": "max", "sweep": "candidate", **select_extra},
     }
 
 

@@ -38,7 +38,7 @@ def selected(data_dir: Path, tmp_path_factory) -> Path:
                      for name in ("alpaca-7b", "zephyr-7b-beta")],
         "k": 1,
         "score": {"metrics": ["words"]},
-        "select": {"metric": "words", "direction": "max"},
+        "select": {"target": "words", "direction": "max"},
     })
     run(cfg, out, until="select")
     return out / "select"

@@ -49,7 +49,7 @@ def alpaca_pairs(data_dir, tmp_path_factory) -> list[dict]:
 
     files = sorted((data_dir / "alpaca_eval").glob("*.json"))
     out = tmp_path_factory.mktemp("pairs") / "run"
-    run(config_from_dict(replay_config(data_dir, files, select={"metric": "words", "direction": "min",
+    run(config_from_dict(replay_config(data_dir, files, select={"target": "words", "direction": "min",
                                                                 "preference": PREFERENCE})), out, until="select")
     pairs = pq.read_table(out / "select" / "dpo.pairs.parquet").to_pylist()
     for pair in pairs:

@@ -61,7 +61,7 @@ def test_student_trained_on_longer_answers_answers_longer(tmp_path, data_dir, pr
                      for t in TEACHERS],
         "k": 1,
         "score": {"metrics": ["length"]},
-        "select": {"metric": "length", "direction": "max",
+        "select": {"target": "length", "direction": "max",
                    "passive": {"strategy": "best", "metric": "length", "direction": "min"}},
         "train": {"epochs": 2, "batch_size": 4, "learning_rate": 2e-4, "max_length": 112},
         "eval": {"max_new_tokens": MAX_NEW_TOKENS},

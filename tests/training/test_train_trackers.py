@@ -88,7 +88,7 @@ def preflight_config(data_dir: Path, **train) -> dict:
                     "id_field": None, "eval_every": 2, "limit_train": 6},
         "teachers": [{"backend": "replay", "replay": {"path": str(data_dir / "alpaca_eval" / "alpaca-7b.json")}}],
         "k": 1, "student": STUDENT, "device": "cpu", "score": {"metrics": ["words"]},
-        "select": {"metric": "words", "direction": "max"}, "train": train,
+        "select": {"target": "words", "direction": "max"}, "train": train,
     }
 
 

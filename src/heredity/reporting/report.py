@@ -98,7 +98,7 @@ def summarise(cfg: RunConfig, answers: dict[str, list[dict[str, Any]]], card: di
             }
     summary = {
         "name": cfg.name,
-        "target": {"metric": cfg.select.metric, "direction": cfg.select.direction},
+        "target": {"metric": cfg.select.target, "direction": cfg.select.direction},
         "eval_prompts": len(next(iter(answers.values()))),
         "arms": arms,
         "ci95": ci,

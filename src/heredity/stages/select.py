@@ -155,12 +155,12 @@ def write_pairs(chosen: pa.Table, rejected: pa.Table, margins: list[float], out:
 
 def run_select(cfg: RunConfig, run_dir: Path, score: Stage) -> Stage:
     specs = {arm: parse_spec(spec) for arm, spec in cfg.select.specs().items()}
-    pair_rules = {arm: pref.pair_rule(cfg.select.metric, cfg.select.direction)
+    pair_rules = {arm: pref.pair_rule(cfg.select.target, cfg.select.direction)
                   for arm, pref in cfg.select.preference.items()}
     key = {
         "scores": score.key,
         "specs": {arm: spec.to_dict() for arm, spec in specs.items()},
-        "target": [cfg.select.metric, cfg.select.direction],
+        "target": [cfg.select.target, cfg.select.direction],
         "sweep": cfg.select.sweep,
         "system_prompt": cfg.system_prompt,
     }
@@ -211,7 +211,7 @@ def run_select(cfg: RunConfig, run_dir: Path, score: Stage) -> Stage:
     # a preference arm's chosen answers stand for it in the card's metric and teacher tables
     card = data_card(pool, {**selections, **{arm: [c for c, _, _ in kept] for arm, (kept, _) in pairs.items()}},
                      cfg.score.metrics)
-    card["target"] = {"metric": cfg.select.metric, "direction": cfg.select.direction}
+    card["target"] = {"metric": cfg.select.target, "direction": cfg.select.direction}
     card["rules"] = {arm: spec.to_dict() for arm, spec in specs.items()}
     teachers = sorted({str(r["teacher"]) for r in pool})
     for arm, (kept, dropped) in pairs.items():
