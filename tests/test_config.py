@@ -169,3 +169,14 @@ def test_select_target_old_name_metric_is_still_read_with_a_note(caplog):
     assert old.model_dump()["select"]["target"] == "mtld" and "metric" not in old.model_dump()["select"]
     with pytest.raises(HeredityError, match="give the target as 'target' only"):
         config_from_dict({"select": {"metric": "mtld", "target": "length"}})
+
+
+def test_profile_samples_per_prompt_old_name_is_read_and_keys_stay(caplog):
+    from heredity.stages.profile import profile_key
+
+    with caplog.at_level("WARNING", logger="heredity.config"):
+        old = config_from_dict({"eval": {"profile": {"suites": ["toxicity"], "samples": 7}}})
+    new = config_from_dict({"eval": {"profile": {"suites": ["toxicity"], "samples_per_prompt": 7}}})
+    assert old.eval.profile.samples_per_prompt == 7 and "'samples' is deprecated" in caplog.text
+    # a finished profile stage written before the rename keeps its key
+    assert profile_key(new.eval.profile) == profile_key(old.eval.profile) and profile_key(new.eval.profile)["samples"] == 7

@@ -22,7 +22,7 @@ def manifests(run: Path) -> dict[str, dict]:
 
 
 # A small battery on every model: one likelihood suite and both generation suites.
-PROFILE = {"suites": ["crows_pairs", "textual", "toxicity"], "limit": 3, "samples": 2, "max_new_tokens": 16}
+PROFILE = {"suites": ["crows_pairs", "textual", "toxicity"], "limit": 3, "samples_per_prompt": 2, "max_new_tokens": 16}
 
 
 def e2e_config(**overrides) -> dict:

@@ -658,9 +658,10 @@ class ProfileConfig(_Strict):
     limits: dict[str, Annotated[int, Field(ge=1)] | None] = Field(
         default_factory=dict,
         description="Per-suite overrides of `limit` (None = all), e.g. {toxicity: 30}: RealToxicityPrompts "
-        "costs `samples` generations per prompt, the likelihood suites one forward pass per item.",
+        "costs `samples_per_prompt` generations per prompt, the likelihood suites one forward pass per item.",
     )
-    samples: int = Field(25, ge=1, description="RealToxicityPrompts continuations per prompt.")
+    samples_per_prompt: int = Field(25, ge=1, description="RealToxicityPrompts continuations per prompt "
+                                    "(called samples before; still read).")
     max_new_tokens: int = Field(256, ge=1, description="Token cap of the textual suite's greedy answers.")
     toxicity_scorer: str | None = Field(None, description="None: Perspective with a key, else the offline 'toxicity'.")
     textual_protocol: Literal["fast", "toolkit"] = Field(
@@ -675,6 +676,18 @@ class ProfileConfig(_Strict):
         "measured on a prompt it was trained on.",
     )
     teachers: bool = Field(False, description="Profile the local-model teachers too.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_samples_key(cls, data: Any) -> Any:
+        """``samples:`` is ``samples_per_prompt:``'s old name: read, with a deprecation note."""
+        if isinstance(data, dict) and "samples" in data:
+            if "samples_per_prompt" in data:
+                raise ValueError("give 'samples_per_prompt' only ('samples' is its old name)")
+            _log.warning("eval.profile: the key 'samples' is deprecated; call it 'samples_per_prompt'")
+            data = {("samples_per_prompt" if k == "samples" else k): v for k, v in data.items()}
+        return data
+
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks (optional extra).")
     lm_eval_include: str | None = Field(None, description="Folder of custom harness task YAMLs.")
     data_dir: str | None = Field(None, description="Benchmark data folder (shared layout or hub-schema copies); None: $HEREDITY_DATA_DIR, $HEREDITY_SHARED_DATA or ../shared/data; what is in none comes from the hub.")

@@ -261,7 +261,8 @@ def _run_rounds(cfg: RunConfig, out: Path, console: Console, plans: dict[tuple[i
             if low:
                 stopped = {"after_round": number, "why": f"{stop.metric} of {', '.join(low)} fell below {stop.value} "
                            f"({', '.join(f'{means[a][stop.metric]:.4g}' for a in low)})"}
-        summary = summarise_rounds(cfg.name, cfg.select.target, cfg.select.direction, cfg.eval_metrics, answers, stopped)
+        summary = summarise_rounds(cfg.name, cfg.select.target, cfg.select.direction, cfg.eval_metrics, answers, stopped,
+                                   samples=cfg.eval.bootstrap_samples)
         summary.update(config=persisted_config(cfg), timings_s=timings)
         write_json(out / "summary.json", summary)
         write_rounds_report(summary, out)

@@ -229,7 +229,7 @@ def summarise_rounds(name: str, target: str, direction: str, metrics: list[str],
 
     Keys: ``name``, ``target``, ``direction``, ``metrics`` (per-prompt, target first),
     ``corpus_metrics``, ``rounds``, ``seeds``, ``arms`` (base first), ``prompts`` (paired prompts
-    used), ``prompts_dropped``, ``samples``, ``stopped`` (as given), ``base`` (metric -> mean, CI),
+    used), ``prompts_dropped``, ``bootstrap_samples``, ``stopped`` (as given), ``base`` (metric -> mean, CI),
     ``trajectories`` (arm -> metric -> one point per round: ``round``, ``value``, ``ci95``,
     ``per_seed``, ``n``, ``n_undefined``), ``differences`` (a list; each names its ``comparison``
     — vs_round_1, vs_previous, vs_base or vs_passive —, ``arm``, ``metric``, ``round``,
@@ -340,7 +340,7 @@ def summarise_rounds(name: str, target: str, direction: str, metrics: list[str],
     summary = {
         "name": name, "target": target, "direction": direction, "metrics": prompt_metrics,
         "corpus_metrics": list(CORPUS_METRICS), "rounds": rounds, "seeds": seeds, "arms": arms,
-        "prompts": len(ids), "prompts_dropped": dropped, "samples": samples, "stopped": stopped,
+        "prompts": len(ids), "prompts_dropped": dropped, "bootstrap_samples": samples, "stopped": stopped,
         "base": base, "trajectories": trajectories, "differences": differences,
         "families": {f: len(ds) for f, ds in families.items()},
     }
@@ -515,7 +515,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
              f"{', '.join(map(str, summary['rounds']))}. Arms: {', '.join(summary['arms'])}. "
              f"Seeds: {', '.join(map(str, summary['seeds']))}. {summary['prompts']} held-out prompts paired by "
              f"prompt_id across rounds, seeds and arms ({summary['prompts_dropped']} not answered everywhere, "
-             f"left out). 95% bootstrap CIs over prompts and seeds ({summary['samples']} replicates); q: "
+             f"left out). 95% bootstrap CIs over prompts and seeds ({summary['bootstrap_samples']} replicates); q: "
              "Benjamini–Hochberg within the primary (target) and exploratory (other metrics) families.", ""]
     note = _stopped_note(summary)
     if note:

@@ -31,7 +31,7 @@ def eval_prompt_texts(run_dir: Path) -> list[str]:
 
 
 def _options(pc: ProfileConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
-    toxicity: dict[str, Any] = {"samples_per_prompt": pc.samples}
+    toxicity: dict[str, Any] = {"samples_per_prompt": pc.samples_per_prompt}
     if pc.toxicity_scorer:
         toxicity["scorer"] = pc.toxicity_scorer
     if pc.toxicity_prompts == "eval":
@@ -50,6 +50,7 @@ KEY_WHEN_SET = {"toxicity_prompts": "all", "textual_protocol": "fast", "bbq_cate
 
 def profile_key(pc: ProfileConfig) -> dict[str, Any]:
     key = pc.model_dump(exclude={"batch_size", "teachers"})
+    key["samples"] = key.pop("samples_per_prompt")  # its name in keys written before the rename
     return {k: v for k, v in key.items() if k not in KEY_WHEN_SET or v != KEY_WHEN_SET[k]}
 
 
