@@ -173,6 +173,22 @@ def _link_stage(source: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
+def _link_shards(source: Path, target: Path) -> None:
+    """Generation shards of another run directory, hard-linked in (copied across file systems): the
+    generate stage reuses every candidate whose key they hold and ignores the rest."""
+    for shard in sorted(source.glob("*.parquet")):
+        if (target / shard.name).exists():
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        partial = target / f".{shard.name}.linking"
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(shard, partial)
+        except OSError:
+            shutil.copy2(shard, partial)
+        os.replace(partial, target / shard.name)
+
+
 def _run_seeds(cfg: RunConfig, out: Path, console: Console, train_prompts: list,
                eval_prompts: list) -> dict[str, Any]:
     """``train.seeds``: the loop once per seed, the first in ``out`` itself, the others in
@@ -242,6 +258,8 @@ def _run_rounds(cfg: RunConfig, out: Path, console: Console, plans: dict[tuple[i
             first = round_dir(out, 1)
             for name in (SHARED_STAGES if number == 1 else SHARED_ACROSS_ROUNDS) if where != first else ():
                 _link_stage(first / name, where / name)
+            if number > 1 and cfg.rounds.keep_teachers:  # their candidates are round 1's: reused, not redrawn
+                _link_shards(first / "generate" / "shards", where / "generate" / "shards")
             console.print(f"[bold]round {number} of {cfg.rounds.count}[/bold]"
                           + (f", seed {seed}" if len(seeds) > 1 else "") + f" → {where}", highlight=False)
             starts = trained.get(index) if cfg.rounds.init == "previous" else None
