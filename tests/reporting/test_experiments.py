@@ -3,6 +3,7 @@ figures of every committed summary.json with the command that reproduces it."""
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,13 @@ def test_results_page_shows_every_committed_summary(tmp_path):
     for path in summaries:
         summary = read_json(path)
         assert f"heredity run experiments/{path.parent.name}/config.yaml" in page
+        if "trajectories" in summary:  # a rounds study: its last round's active − passive cell
+            last = summary["rounds"][-1]
+            d = next(d for d in summary["differences"] if d["comparison"] == "vs_passive" and d["arm"] == "active"
+                     and d["metric"] == summary["target"] and d["round"] == last)
+            rows = [line for line in page.splitlines() if line.startswith(f"| {last} |")]
+            assert any(f"[{d['ci95'][0]:.3g}" in line.split("|")[-2] for line in rows), (path, rows)
+            continue
         target = summary["target"]["metric"]
         d = summary["differences"]["active_vs_passive"][target]
         lo, hi = d["ci95"]
@@ -92,6 +100,9 @@ def test_results_page_as_html_draws_every_study(tmp_path):
     for path, section in zip(summaries, sections):
         summary = read_json(path)
         assert f"heredity run experiments/{path.parent.name}/config.yaml" in section
+        if "trajectories" in summary:  # a rounds study: the trajectory plot and its findings
+            assert section.count("<img") == 1 and all(html.escape(f, quote=False) in section for f in summary["findings"])
+            continue
         assert section.count("<img") >= 2  # the paired differences and the means, at least
         assert ("Dose-response" in section) == bool(dose_response(summary))
         assert "<h2>" not in section.split("</h2>", 1)[1]  # a study's parts sit below its title

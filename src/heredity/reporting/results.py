@@ -287,7 +287,8 @@ def render_results_html(root: Path) -> str:
         rel = folder.relative_to(root.parent) if folder.is_relative_to(root.parent) else folder
         compute = sum(v for v in (summary.get("stage_compute_s") or {}).values() if v)
         shown.append({"id": folder.name, "title": title or folder.name, "question": question, "folder": str(rel),
-                      "summary": summary, "decoding": decoding_label(summary), "compute_min": f"{compute / 60:.0f}"})
+                      "summary": summary, "rounds": False, "decoding": decoding_label(summary),
+                      "compute_min": f"{compute / 60:.0f}"})
     return render_page("results.html.j2", title="heredity results", root=root.name, studies=shown)
 
 
