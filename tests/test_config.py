@@ -167,7 +167,7 @@ def test_select_target_old_name_metric_is_still_read_with_a_note(caplog):
     assert old.select.target == "mtld" and "'metric' is deprecated; call it 'target'" in caplog.text
     assert old.select.active_spec() == {"strategy": "best", "metric": "mtld", "direction": "min"}
     assert old.model_dump()["select"]["target"] == "mtld" and "metric" not in old.model_dump()["select"]
-    with pytest.raises(HeredityError, match="give the target as 'target' only"):
+    with pytest.raises(HeredityError, match="give 'target' only"):
         config_from_dict({"select": {"metric": "mtld", "target": "length"}})
 
 

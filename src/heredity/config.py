@@ -48,6 +48,17 @@ def _plain_type(annotation: Any) -> set[Any]:
     return {annotation} if isinstance(annotation, type) else set()
 
 
+def _renamed_key(data: Any, old: str, new: str, where: str) -> Any:
+    """Read a config mapping's key under its old name ``old``, with a deprecation note; giving
+    both names is an error (which one was meant is unknowable)."""
+    if not isinstance(data, dict) or old not in data:
+        return data
+    if new in data:
+        raise ValueError(f"give '{new}' only ('{old}' is its old name)")
+    _log.warning(f"{where}: the key '{old}' is deprecated; call it '{new}'")
+    return {(new if k == old else k): v for k, v in data.items()}
+
+
 class NoBoolNumbers(BaseModel):
     """A model whose numbers are never booleans and whose booleans are never numbers."""
 
@@ -92,6 +103,9 @@ class PromptsConfig(_Strict):
     )
     limit_train: int | None = Field(None, ge=1, description="Use at most this many train prompts.")
     limit_eval: int | None = Field(None, ge=1, description="Use at most this many eval prompts.")
+    eval_offset: int = Field(
+        0, ge=0, description="Skip this many eval prompts before taking 'limit_eval': a confirmation run "
+        "on held-out prompts an earlier run (limit_eval = this offset) never evaluated.")
 
 
 class SamplingConfig(_Strict):
@@ -457,12 +471,7 @@ class SelectConfig(_Strict):
     @classmethod
     def _old_metric_key(cls, data: Any) -> Any:
         """``metric:`` is ``target:``'s old name: read, with a deprecation note."""
-        if isinstance(data, dict) and "metric" in data:
-            if "target" in data:
-                raise ValueError("give the target as 'target' only ('metric' is its old name)")
-            _log.warning("select: the key 'metric' is deprecated; call it 'target'")
-            data = {("target" if k == "metric" else k): v for k, v in data.items()}
-        return data
+        return _renamed_key(data, "metric", "target", "select")
 
     @field_validator("sweep", mode="before")
     @classmethod
@@ -681,12 +690,7 @@ class ProfileConfig(_Strict):
     @classmethod
     def _old_samples_key(cls, data: Any) -> Any:
         """``samples:`` is ``samples_per_prompt:``'s old name: read, with a deprecation note."""
-        if isinstance(data, dict) and "samples" in data:
-            if "samples_per_prompt" in data:
-                raise ValueError("give 'samples_per_prompt' only ('samples' is its old name)")
-            _log.warning("eval.profile: the key 'samples' is deprecated; call it 'samples_per_prompt'")
-            data = {("samples_per_prompt" if k == "samples" else k): v for k, v in data.items()}
-        return data
+        return _renamed_key(data, "samples", "samples_per_prompt", "eval.profile")
 
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks (optional extra).")
     lm_eval_include: str | None = Field(None, description="Folder of custom harness task YAMLs.")
@@ -746,12 +750,7 @@ class JudgeConfig(BaseModel):
             return {"model": {"model": data, "batch_size": 8}}
         if not isinstance(data, dict):
             return data
-        data = dict(data)
-        if "judge" in data:
-            if "model" in data:
-                raise ValueError("give the judge model as 'model' only ('judge' is its old name)")
-            _log.warning("judge config: the key 'judge' (the judge model) is deprecated; call it 'model'")
-            data["model"] = data.pop("judge")
+        data = _renamed_key(dict(data), "judge", "model", "judge config")
         if isinstance(data.get("model"), str):
             data["model"] = {"model": data["model"], "batch_size": 8}
         return data

@@ -19,6 +19,17 @@ def test_bundled_set_splits_into_train_and_held_out():
     assert not {p.id for p in train} & {p.id for p in held_out}
 
 
+def test_eval_offset_takes_held_out_prompts_an_earlier_run_did_not_use():
+    first = load_prompts(PromptsConfig(limit_eval=15))[1]
+    train, confirm = load_prompts(PromptsConfig(eval_offset=15, limit_eval=20))
+    _, everything = load_prompts(PromptsConfig())
+    assert [p.id for p in confirm] == [p.id for p in everything[15:35]]
+    assert not {p.id for p in confirm} & {p.id for p in first}
+    assert train == load_prompts(PromptsConfig())[0]  # the offset moves evaluation only
+    with pytest.raises(HeredityError, match="no eval prompts left"):
+        load_prompts(PromptsConfig(eval_offset=40))
+
+
 def test_self_instruct_seed_tasks_load_as_prompts(data_dir: Path):
     path = data_dir / "self_instruct" / "seed_tasks.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

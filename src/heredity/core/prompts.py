@@ -202,6 +202,7 @@ def load_prompts(cfg: PromptsConfig) -> tuple[list[Prompt], list[Prompt]]:
         train = [p for i, p in enumerate(prompts) if i % cfg.eval_every != cfg.eval_every - 1]
     if cfg.limit_train:
         train = train[: cfg.limit_train]
+    held_out = held_out[cfg.eval_offset:]
     if cfg.limit_eval:
         held_out = held_out[: cfg.limit_eval]
     if not train:
