@@ -42,9 +42,12 @@ ARM_ORDER = (BASE, PASSIVE, ACTIVE)
 
 
 def _plain_type(annotation: Any) -> set[Any]:
-    """The plain types a field annotation allows (``int | None`` → {int, NoneType})."""
+    """The plain types a field annotation allows (``int | None`` → {int, NoneType};
+    ``bool | Literal["auto"]`` → {bool, str})."""
     if get_origin(annotation) in (Union, UnionType):
-        return {a for a in get_args(annotation) if isinstance(a, type)}
+        return set().union(*(_plain_type(a) for a in get_args(annotation)))
+    if get_origin(annotation) is Literal:
+        return {type(v) for v in get_args(annotation)}
     return {annotation} if isinstance(annotation, type) else set()
 
 
@@ -571,6 +574,15 @@ class TrainConfig(_Strict):
         description="Train every arm once per seed (e.g. [0, 1, 2]); the passive draw of replicate i is seeded "
         "seed + i. Reports give each arm's mean over seeds, the per-seed figures, and differences whose CI "
         "resamples prompts and seeds. None: one replicate with `seed`.")
+    bf16: bool | Literal["auto"] | None = Field(
+        None,
+        description="bf16 mixed precision (weights stay fp32). Unset: on a CUDA GPU that computes bf16, fp32 "
+        "elsewhere. 'auto': wherever the hardware computes bf16 natively, including CPUs with AVX512-BF16 or "
+        "AMX (about 3x faster full fine-tuning there). true/false: always/never.")
+    gradient_checkpointing: bool = Field(
+        True,
+        description="Recompute activations in the backward pass instead of keeping them (TRL's default): less "
+        "memory, more compute. The trained model is the same either way, so it is not part of the stage key.")
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)

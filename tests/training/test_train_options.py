@@ -23,6 +23,7 @@ from heredity.core.models import load_model
 from heredity.errors import HeredityError
 from heredity.stages.train import run_train
 from heredity.training.distributed import launch_command
+from heredity.training.fit import cpu_computes_bf16, uses_bf16
 from heredity.training.steps import split_validation, train_key
 
 pytestmark = pytest.mark.slow  # tens of seconds: scheduled first (tests/conftest.py)
@@ -48,8 +49,9 @@ def test_validation_split_holds_out_the_same_prompts_in_every_arm():
 def test_new_settings_at_their_defaults_keep_old_stage_keys():
     key = train_key(TrainConfig())
     for name in ("packing", "max_steps", "eval_fraction", "eval_steps", "early_stopping_patience", "distributed",
-                 "merge_lora"):
+                 "merge_lora", "bf16"):
         assert name not in key
+    assert train_key(TrainConfig(bf16="auto")) != key != train_key(TrainConfig(bf16=False))
     assert "merge_lora" not in train_key(TrainConfig(method="lora"))
     assert train_key(TrainConfig(method="lora", merge_lora=False)) != train_key(TrainConfig(method="lora"))
     assert train_key(TrainConfig(merge_lora=False)) == key  # full fine-tuning has no adapter to keep
@@ -92,6 +94,40 @@ def test_packed_sequences_do_not_attend_across_examples(tokenizer):
         leaked = model(input_ids=torch.cat([a, b], 1), use_cache=False).logits
     assert torch.allclose(packed[0, a.shape[1]:], alone[0], atol=1e-3)
     assert not torch.allclose(leaked[0, a.shape[1]:], alone[0], atol=1e-1)  # the check can fail
+
+
+def test_bf16_auto_trains_in_mixed_precision_where_the_cpu_computes_it(tmp_path, pairs):
+    assert uses_bf16(TrainConfig(), "cpu") is False  # unset: CPUs train in fp32, as before
+    assert uses_bf16(TrainConfig(bf16=False), "cpu") is False
+    run_dir = tmp_path / "run"
+    select = make_select(run_dir, {"active": pairs[:4]})
+    tc = train_config(method="full", batch_size=2, max_length=256, learning_rate=1e-4, max_steps=2, bf16="auto")
+    stage = run_train(run_config(tc), run_dir, select, "active")
+    result = stage.manifest()["result"]
+    assert result["hyperparameters"]["bf16"] is cpu_computes_bf16()
+    assert result["steps"] == 2 and math.isfinite(result["train_loss"])
+    trained, base = load_model(str(stage.dir / "model"), "cpu"), load_model(STUDENT, "cpu")
+    weight = trained.get_input_embeddings().weight
+    assert weight.dtype == torch.float32  # mixed precision: the weights the optimiser updates stay fp32
+    assert not torch.equal(weight, base.get_input_embeddings().weight)
+
+
+def test_gradient_checkpointing_changes_the_cost_not_the_model(tmp_path, pairs):
+    assert train_key(TrainConfig(gradient_checkpointing=False)) == train_key(TrainConfig())
+    weights = {}
+    for checkpointing in (True, False):
+        run_dir = tmp_path / str(checkpointing)
+        select = make_select(run_dir, {"active": pairs[:2]})
+        tc = train_config(method="full", batch_size=2, max_length=256, learning_rate=1e-4, max_steps=1,
+                          gradient_checkpointing=checkpointing)
+        stage = run_train(run_config(tc), run_dir, select, "active")
+        assert stage.manifest()["result"]["hyperparameters"]["gradient_checkpointing"] is checkpointing
+        model = load_model(str(stage.dir / "model"), "cpu")
+        weights[checkpointing] = {name: p.detach() for name, p in model.named_parameters()}
+    base = load_model(STUDENT, "cpu").get_input_embeddings().weight
+    assert not torch.equal(weights[True]["model.embed_tokens.weight"], base)  # it trained
+    for name, value in weights[True].items():
+        torch.testing.assert_close(weights[False][name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_packing_trains_on_fewer_longer_sequences(tmp_path, pairs):

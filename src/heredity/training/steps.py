@@ -17,12 +17,12 @@ from heredity.strategies import to_chat_rows
 # metrics are reported (`report_to`): a tracker only watches the same steps, so adding one to a
 # finished run reuses its arms (their losses stay in train_log.parquet) rather than retraining.
 NOT_IN_KEY = {"save_steps", "save_total_limit", "seeds",  # a replicate trains with its own `seed`
-              "report_to"}
+              "report_to", "gradient_checkpointing"}  # recomputing activations gives the same model
 
 # Fields added after runs already existed: left out of the key while at their default, so
 # upgrading heredity does not retrain arms that were trained without them.
 KEY_WHEN_SET = {"max_steps": None, "packing": False, "eval_fraction": 0.0, "eval_steps": 20,
-                "early_stopping_patience": None, "distributed": None, "merge_lora": True}
+                "early_stopping_patience": None, "distributed": None, "merge_lora": True, "bf16": None}
 
 
 def train_key(tc: TrainConfig) -> dict[str, Any]:

@@ -23,7 +23,7 @@ HYPERPARAMETERS = (
     "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay",
     "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "truncation_mode",
     "packing", "completion_only_loss", "seed", "data_seed", "optim", "adam_beta1", "adam_beta2",
-    "adam_epsilon", "max_grad_norm", "bf16", "fp16",
+    "adam_epsilon", "max_grad_norm", "bf16", "fp16", "gradient_checkpointing",
 )
 # DPOConfig's: the objective of a preference arm.
 PREFERENCE_HYPERPARAMETERS = ("beta", "loss_type", "loss_weights", "precompute_ref_log_probs", "label_smoothing")
