@@ -156,6 +156,7 @@ def test_model_card_states_the_arms_figures_from_the_summary(finished_run, expor
     result = summary["training"]["active"]
     assert f"| optimiser steps | {result['steps']} |" in body and "| seed | 0 |" in body
     assert "| max length | 128 tokens" in body and "| learning rate | 0.0001, linear" in body
+    assert "| precision | fp32 |" in body  # the fixture trains on CPU with train.bf16 unset
     assert "greedy answers" in body and "4 held-out prompts" in body
     assert "[`datasets/active`](../../datasets/active)" in body
     assert "dequantised to float32" in body  # the embedded base is not the hub's original weights

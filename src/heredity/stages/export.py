@@ -554,8 +554,15 @@ def _training(run: dict[str, Any], arm: str, how: str, result: dict[str, Any]) -
         f"| loss on | {'the completion only' if hp.get('completion_only_loss') else 'the whole sequence'} |",
         f"| seed | {fmt(result.get('seed', train.get('seed')))} |",
         f"| optimiser | {hp.get('optim', '–')}, weight decay {fmt(hp.get('weight_decay'))} |",
+        f"| precision | {_precision(hp)} |",
         f"| loss, first → last step | {fmt(result.get('first_loss'))} → {fmt(result.get('last_loss'))} |",
         f"| train time | {fmt(result.get('train_seconds'))} s |", ""]
+
+
+def _precision(hp: dict[str, Any]) -> str:
+    if hp.get("bf16"):
+        return "bf16 mixed precision (fp32 weights)"
+    return "fp16 mixed precision (fp32 weights)" if hp.get("fp16") else "fp32"
 
 
 def _caveats(run: dict[str, Any], arm: str, result: dict[str, Any]) -> list[str]:
