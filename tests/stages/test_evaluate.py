@@ -76,3 +76,32 @@ def test_a_changed_metric_rescores_the_answers_and_generates_nothing(tmp_path, m
         assert "generated again" in str(exc)
     else:
         raise AssertionError("a new max_new_tokens reused the old answers")
+
+
+def test_a_trained_arm_without_its_weights_keeps_its_evaluation_and_names_what_is_missing(tmp_path, alpaca_texts):
+    # Weights deleted to save disk (or a run folder moved without them): the finished evaluation is
+    # still reused; only a new one needs the model, and it stops before starting with a clear error.
+    from heredity.core.rundir import Stage
+    from heredity.errors import HeredityError
+    from heredity.stages import evaluate
+
+    trained = Stage(tmp_path, "train/active", {"seed": 0})
+    trained.start()
+    trained.finish({"model": "model"})
+    assert not (trained.dir / "model").exists()
+    cfg = config_from_dict(tiny_config(score={"metrics": ["words"]}, select={"target": "words"}))
+    stage, _ = evaluate.evaluate_stage(cfg, tmp_path, "active", PROMPTS, trained)
+    stage.start()
+    evaluate.finish_evaluate(cfg, stage, "active", [
+        {"prompt_id": p.id, "prompt": p.text, "text": text, "finish_reason": "stop", "completion_tokens": 9}
+        for p, text in zip(PROMPTS, alpaca_texts)])
+    assert evaluate.run_evaluate(cfg, tmp_path, "active", PROMPTS, trained).reused
+
+    longer = config_from_dict(tiny_config(score={"metrics": ["words"]}, select={"target": "words"},
+                                          eval={"max_new_tokens": 13}))
+    with pytest.raises(HeredityError) as caught:
+        evaluate.run_evaluate(longer, tmp_path, "active", PROMPTS, trained)
+    message = str(caught.value)
+    assert "\n" not in message and "weights of train/active are missing" in message
+    assert str(trained.dir / "model") in message and f"delete {trained.dir}" in message
+    assert (tmp_path / "evaluate" / "active" / "answers.parquet").exists()  # the finished answers stay

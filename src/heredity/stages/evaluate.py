@@ -139,12 +139,22 @@ def finish_evaluate(cfg: RunConfig, stage: Stage, arm: str, rows: list[dict[str,
     return stage
 
 
+def require_weights(model_stage: Stage | None, model_ref: str) -> None:
+    """A trained stage is reused by its manifest, so its evaluations still are when its weights were
+    deleted to save disk (or a run folder was moved without them); only a new evaluation needs them."""
+    if model_stage is not None and not Path(model_ref).exists():
+        raise HeredityError(f"{model_ref}: the weights of {model_stage.name} are missing (deleted after "
+                            f"training?); delete {model_stage.dir} and rerun to train it again")
+
+
 def run_evaluate(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[Prompt],
                  model_stage: Stage | None, progress=None) -> Stage:
     stage, model_ref = evaluate_stage(cfg, run_dir, arm, eval_prompts, model_stage)
     if stage.reuse():
         return stage
     earlier = earlier_answers(stage)
+    if earlier is None:
+        require_weights(model_stage, model_ref)
     stage.start()
     if earlier is not None:
         return finish_evaluate(cfg, stage, arm, earlier.rows, earlier)
@@ -166,6 +176,9 @@ def run_evaluations_on_ray(cfg: RunConfig, run_dir: Path, eval_prompts: list[Pro
         found = earlier[arm]
         if found is not None:  # only a metric changed: re-score here, generate nothing
             finish_evaluate(cfg, stages[arm], arm, found.rows, found)
+    for arm in todo:
+        if earlier[arm] is None:
+            require_weights(models[arm], refs[arm])
     jobs = {arm: (answer, (refs[arm], eval_prompts, cfg)) for arm in todo if earlier[arm] is None}
     for arm, rows in fan_out(cfg.ray, jobs, "evaluate"):
         finish_evaluate(cfg, stages[arm], arm, rows)
