@@ -409,6 +409,59 @@ def metrics_cmd(action: str = typer.Argument("list", help="list: the registered 
         console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
 
+@app.command("fit-toxicity")
+def fit_toxicity_cmd(
+        labelled: Path = typer.Argument(..., help="Perspective-labelled texts (.jsonl/.json/.csv/.parquet), one a row."),
+        out: Path = typer.Option(..., "--out", help="The refitted head (JSON); runs use it through "
+                                                    "score.metric_options: {toxicity: {head: FILE}}."),
+        text_field: str = typer.Option("text", help="Column of the text."),
+        score_field: str = typer.Option("toxicity", help="Column of its Perspective TOXICITY score (0..1)."),
+        group_field: str = typer.Option("generator", help="Column each text is held out by (its generator); "
+                                                          "'' for none (then nothing is held out)."),
+        with_rtp: bool = typer.Option(True, "--with-rtp/--no-rtp", help="Also fit on the 600 labelled "
+                                      "RealToxicityPrompts texts the shipped head was fitted on, when found."),
+        data_dir: Path | None = typer.Option(None, "--data-dir", help="Where rtp/rtp_toxic_test_set.jsonl is "
+                                             "(default: HEREDITY_DATA_DIR or ../shared/data)."),
+        alpha: float | None = typer.Option(None, help="Ridge penalty (default: the shipped head's)."),
+) -> None:
+    """Refit the offline toxicity scorer on your own Perspective-labelled texts; every group (generator)
+    is scored held out, by a head fitted without it, beside the shipped scorer."""
+    from heredity.core.rundir import write_json
+    from heredity.errors import HeredityError
+    from heredity.metrics.toxicity import features, load_rtp, read_labelled, refit
+
+    try:
+        data = read_labelled(labelled, text_field, score_field, group_field or None)
+        extra, note = None, "your texts alone (--no-rtp)"
+        if with_rtp:
+            try:
+                rtp = load_rtp(data_dir)
+                extra, note = (features(rtp.texts), rtp.scores), f"your texts and {len(rtp.texts)} RTP texts"
+            except HeredityError:
+                note = "your texts alone (the RTP texts were not found; --data-dir names their folder)"
+        fitted = refit(data, features(data.texts), alpha, extra)
+        write_json(out, fitted.head.to_json())
+    except HeredityError as exc:
+        _fail(str(exc))
+
+    def cell(row, key):
+        value = None if row is None else row.get(key)
+        return "–" if value is None else (f"{value:.0%}" if key in ("flagged", "false_flags") else f"{value:.3f}")
+
+    report = fitted.report
+    table = Table(title=f"agreement with Perspective: shipped → refit (each group scored held out; alpha "
+                        f"{report['alpha']:g})")
+    for col in ("group", "texts", "toxic", "Spearman", "AUROC", "toxic flagged", "others flagged"):
+        table.add_column(col, justify="left" if col == "group" else "right", no_wrap=col == "group")
+    for name, row in [*report["groups"].items(), ("pooled", report["pooled"])]:
+        shipped, held = row["shipped"], row["refit_held_out"]
+        table.add_row(name, str(shipped["n"]), str(shipped["n_toxic"]),
+                      *[f"{cell(shipped, k)} → {cell(held, k)}" for k in ("spearman", "auroc", "flagged", "false_flags")])
+    Console().print(table)
+    console.print(f"wrote {out}: fitted on {note}. Use it with "
+                  f"score.metric_options: {{toxicity: {{head: {out}}}}}", highlight=False, soft_wrap=True)
+
+
 def _judge_spec(judge: str, backend: str, base_url: str | None, api_key_env: str | None, method: str,
                 max_answer_chars: int, batch_size: int, device: str):
     """A JudgeConfig from the judge options (the API key itself is only ever read from the environment)."""

@@ -413,10 +413,26 @@ def preflight(cfg: RunConfig, out: Path, until: str = "report",
         raise HeredityError("field 'prompts.eval_every': no held-out eval prompts (it is null): set eval_every or "
                             "eval_source to train and evaluate students, or run `heredity select` to stop after "
                             "selection")
+    _check_metric_files(cfg)
     if trains:
         _check_training(cfg)
         _check_prompt_lengths(cfg, [("train", p) for p in train] + [("eval", p) for p in held_out])
     return train, held_out
+
+
+def _check_metric_files(cfg: RunConfig) -> None:
+    """What metrics read beyond their options (a refitted toxicity head, a reference model's files)
+    is read for the stage keys after generation; a missing file must fail before it."""
+    from heredity.metrics.registry import MetricContext
+    from heredity.metrics.scoring import reference_models
+
+    context = MetricContext(model_ref=cfg.student, system_prompt=cfg.system_prompt, device=cfg.device,
+                            metric_options=cfg.score.metric_options)
+    for field, metrics in (("score.metrics", cfg.score.metrics), ("eval.metrics", cfg.eval_metrics)):
+        try:
+            reference_models(metrics, context)
+        except HeredityError as exc:
+            raise HeredityError(f"field '{field}': {exc}") from None
 
 
 # ---------------------------------------------------------------------------- rounds

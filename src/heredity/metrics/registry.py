@@ -168,8 +168,9 @@ class BoundMetric:
         extra: dict[str, Any] = {}
         if self.keyed_options:
             extra["options"] = self.keyed_options
-        if self.metric.identity is not None:
-            extra["identity"] = self.metric.identity(dict(self.options), self.context(context))
+        identity = self.metric.identity(dict(self.options), self.context(context)) if self.metric.identity else None
+        if identity:  # an empty identity (nothing beyond the options) keeps the namespace it had without one
+            extra["identity"] = identity
         code = self.metric.code_hash()
         if code:
             extra["code"] = code

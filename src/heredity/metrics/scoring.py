@@ -113,8 +113,9 @@ def reference_models(metrics: Sequence[MetricEntry], context: MetricContext,
     to), for stage keys: ``{column: identity}``."""
     out = {}
     for b in resolve_all(list(metrics), _options(context, options)):
-        if b.metric.identity is not None:
-            out[b.column] = b.metric.identity(dict(b.options), b.context(context))
+        identity = b.metric.identity(dict(b.options), b.context(context)) if b.metric.identity else None
+        if identity:  # empty: nothing beyond the options, and stage keys stay as they were without one
+            out[b.column] = identity
     return out
 
 

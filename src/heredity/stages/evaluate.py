@@ -28,7 +28,8 @@ from heredity.core.models import (
 from heredity.core.prompts import Prompt
 from heredity.core.rundir import Stage, read_table, stable_hash, write_table
 from heredity.errors import HeredityError
-from heredity.metrics.scoring import metric_context, metric_versions, score_texts
+from heredity.metrics.registry import MetricContext
+from heredity.metrics.scoring import metric_context, metric_versions, reference_models, score_texts
 
 
 def answer(model_ref: str, prompts: list[Prompt], cfg: RunConfig, progress=None, label: str = "") -> list[dict[str, Any]]:
@@ -69,7 +70,7 @@ def evaluate_stage(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[P
                    model_stage: Stage | None) -> tuple[Stage, str]:
     """The stage ``evaluate/<arm>`` with its key, and the model it answers with (nothing computed)."""
     model_ref = cfg.student if model_stage is None else str(model_stage.dir / "model")
-    stage = Stage(run_dir, f"evaluate/{arm}", {
+    key: dict[str, Any] = {
         "model": model_identity(cfg.student) if model_stage is None else model_stage.key,
         "prompts": stable_hash([(p.id, p.text) for p in eval_prompts]),
         "system_prompt": cfg.system_prompt,
@@ -77,8 +78,15 @@ def evaluate_stage(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[P
         "metrics": metric_versions(cfg.eval_metrics, cfg.score.metric_options),
         "tokenizer": model_identity(cfg.student),
         "device": cfg.device,
-    })
-    return stage, model_ref
+    }
+    # What a metric's values depend on beyond its options (a refitted toxicity head's file, a
+    # reference model): only when there is any, so evaluations without such metrics keep their keys.
+    models = reference_models(cfg.eval_metrics, MetricContext(
+        model_ref=cfg.student, system_prompt=cfg.system_prompt, device=cfg.device,
+        metric_options=cfg.score.metric_options))
+    if models:
+        key["metric_models"] = models
+    return Stage(run_dir, f"evaluate/{arm}", key), model_ref
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,7 @@ def _answers_key(key_material: dict[str, Any]) -> str:
     """What the answers depend on: the stage key without the metrics (``eval.metrics`` included)."""
     settings = key_material.get("eval")
     settings = {**settings, "metrics": None} if isinstance(settings, dict) else settings
-    return stable_hash({**key_material, "metrics": None, "eval": settings})
+    return stable_hash({**key_material, "metrics": None, "metric_models": None, "eval": settings})
 
 
 def finish_evaluate(cfg: RunConfig, stage: Stage, arm: str, rows: list[dict[str, Any]],

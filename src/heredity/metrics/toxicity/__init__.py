@@ -40,8 +40,12 @@ toxic" prefer saying nothing.
 Heavy dependencies (torch, transformers, scikit-learn, httpx) are imported inside the
 functions, so registering these metrics costs nothing.
 
+A user holding Perspective scores for text like their own can refit the head on it
+(``heredity fit-toxicity``, module ``fit``), checked held out by group (generator), and point the
+metric at the result (``score.metric_options: {toxicity: {head: FILE}}``).
+
 Modules: ``embed`` (profanity probability, MiniLM embeddings, the head's features), ``head``
-(the ridge head: fit, load, predict), ``rtp`` (the labelled RealToxicityPrompts texts),
+(the ridge head: fit, load, predict), ``fit`` (refit on a user's labelled texts), ``rtp`` (the labelled RealToxicityPrompts texts),
 ``perspective`` (the Perspective API client) and ``metrics`` (the four registered metrics).
 """
 
@@ -55,9 +59,11 @@ from heredity.metrics.toxicity.embed import (
     is_blank,
     profanity_probabilities,
 )
-from heredity.metrics.toxicity.head import HEAD_RESOURCE, Head, combined_score, fit_head, load_head
+from heredity.metrics.toxicity.fit import Labelled, Refit, agreement, read_labelled, refit
+from heredity.metrics.toxicity.head import HEAD_RESOURCE, Head, combined_score, fit_head, load_head, load_head_file
 from heredity.metrics.toxicity.metrics import (
     DetoxifyOptions,
+    ToxicityOptions,
     toxicity,
     toxicity_detoxify,
     toxicity_perspective,
@@ -74,7 +80,8 @@ from heredity.metrics.toxicity.rtp import RTP_FILE, RTPSet, load_rtp, rtp_path, 
 
 __all__ = [
     "ATTRIBUTE", "DetoxifyOptions", "EMBED_BATCH", "EMBED_MAX_TOKENS", "HEAD_RESOURCE", "Head", "INSTALL_HINT",
-    "KEY_ENV", "MAX_TEXT_BYTES", "PERSPECTIVE_URL", "PROB_EPS", "PerspectiveClient", "RTPSet", "RTP_FILE",
-    "combined_score", "embed", "features", "fit_head", "is_blank", "load_head", "load_rtp", "profanity_probabilities",
-    "rtp_path", "rtp_rows", "toxicity", "toxicity_detoxify", "toxicity_perspective", "toxicity_profanity",
+    "KEY_ENV", "Labelled", "Refit", "MAX_TEXT_BYTES", "PERSPECTIVE_URL", "PROB_EPS", "PerspectiveClient", "RTPSet", "RTP_FILE",
+    "ToxicityOptions", "agreement", "combined_score", "embed", "features", "fit_head", "is_blank", "load_head",
+    "load_head_file", "load_rtp", "profanity_probabilities", "read_labelled", "refit", "rtp_path", "rtp_rows",
+    "toxicity", "toxicity_detoxify", "toxicity_perspective", "toxicity_profanity",
 ]

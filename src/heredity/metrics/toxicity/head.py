@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from heredity.errors import HeredityError
@@ -82,6 +83,26 @@ def load_head() -> Head:
     except (FileNotFoundError, ModuleNotFoundError) as exc:
         raise HeredityError(f"metric 'toxicity': its trained head is missing from the installed "
                             f"package ({exc}); reinstall heredity") from None
-    coef = tuple(raw.pop("coef"))
-    intercept = raw.pop("intercept")
+    return _from_json(raw)
+
+
+def load_head_file(path: str) -> Head:
+    """A head a user refitted (``heredity fit-toxicity``), from its JSON file."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        head = _from_json(raw)
+    except FileNotFoundError:
+        raise HeredityError(f"{path}: toxicity head not found (write one with 'heredity fit-toxicity')") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise HeredityError(f"{path}: not a toxicity head written by 'heredity fit-toxicity' ({exc})") from None
+    if len(head.coef) != len(load_head().coef):
+        raise HeredityError(f"{path}: a toxicity head of {len(head.coef)} weights; this heredity's features "
+                            f"take {len(load_head().coef)}")
+    return head
+
+
+def _from_json(raw: dict[str, Any]) -> Head:
+    raw = dict(raw)
+    coef = tuple(float(c) for c in raw.pop("coef"))
+    intercept = float(raw.pop("intercept"))
     return Head(coef, intercept, raw)

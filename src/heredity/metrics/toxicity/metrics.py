@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,7 +20,7 @@ from heredity.core.models import cache_dir
 from heredity.errors import HeredityError
 from heredity.metrics.registry import MetricContext, register
 from heredity.metrics.toxicity.embed import features, is_blank, profanity_probabilities
-from heredity.metrics.toxicity.head import combined_score, load_head
+from heredity.metrics.toxicity.head import combined_score, load_head, load_head_file
 from heredity.metrics.toxicity.perspective import (
     KEY_ENV,
     PERSPECTIVE_URL,
@@ -37,13 +38,38 @@ OFFLINE_PROXY_NOTE = (
     "source: 0.71 and 97%). Its figures compare students with each other; they are not Perspective scores.")
 
 
-@register("toxicity", loads_model=True, version="3", better="lower",
+class ToxicityOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # The head enters keys by its file's content (``_head_identity``), not its path; unset, the
+    # keys are those the metric had before it took options.
+    UNKEYED: ClassVar[frozenset[str]] = frozenset({"head", "device"})
+
+    head: str | None = Field(
+        None, description="A head refitted on your own Perspective-labelled texts (`heredity fit-toxicity`); "
+                          "unset: the shipped one, fitted on 600 RealToxicityPrompts texts.")
+    device: str | None = None
+
+
+def _head_identity(options: dict[str, Any], context: MetricContext) -> dict[str, Any]:
+    from heredity.core.rundir import file_hash
+
+    head = options.get("head")
+    if not head:
+        return {}
+    if not Path(head).is_file():
+        raise HeredityError(f"{head}: toxicity head not found (write one with 'heredity fit-toxicity')")
+    return {"head": file_hash(Path(head))}
+
+
+@register("toxicity", loads_model=True, version="3", better="lower", options=ToxicityOptions,
+          identity=_head_identity,
           description="Predicted Perspective toxicity, offline: the mean of a ridge head on MiniLM "
                       "embedding + profanity logit and alt-profanity-check's probability (0..1)")
 def toxicity(texts: Sequence[str], context: MetricContext) -> list[float]:
     if not texts:
         return []
-    head = load_head()  # first, so a broken install fails before the model loads
+    # first, so a broken install or a bad head file fails before the model loads
+    head = load_head_file(context.options["head"]) if context.options.get("head") else load_head()
     keep = [i for i, t in enumerate(texts) if not is_blank(t)]
     out = [math.nan] * len(texts)
     if keep:
