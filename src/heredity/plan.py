@@ -423,11 +423,9 @@ def preflight(cfg: RunConfig, out: Path, until: str = "report",
 def _check_metric_files(cfg: RunConfig) -> None:
     """What metrics read beyond their options (a refitted toxicity head, a reference model's files)
     is read for the stage keys after generation; a missing file must fail before it."""
-    from heredity.metrics.registry import MetricContext
-    from heredity.metrics.scoring import reference_models
+    from heredity.metrics.scoring import metric_context, reference_models
 
-    context = MetricContext(model_ref=cfg.student, system_prompt=cfg.system_prompt, device=cfg.device,
-                            metric_options=cfg.score.metric_options)
+    context = metric_context(cfg, None, with_tokenizer=False)
     for field, metrics in (("score.metrics", cfg.score.metrics), ("eval.metrics", cfg.eval_metrics)):
         try:
             reference_models(metrics, context)

@@ -28,7 +28,6 @@ from heredity.core.models import (
 from heredity.core.prompts import Prompt
 from heredity.core.rundir import Stage, read_table, stable_hash, write_table
 from heredity.errors import HeredityError
-from heredity.metrics.registry import MetricContext
 from heredity.metrics.scoring import metric_context, metric_versions, reference_models, score_texts
 
 
@@ -81,9 +80,7 @@ def evaluate_stage(cfg: RunConfig, run_dir: Path, arm: str, eval_prompts: list[P
     }
     # What a metric's values depend on beyond its options (a refitted toxicity head's file, a
     # reference model): only when there is any, so evaluations without such metrics keep their keys.
-    models = reference_models(cfg.eval_metrics, MetricContext(
-        model_ref=cfg.student, system_prompt=cfg.system_prompt, device=cfg.device,
-        metric_options=cfg.score.metric_options))
+    models = reference_models(cfg.eval_metrics, metric_context(cfg, None, with_tokenizer=False))
     if models:
         key["metric_models"] = models
     return Stage(run_dir, f"evaluate/{arm}", key), model_ref

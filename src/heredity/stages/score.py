@@ -29,7 +29,7 @@ from heredity.config import RunConfig
 from heredity.core.models import model_identity
 from heredity.core.rundir import Stage, iter_parquet, parquet_schema, parquet_writer
 from heredity.errors import HeredityError
-from heredity.metrics import MetricContext, resolve_all
+from heredity.metrics import resolve_all
 from heredity.metrics.cache import open_cache
 from heredity.metrics.scoring import metric_context, metric_versions, needs_tokenizer, reference_models, score_batch
 
@@ -50,8 +50,7 @@ def run_score(cfg: RunConfig, run_dir: Path, generate: Stage) -> Stage:
     # Only token-counting metrics need the student's tokenizer; without them a replayed pool
     # can be scored and selected with no model installed at all.
     with_tokenizer = needs_tokenizer(metrics, options)
-    light = MetricContext(model_ref=cfg.student, system_prompt=cfg.system_prompt, device=cfg.device,
-                          metric_options=options)
+    light = metric_context(cfg, None, with_tokenizer=False)
     key: dict[str, Any] = {
         "candidates": generate.key,
         "metrics": metric_versions(metrics, options),

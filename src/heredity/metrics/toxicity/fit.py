@@ -114,29 +114,28 @@ def refit(labelled: Labelled, features: np.ndarray, alpha: float | None = None,
     groups = np.asarray(labelled.groups)
     names = sorted(set(labelled.groups))
     shipped_pred = combined_score(shipped.predict(features), features)
+
+    def training(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``x``, ``t`` with ``extra`` beside them: the extra texts are always trained on."""
+        return (x, t) if extra is None else (np.vstack([extra[0], x]), np.concatenate([extra[1], t]))
+
+    several = len(names) > 1  # one group: nothing can be held out
     held_out = np.full(len(y), np.nan)
-    for name in names if len(names) > 1 else []:
+    for name in names if several else []:
         test = groups == name
-        x_train, y_train = features[~test], y[~test]
-        if extra is not None:
-            x_train, y_train = np.vstack([extra[0], x_train]), np.concatenate([extra[1], y_train])
-        head = fit_head(x_train, y_train, alpha)
+        head = fit_head(*training(features[~test], y[~test]), alpha)
         held_out[test] = combined_score(head.predict(features[test]), features[test])
-    report: dict[str, Any] = {"alpha": alpha, "groups": {}}
-    for name in names:
-        rows = groups == name
-        report["groups"][name] = {"shipped": agreement(shipped_pred[rows], y[rows]),
-                                  "refit_held_out": (agreement(held_out[rows], y[rows])
-                                                     if len(names) > 1 else None)}
-    report["pooled"] = {"shipped": agreement(shipped_pred, y),
-                        "refit_held_out": agreement(held_out, y) if len(names) > 1 else None}
-    x_all, y_all = features, y
-    if extra is not None:
-        x_all, y_all = np.vstack([extra[0], features]), np.concatenate([extra[1], y])
+
+    def figures(rows: Any) -> dict[str, Any]:
+        return {"shipped": agreement(shipped_pred[rows], y[rows]),
+                "refit_held_out": agreement(held_out[rows], y[rows]) if several else None}
+
+    report: dict[str, Any] = {"alpha": alpha, "groups": {name: figures(groups == name) for name in names},
+                              "pooled": figures(slice(None))}
     meta = {k: v for k, v in shipped.meta.items() if k in ("format", "features", "target")}
     meta.update({
         "trained_on": f"{len(y)} texts of {labelled.source} ({len(names)} groups: {', '.join(names)})"
                       + (f" and {len(extra[1])} RealToxicityPrompts texts" if extra is not None else ""),
         "held_out_by_group": report,
     })
-    return Refit(fit_head(x_all, y_all, alpha, meta), report, held_out)
+    return Refit(fit_head(*training(features, y), alpha, meta), report, held_out)
