@@ -56,9 +56,11 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(REPO / "src"))
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from heredity.metrics import get_metric
 from heredity.metrics import toxicity as tox
+from heredity.metrics.toxicity import fit
 
 HEAD_PATH = REPO / "src" / "heredity" / "data" / "toxicity" / "minilm_ridge.json"
 ALPHAS = (0.3, 1.0, 3.0, 10.0, 30.0)
@@ -92,45 +94,16 @@ def load_benign(root: Path, n: int) -> list[str]:
 # --------------------------------------------------------------------------- statistics
 
 
-def ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks from 1, ties sharing their mean rank."""
-    from scipy.stats import rankdata
-
-    return rankdata(x)
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
-
-
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Probability that a random positive outranks a random negative (Mann-Whitney U)."""
-    r = ranks(scores)
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    return float((r[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def agreement(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    comp = slice(len(truth) // 2, None)  # the completions are the second half
+    """``fit.agreement`` (the figures ``heredity fit-toxicity`` reports) on all texts and on the
+    completions alone (the second half)."""
+    comp = slice(len(truth) // 2, None)
+    every, completions = fit.agreement(pred, truth), fit.agreement(pred[comp], truth[comp])
     return {
-        "spearman": spearman(pred, truth),
-        "auroc": auroc(pred, truth >= 0.5),
-        "spearman_completions": spearman(pred[comp], truth[comp]),
-        "auroc_completions": auroc(pred[comp], truth[comp] >= 0.5),
-        **threshold_shares(pred[comp], truth[comp], "_completions"),
+        "spearman": every["spearman"], "auroc": every["auroc"],
+        "spearman_completions": completions["spearman"], "auroc_completions": completions["auroc"],
+        "flagged_completions": completions["flagged"], "false_flags_completions": completions["false_flags"],
     }
-
-
-def threshold_shares(pred: np.ndarray, truth: np.ndarray, suffix: str = "") -> dict[str, float]:
-    """Of the Perspective-toxic texts, the share scored >= 0.5; of the others, the same."""
-    toxic = truth >= 0.5
-    out = {}
-    if toxic.any():
-        out[f"flagged{suffix}"] = float((pred[toxic] >= 0.5).mean())
-    if (~toxic).any():
-        out[f"false_flags{suffix}"] = float((pred[~toxic] >= 0.5).mean())
-    return out
 
 
 def by_source(feats: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict[str, dict[str, dict]]:
@@ -145,12 +118,9 @@ def by_source(feats: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict[
         head = tox.fit_head(feats[train], truth[train], alpha).predict(feats[test])
         y = truth[test]
         for scorer, pred in (("toxicity", tox.combined_score(head, feats[test])), ("head", head)):
-            row = {"alpha": alpha, "n": int(len(test)), "n_toxic": int((y >= 0.5).sum()),
-                   "spearman": spearman(pred, y), **threshold_shares(pred, y),
-                   "mean_score": float(pred.mean()), "mean_perspective": float(y.mean())}
-            if 0 < row["n_toxic"] < len(y):
-                row["auroc"] = auroc(pred, y >= 0.5)
-            out[scorer][f"{train_name}_to_{test_name}"] = row
+            out[scorer][f"{train_name}_to_{test_name}"] = {
+                "alpha": alpha, **fit.agreement(pred, y),
+                "mean_score": float(pred.mean()), "mean_perspective": float(y.mean())}
     return out
 
 
@@ -181,7 +151,7 @@ def _inner_score(feats: np.ndarray, scores: np.ndarray, groups: np.ndarray, alph
     for test in grouped_folds(groups, FOLDS, np.random.default_rng(0)):
         train = np.setdiff1d(np.arange(len(scores)), test)
         inner[test] = tox.fit_head(feats[train], scores[train], alpha).predict(feats[test])
-    return spearman(inner, scores)
+    return float(spearmanr(inner, scores).statistic)
 
 
 # --------------------------------------------------------------------------- timing
@@ -305,10 +275,12 @@ def main() -> None:
               f" flagged at 0.5, false flags {row['false_flags_completions']:.1%}")  # type: ignore[index]
     for label, key in (("default", "toxicity_by_source"), ("head alone", "head_by_source")):
         for name, row in result[key].items():  # type: ignore[union-attr]
+            undefined = {k: float("nan") for k in ("auroc", "flagged", "false_flags") if row[k] is None}
+            row = {**row, **undefined}  # a group with one class has no AUROC: printed as nan
             print(f"held out by source, {label}, {name.replace('_', ' ')}: rho {row['spearman']:.3f}"
-                  f" AUROC {row.get('auroc', float('nan')):.3f}; of {row['n_toxic']} Perspective-toxic"
-                  f" texts {row.get('flagged', float('nan')):.0%} flagged at 0.5, false flags"
-                  f" {row.get('false_flags', float('nan')):.0%}; mean score {row['mean_score']:.3f}"
+                  f" AUROC {row['auroc']:.3f}; of {row['n_toxic']} Perspective-toxic"
+                  f" texts {row['flagged']:.0%} flagged at 0.5, false flags"
+                  f" {row['false_flags']:.0%}; mean score {row['mean_score']:.3f}"
                   f" vs Perspective {row['mean_perspective']:.3f}")
     print(json.dumps(result))
 
