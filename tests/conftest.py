@@ -12,6 +12,12 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
 
+# Ray starts its workers at niceness 15, so beside the other xdist worker (or any busy process) a
+# Ray test's replicas get the leftovers of the CPU: tests/test_scale.py's two-replica test took
+# 369 s beside one busy process, 73 s with this. Every Ray start in the suite (ray.init and the
+# `ray start` nodes of tests/test_ray_cluster.py) inherits it; it changes scheduling, not results.
+os.environ.setdefault("RAY_worker_niceness", "0")
+
 import pytest  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -171,8 +171,16 @@ def test_profile_and_evaluate_fan_out_one_model_per_task_with_local_values(clust
 
     models = {"base": (MODEL, model_identity(MODEL)), "teacher-smollm": (MODEL, model_identity(MODEL))}
     stages = run_profiles_on_ray(cfg, tmp_path / "ray", models)
-    monkeypatch.setattr("torch.get_num_threads", lambda: 1)
-    local = run_profile(cfg, tmp_path / "local", "base", MODEL, model_identity(MODEL))
+    # The nodes compute on one thread (OMP_NUM_THREADS=1); so must the local run, or float sums
+    # over another thread count differ in the 7th digit (run serially, pytest -n 0, it had two).
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_profile(cfg, tmp_path / "local", "base", MODEL, model_identity(MODEL))
+    finally:
+        torch.set_num_threads(threads)
     want = json.loads((local.dir / "summary.json").read_text())
     for name, stage in stages.items():
         manifest = json.loads((stage.dir / "manifest.json").read_text())
